@@ -1,0 +1,240 @@
+//! Logical backups: `pg_dump` of one database, its cluster globals, and the row counts
+//! of every table taken in the same snapshot, streamed into the repository.
+//!
+//! Order of work, so that a failure at any point leaves no listed backup:
+//! 1. open a `REPEATABLE READ` transaction on the source and export its snapshot;
+//! 2. store the globals (`pg_dumpall --globals-only`, without password hashes unless asked);
+//! 3. stream `pg_dump -Fc -Z0 --snapshot=…` through the pipeline while counting every
+//!    table's rows in the exported snapshot on the first connection;
+//! 4. store the verification sidecar (row counts, encrypted);
+//! 5. write the manifest: the backup now exists.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::keys::Recipients;
+use crate::pipeline::{self, EncodeSettings, Progress};
+use crate::policy::Policy;
+use crate::postgres::{self, ChildReader, ConnTarget, PgTools, TableCount};
+use crate::repository::{
+    self, object, BackupKind, BackupManifest, CompressionInfo, EncryptionInfo, Repository,
+    StoredObject, FORMAT_VERSION,
+};
+use crate::storage;
+
+/// The encrypted verification sidecar: what the data looked like at the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationSidecar {
+    /// Sidecar format version (same numbering as manifests).
+    pub format_version: u32,
+    /// The database counted.
+    pub database: String,
+    /// Exact row counts of every user table, taken in the dump's snapshot.
+    pub tables: Vec<TableCount>,
+}
+
+/// File names of a logical backup's objects.
+pub(crate) const DUMP_FILE: &str = "dump.pgdump.zst.age";
+pub(crate) const GLOBALS_FILE: &str = "globals.sql.zst.age";
+pub(crate) const VERIFICATION_FILE: &str = "verification.json.zst.age";
+
+/// Encode settings of a policy.
+pub fn encode_settings(policy: &Policy) -> EncodeSettings {
+    EncodeSettings {
+        level: policy.compression.level,
+        threads: policy.compression.threads,
+        part_size: policy.repository.part_size,
+        parts_in_flight: policy.repository.parts_in_flight,
+    }
+}
+
+/// Take a logical backup of the policy's source database.
+///
+/// `progress` is updated while the dump streams; `cancel` aborts the backup cleanly
+/// (the upload is aborted and no manifest is written).
+pub async fn run_logical_backup(
+    policy: &Policy,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<BackupManifest> {
+    let storage = storage::open(&policy.repository).await?;
+    let repo = Repository::new(storage, &policy.name);
+    let source = ConnTarget::parse(&policy.source.url)?;
+    let client = source.connect().await?;
+    let info = postgres::server_info(&client).await?;
+    let tools = PgTools::discover(policy.source.bin_dir.as_deref(), info.major())?;
+    let started_at = Utc::now();
+    let id = repository::new_backup_id(started_at);
+    tracing::info!(policy = %policy.name, backup = %id, database = %info.database, server = %info.version, "backup started");
+
+    client
+        .batch_execute("begin isolation level repeatable read, read only")
+        .await
+        .map_err(|e| Error::pg("cannot open the snapshot transaction", e))?;
+    let row = client
+        .query_one("select pg_export_snapshot(), now()", &[])
+        .await
+        .map_err(|e| Error::pg("cannot export a snapshot (pg_export_snapshot)", e))?;
+    let snapshot: String = row.get(0);
+    let consistent_at: chrono::DateTime<Utc> = row.get(1);
+
+    let settings = encode_settings(policy);
+    let recipients = &policy.recipients;
+
+    // Globals first: small, and a failure here costs nothing.
+    let globals_sql = dump_globals(&tools, &source, policy.backup.include_role_passwords).await?;
+    let globals_key = repo.object_key(&id, GLOBALS_FILE);
+    let globals = pipeline::upload_bytes(
+        repo.storage(),
+        &globals_key,
+        globals_sql,
+        recipients,
+        settings,
+        cancel,
+    )
+    .await?;
+
+    // The dump and the row counts, concurrently, in the same snapshot.
+    let mut cmd = source.command(&tools.tool("pg_dump"));
+    cmd.args(["--format=custom", "--compress=0", "--no-password"])
+        .arg(format!("--snapshot={snapshot}"));
+    let (reader, killer) = ChildReader::spawn("pg_dump", cmd)?;
+    let dump_key = repo.object_key(&id, DUMP_FILE);
+    let dump_upload = pipeline::upload_stream(
+        repo.storage(),
+        &dump_key,
+        reader,
+        "pg_dump",
+        recipients,
+        settings,
+        progress,
+        cancel,
+    );
+    let counting = postgres::table_row_counts(&client);
+    let (dump, counts) = tokio::join!(dump_upload, counting);
+    let dump = match (dump, counts) {
+        (Ok(d), Ok(c)) => (d, c),
+        (Err(e), _) => {
+            killer.kill();
+            return Err(e);
+        }
+        (Ok(_), Err(e)) => {
+            // The dump object is complete but will never get a manifest: remove it.
+            let _ = repo.storage().delete(&dump_key).await;
+            let _ = repo.storage().delete(&globals_key).await;
+            return Err(e);
+        }
+    };
+    let (dump, counts) = dump;
+    client
+        .batch_execute("commit")
+        .await
+        .map_err(|e| Error::pg("cannot close the snapshot transaction", e))?;
+
+    let sidecar = VerificationSidecar {
+        format_version: FORMAT_VERSION,
+        database: info.database.clone(),
+        tables: counts,
+    };
+    let sidecar_json = serde_json::to_vec(&sidecar)
+        .map_err(|e| Error::Invalid(format!("cannot encode the verification sidecar: {e}")))?;
+    let verification_key = repo.object_key(&id, VERIFICATION_FILE);
+    let verification = pipeline::upload_bytes(
+        repo.storage(),
+        &verification_key,
+        sidecar_json,
+        recipients,
+        settings,
+        cancel,
+    )
+    .await?;
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+
+    let manifest = build_manifest(
+        policy,
+        recipients,
+        &id,
+        started_at,
+        consistent_at,
+        &info,
+        &tools,
+        [
+            (object::DUMP, dump_key, dump),
+            (object::GLOBALS, globals_key, globals),
+            (object::VERIFICATION, verification_key, verification),
+        ],
+    );
+    repo.write_manifest(&manifest).await?;
+    tracing::info!(
+        policy = %policy.name,
+        backup = %id,
+        raw_bytes = manifest.raw_size(),
+        stored_bytes = manifest.stored_size(),
+        tables = sidecar.tables.len(),
+        "backup complete"
+    );
+    Ok(manifest)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_manifest(
+    policy: &Policy,
+    recipients: &Recipients,
+    id: &str,
+    started_at: chrono::DateTime<Utc>,
+    consistent_at: chrono::DateTime<Utc>,
+    info: &postgres::ServerInfo,
+    tools: &PgTools,
+    objects: [(&str, String, pipeline::ObjectDigest); 3],
+) -> BackupManifest {
+    BackupManifest {
+        format_version: FORMAT_VERSION,
+        id: id.to_string(),
+        policy: policy.name.clone(),
+        kind: BackupKind::Logical,
+        started_at,
+        consistent_at,
+        finished_at: Utc::now(),
+        database: info.database.clone(),
+        database_encoding: info.encoding.clone(),
+        server_version: info.version.clone(),
+        server_version_num: info.version_num,
+        system_identifier: info.system_identifier.clone(),
+        tool_version: crate::TOOL_VERSION.to_string(),
+        dump_tool_version: tools.version_line.clone(),
+        compression: CompressionInfo {
+            algorithm: "zstd".into(),
+            level: policy.compression.level,
+        },
+        encryption: EncryptionInfo {
+            algorithm: "age".into(),
+            recipients: recipients.fingerprints(),
+        },
+        objects: objects
+            .into_iter()
+            .map(|(role, key, digest)| (role.to_string(), StoredObject { key, digest }))
+            .collect(),
+    }
+}
+
+/// `pg_dumpall --globals-only`, without role passwords unless asked.
+async fn dump_globals(
+    tools: &PgTools,
+    source: &ConnTarget,
+    include_passwords: bool,
+) -> Result<Vec<u8>> {
+    let mut cmd = source.command(&tools.tool("pg_dumpall"));
+    cmd.args(["--globals-only", "--no-password"]);
+    if !include_passwords {
+        cmd.arg("--no-role-passwords");
+    }
+    tokio::task::spawn_blocking(move || postgres::run_tool("pg_dumpall", cmd))
+        .await
+        .map_err(|e| Error::Invalid(format!("pg_dumpall worker failed: {e}")))?
+}

@@ -1,0 +1,30 @@
+//! `pgvault-core`: every capability of pgvault, as a library the binaries stay thin over.
+//!
+//! The modules follow the concepts of the system (see `docs/FORMAT.md` and the design):
+//!
+//! - [`policy`]: the TOML policy file, parsed strictly and validated into typed values;
+//! - [`storage`]: the [`storage::Storage`] trait with S3 and filesystem backends;
+//! - [`pipeline`]: the byte stream stages (sha256 → zstd → age → sha256 and the mirror);
+//! - [`keys`]: age recipients and identities, and the fingerprints the manifest records;
+//! - [`repository`]: the on-storage layout, backup ids and manifests;
+//! - [`postgres`]: tool discovery, child processes and queries against PostgreSQL;
+//! - [`backup`], [`restore`], [`verify`]: the operations users run.
+//!
+//! Errors are typed ([`Error`]) and carry which backup, object or table they concern.
+
+pub mod backup;
+pub mod error;
+pub mod globals;
+pub mod keys;
+pub mod pipeline;
+pub mod policy;
+pub mod postgres;
+pub mod repository;
+pub mod restore;
+pub mod storage;
+pub mod verify;
+
+pub use error::{Error, Result};
+
+/// The version string recorded in manifests, so a backup names the tool that wrote it.
+pub const TOOL_VERSION: &str = concat!("pgvault ", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,623 @@
+//! The byte pipeline every backup and restore runs through, in both directions.
+//!
+//! ```text
+//! upload:   source → sha256(raw) → zstd → age → sha256(stored) → parts → bounded queue → Upload (N in flight)
+//! download: ranged GETs (N in flight) → bounded queue → sha256(stored) → age → zstd → sha256(raw) → sink
+//! ```
+//!
+//! zstd, age and sha256 are synchronous and CPU-heavy, so they run on a blocking thread;
+//! the async side only moves buffers. The queue between them is bounded, so a slow
+//! bucket slows the source and memory stays at about
+//! `part_size × (parts_in_flight + 2)` plus codec windows, whatever the object's size.
+//!
+//! Digests and sizes are computed while streaming ([`ObjectDigest`]), recorded in the
+//! manifest, and checked again on every read. Encoders are finished explicitly: an
+//! unfinished age stream would silently lose its last chunk.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::keys::{Identities, Recipients};
+use crate::storage::{Storage, Upload};
+
+/// Sizes and SHA-256 digests of one stored object, before (raw) and after (stored)
+/// compression and encryption. Recorded in the manifest; checked on every read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectDigest {
+    /// Bytes the source produced (e.g. the pg_dump archive).
+    pub raw_size: u64,
+    /// SHA-256 of those bytes, lowercase hex.
+    pub raw_sha256: String,
+    /// Bytes stored in the repository (zstd, then age).
+    pub stored_size: u64,
+    /// SHA-256 of the stored bytes, lowercase hex: what keyless verification checks.
+    pub stored_sha256: String,
+}
+
+/// How the upload direction compresses and cuts parts.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeSettings {
+    /// zstd level.
+    pub level: i32,
+    /// zstd worker threads (0: one per CPU).
+    pub threads: u32,
+    /// Size of the first parts; see [`part_size_for`].
+    pub part_size: u64,
+    /// Parts uploaded concurrently.
+    pub parts_in_flight: usize,
+}
+
+/// Live byte counters, shared with a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Uncompressed bytes passed through so far.
+    pub raw_bytes: AtomicU64,
+    /// Stored (compressed and encrypted) bytes passed through so far.
+    pub stored_bytes: AtomicU64,
+}
+
+/// Size of part `number`: the base size for the first 2000 parts, then doubling every
+/// 2000 parts, so S3's 10 000-part limit allows objects of 62× the first 2000 parts
+/// (about 490 GiB with 8 MiB parts) while small and medium backups keep small buffers.
+pub fn part_size_for(base: u64, number: u32) -> u64 {
+    let doublings = (number.saturating_sub(1) / 2000).min(4);
+    base << doublings
+}
+
+/// S3's limit on parts per upload.
+const MAX_PARTS: u32 = 10_000;
+/// Size of one ranged GET on the download side.
+const READ_CHUNK: u64 = 8 * 1024 * 1024;
+/// Size of reads from the source.
+const SOURCE_READ: usize = 256 * 1024;
+
+struct Tally {
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+    fn update(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
+    }
+    fn finish(self) -> (u64, String) {
+        (self.bytes, hex::encode(self.hasher.finalize()))
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    tally: Tally,
+    counter: Option<Arc<Progress>>,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.tally.update(&buf[..n]);
+        if let Some(p) = &self.counter {
+            p.stored_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Cuts the stored byte stream into parts and hands them to the uploader through a
+/// bounded channel; blocks (backpressure) while the uploader is busy.
+struct PartSink {
+    tx: mpsc::Sender<Bytes>,
+    base: u64,
+    buf: Vec<u8>,
+    next_part: u32,
+}
+
+impl PartSink {
+    fn send(&mut self) -> io::Result<()> {
+        if self.next_part > MAX_PARTS {
+            return Err(io::Error::other(
+                "the object would exceed 10000 upload parts; raise repository.part_size",
+            ));
+        }
+        let part = std::mem::take(&mut self.buf);
+        self.next_part += 1;
+        self.tx
+            .blocking_send(Bytes::from(part))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))?;
+        self.buf = Vec::with_capacity(part_size_for(self.base, self.next_part) as usize);
+        Ok(())
+    }
+}
+
+impl Write for PartSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let cap = part_size_for(self.base, self.next_part) as usize;
+        let room = cap - self.buf.len();
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == cap {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encode `source` to the stored format, cutting parts into `tx`. Returns the digests.
+fn encode(
+    mut source: impl Read,
+    source_name: &str,
+    recipients: &Recipients,
+    settings: EncodeSettings,
+    tx: mpsc::Sender<Bytes>,
+    progress: Arc<Progress>,
+) -> Result<ObjectDigest> {
+    let upload_stopped = || Error::Storage {
+        operation: "upload",
+        key: String::new(),
+        message: "the upload stopped".into(),
+        retryable: false,
+    };
+    let codec = |e: io::Error| {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            upload_stopped()
+        } else {
+            Error::io("encoding the backup stream", e)
+        }
+    };
+    let sink = PartSink {
+        tx,
+        base: settings.part_size,
+        buf: Vec::with_capacity(settings.part_size as usize),
+        next_part: 1,
+    };
+    let stored = HashingWriter {
+        inner: sink,
+        tally: Tally::new(),
+        counter: Some(progress.clone()),
+    };
+    let age_writer = recipients
+        .encryptor()?
+        .wrap_output(stored)
+        .map_err(codec)?;
+    let mut zstd_writer = zstd::stream::write::Encoder::new(age_writer, settings.level).map_err(codec)?;
+    let threads = if settings.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    } else {
+        settings.threads
+    };
+    if threads > 1 {
+        zstd_writer.multithread(threads).map_err(codec)?;
+    }
+    let mut raw = Tally::new();
+    let mut buf = vec![0u8; SOURCE_READ];
+    loop {
+        let n = match source.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::Tool {
+                    tool: source_name.to_string(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        raw.update(&buf[..n]);
+        progress.raw_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        zstd_writer.write_all(&buf[..n]).map_err(codec)?;
+    }
+    let age_writer = zstd_writer.finish().map_err(codec)?;
+    let stored = age_writer.finish().map_err(codec)?;
+    let (stored_size, stored_sha256) = stored.tally.finish();
+    let mut sink = stored.inner;
+    sink.send().map_err(codec)?;
+    let (raw_size, raw_sha256) = raw.finish();
+    Ok(ObjectDigest {
+        raw_size,
+        raw_sha256,
+        stored_size,
+        stored_sha256,
+    })
+}
+
+/// Stream `source` through sha256 → zstd → age → sha256 into a multipart upload at `key`.
+///
+/// The object appears only if the source ended cleanly (a source that reports an error at
+/// its end, like a failed `pg_dump`, fails the upload) and every part was stored. On any
+/// failure or on `cancel`, the multipart upload is aborted before this returns.
+#[allow(clippy::too_many_arguments)]
+pub async fn upload_stream<R: Read + Send + 'static>(
+    storage: &dyn Storage,
+    key: &str,
+    source: R,
+    source_name: &str,
+    recipients: &Recipients,
+    settings: EncodeSettings,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<ObjectDigest> {
+    let upload: Arc<dyn Upload> = Arc::from(storage.begin_upload(key).await?);
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let recipients = recipients.clone();
+    let name = source_name.to_string();
+    let encoder = tokio::task::spawn_blocking(move || {
+        encode(source, &name, &recipients, settings, tx, progress)
+    });
+    match drive_upload(upload.as_ref(), rx, encoder, settings.parts_in_flight, cancel).await {
+        Ok(digest) => Ok(digest),
+        Err(e) => {
+            if let Err(abort_err) = upload.abort().await {
+                tracing::warn!(key, error = %abort_err, "could not abort the multipart upload; `pgvault prune` will clean it up");
+            }
+            Err(match e {
+                Error::Storage { operation, key: k, message, retryable } if k.is_empty() => Error::Storage {
+                    operation,
+                    key: key.to_string(),
+                    message,
+                    retryable,
+                },
+                other => other,
+            })
+        }
+    }
+}
+
+async fn drive_upload(
+    upload: &dyn Upload,
+    mut rx: mpsc::Receiver<Bytes>,
+    mut encoder: tokio::task::JoinHandle<Result<ObjectDigest>>,
+    parts_in_flight: usize,
+    cancel: &CancellationToken,
+) -> Result<ObjectDigest> {
+    let mut parts = 0u32;
+    let upload_ptr: &dyn Upload = upload;
+    // Parts are uploaded concurrently through scoped futures kept in a FuturesUnordered.
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            Some(done) = running.next(), if !running.is_empty() => {
+                let r: Result<()> = done;
+                r?;
+            }
+            part = rx.recv(), if running.len() < parts_in_flight => {
+                match part {
+                    Some(bytes) => {
+                        parts += 1;
+                        let number = parts;
+                        running.push(async move { upload_ptr.put_part(number, bytes).await });
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+    // The encoder closed the channel: wait for it to report how the source ended, while
+    // the last parts finish uploading.
+    let digest = loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            Some(done) = running.next(), if !running.is_empty() => {
+                let r: Result<()> = done;
+                r?;
+            }
+            joined = &mut encoder => {
+                break joined.map_err(|e| Error::Invalid(format!("encoder thread failed: {e}")))??;
+            }
+        }
+    };
+    while let Some(done) = running.next().await {
+        done?;
+    }
+    upload.complete(parts).await?;
+    Ok(digest)
+}
+
+/// Which decoding a download performs.
+pub enum Decode<'a> {
+    /// Check the stored bytes only (no key needed); the sink receives the stored bytes.
+    StoredOnly,
+    /// Decrypt with these identities and decompress; the sink receives the raw bytes.
+    Full(&'a Identities),
+}
+
+/// Reads bytes arriving through a bounded channel, for the blocking decoder thread.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+    tally: Arc<Mutex<Tally>>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let chunk = self.current.split_to(n);
+        if let Ok(mut t) = self.tally.lock() {
+            t.update(&chunk);
+        }
+        Ok(n)
+    }
+}
+
+/// A reader that hashes and counts what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    tally: Tally,
+    progress: Arc<Progress>,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.tally.update(&buf[..n]);
+        self.progress.raw_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// What the decoder thread reports besides the sink.
+struct Decoded<W> {
+    sink: W,
+    raw: Option<(u64, String)>,
+}
+
+fn decode<W: Write>(
+    reader: ChannelReader,
+    object: &str,
+    decode: &Decode<'_>,
+    recipients: &[String],
+    mut sink: W,
+    progress: Arc<Progress>,
+) -> Result<Decoded<W>> {
+    let sink_err = |e: io::Error| Error::io(format!("writing the decoded stream of {object}"), e);
+    match decode {
+        Decode::StoredOnly => {
+            let mut reader = reader;
+            io::copy(&mut reader, &mut sink).map_err(|e| Error::Storage {
+                operation: "get",
+                key: object.into(),
+                message: e.to_string(),
+                retryable: true,
+            })?;
+            Ok(Decoded { sink, raw: None })
+        }
+        Decode::Full(identities) => {
+            let decrypt_err = |e: &dyn std::fmt::Display| Error::Decrypt {
+                object: object.into(),
+                message: e.to_string(),
+            };
+            let decryptor = age::Decryptor::new(reader).map_err(|e| decrypt_err(&e))?;
+            let stream = match decryptor.decrypt(identities.as_dyn()) {
+                Ok(s) => s,
+                Err(age::DecryptError::NoMatchingKeys) => {
+                    if identities.matches_any(recipients) {
+                        return Err(Error::Decrypt {
+                            object: object.into(),
+                            message: "the header does not open with a key this backup was encrypted to, so it is corrupt".into(),
+                        });
+                    }
+                    return Err(Error::WrongKey {
+                        identity_file: identities.path().to_path_buf(),
+                        recipients: recipients.to_vec(),
+                    });
+                }
+                Err(e) => return Err(decrypt_err(&e)),
+            };
+            let zstd_reader = zstd::stream::read::Decoder::new(stream).map_err(|e| decrypt_err(&e))?;
+            let mut raw = HashingReader {
+                inner: zstd_reader,
+                tally: Tally::new(),
+                progress,
+            };
+            let mut buf = vec![0u8; SOURCE_READ];
+            loop {
+                let n = match raw.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // age reports authentication failures as InvalidData; zstd reports
+                        // corrupt frames as other errors: both mean the bytes are wrong.
+                        return Err(decrypt_err(&e));
+                    }
+                };
+                sink.write_all(&buf[..n]).map_err(sink_err)?;
+            }
+            sink.flush().map_err(sink_err)?;
+            Ok(Decoded {
+                sink,
+                raw: Some(raw.tally.finish()),
+            })
+        }
+    }
+}
+
+/// Stream the object at `key` back through the pipeline into `sink`, checking every
+/// digest and size against `expected`. Returns the sink once everything matched.
+///
+/// The sink sees bytes before the final digest check (that is what streaming means):
+/// callers that act on the bytes (e.g. `pg_restore`) must treat their work as
+/// provisional until this returns `Ok`.
+#[allow(clippy::too_many_arguments)]
+pub async fn download_stream<W: Write + Send + 'static>(
+    storage: &dyn Storage,
+    key: &str,
+    expected: &ObjectDigest,
+    decode_mode: Decode<'_>,
+    recipients: &[String],
+    sink: W,
+    parallel: usize,
+    progress: Arc<Progress>,
+) -> Result<W> {
+    match storage.size(key).await? {
+        None => return Err(Error::ObjectNotFound { key: key.into() }),
+        Some(size) if size != expected.stored_size => {
+            return Err(Error::Integrity {
+                object: key.into(),
+                message: format!(
+                    "stored size is {size} bytes, the manifest records {}",
+                    expected.stored_size
+                ),
+            })
+        }
+        Some(_) => {}
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(2);
+    let tally = Arc::new(Mutex::new(Tally::new()));
+    let reader = ChannelReader {
+        rx,
+        current: Bytes::new(),
+        tally: tally.clone(),
+    };
+    let object = key.to_string();
+    let recipients = recipients.to_vec();
+    // The decoder thread needs owned identities; `Decode` borrows them.
+    let identities = match &decode_mode {
+        Decode::StoredOnly => None,
+        Decode::Full(ids) => Some((*ids).clone()),
+    };
+    let decode_progress = progress.clone();
+    let decoder = tokio::task::spawn_blocking(move || {
+        let mode = match &identities {
+            None => Decode::StoredOnly,
+            Some(ids) => Decode::Full(ids),
+        };
+        decode(reader, &object, &mode, &recipients, sink, decode_progress)
+    });
+
+    let size = expected.stored_size;
+    let ranges: Vec<(u64, u64)> = (0..size.div_ceil(READ_CHUNK))
+        .map(|i| (i * READ_CHUNK, READ_CHUNK.min(size - i * READ_CHUNK)))
+        .collect();
+    let mut fetches = futures::stream::iter(ranges)
+        .map(|(offset, len)| storage.get_range(key, offset, len))
+        .buffered(parallel.max(1));
+    let mut fetch_error = None;
+    while let Some(chunk) = fetches.next().await {
+        match chunk {
+            Ok(bytes) => {
+                progress
+                    .stored_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if tx.send(bytes).await.is_err() {
+                    break; // the decoder stopped; its error explains why
+                }
+            }
+            Err(e) => {
+                fetch_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    drop(fetches);
+    let decoded = decoder
+        .await
+        .map_err(|e| Error::Invalid(format!("decoder thread failed: {e}")));
+    if let Some(e) = fetch_error {
+        return Err(e);
+    }
+    let decoded = decoded??;
+
+    let (stored_size, stored_sha) = tally
+        .lock()
+        .map_err(|_| Error::Invalid("digest state poisoned".into()))?
+        .clone_finish();
+    check(key, "stored size", stored_size.to_string(), expected.stored_size.to_string())?;
+    check(key, "stored sha256", stored_sha, expected.stored_sha256.clone())?;
+    if let Some((raw_size, raw_sha)) = decoded.raw {
+        check(key, "decoded size", raw_size.to_string(), expected.raw_size.to_string())?;
+        check(key, "decoded sha256", raw_sha, expected.raw_sha256.clone())?;
+    }
+    Ok(decoded.sink)
+}
+
+impl Tally {
+    fn clone_finish(&self) -> (u64, String) {
+        (self.bytes, hex::encode(self.hasher.clone().finalize()))
+    }
+}
+
+fn check(object: &str, what: &str, actual: String, expected: String) -> Result<()> {
+    if actual != expected {
+        return Err(Error::Integrity {
+            object: object.into(),
+            message: format!("{what} is {actual}, the manifest records {expected}"),
+        });
+    }
+    Ok(())
+}
+
+/// Encrypt a small in-memory object and store it with one upload (sidecars, globals).
+pub async fn upload_bytes(
+    storage: &dyn Storage,
+    key: &str,
+    data: Vec<u8>,
+    recipients: &Recipients,
+    settings: EncodeSettings,
+    cancel: &CancellationToken,
+) -> Result<ObjectDigest> {
+    upload_stream(
+        storage,
+        key,
+        io::Cursor::new(data),
+        key,
+        recipients,
+        settings,
+        Arc::new(Progress::default()),
+        cancel,
+    )
+    .await
+}
+
+/// Download, verify and decrypt a small object into memory.
+pub async fn download_bytes(
+    storage: &dyn Storage,
+    key: &str,
+    expected: &ObjectDigest,
+    identities: &Identities,
+    recipients: &[String],
+) -> Result<Vec<u8>> {
+    download_stream(
+        storage,
+        key,
+        expected,
+        Decode::Full(identities),
+        recipients,
+        Vec::new(),
+        2,
+        Arc::new(Progress::default()),
+    )
+    .await
+}

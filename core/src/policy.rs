@@ -1,0 +1,503 @@
+//! Policy files: what to back up, where to, and with which keys.
+//!
+//! A policy is TOML parsed with `deny_unknown_fields`, then validated into typed values
+//! ([`Policy`]) before anything runs. Every mistake is reported as
+//! `file:line:column: message`, so an operator can jump straight to it.
+//! Secrets are referenced, never inlined: `${ENV_VAR}` in the source URL is expanded from
+//! the environment at load time.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+use crate::keys::Recipients;
+
+/// Default size of one multipart upload part: small enough to keep memory bounded,
+/// large enough for S3's 10 000-part limit to allow ~80 GiB before parts grow.
+pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+/// Default number of parts uploaded concurrently.
+pub const DEFAULT_PARTS_IN_FLIGHT: usize = 4;
+/// S3's smallest allowed part (all but the last).
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Spanned<String>,
+    source: RawSource,
+    repository: RawRepository,
+    encryption: Spanned<RawEncryption>,
+    #[serde(default)]
+    compression: RawCompression,
+    #[serde(default)]
+    backup: RawBackup,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: Spanned<String>,
+    bin_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepository {
+    url: Spanned<String>,
+    endpoint: Option<Spanned<String>>,
+    region: Option<String>,
+    part_size: Option<Spanned<String>>,
+    parts_in_flight: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncryption {
+    #[serde(default)]
+    recipients: Vec<Spanned<String>>,
+    recipients_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompression {
+    level: Option<Spanned<i32>>,
+    threads: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    #[serde(default)]
+    include_role_passwords: bool,
+}
+
+/// A validated policy: everything a backup or restore needs to know.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The file the policy was read from (for messages).
+    pub path: PathBuf,
+    /// The policy id; also the repository sub-prefix its backups live under.
+    pub name: String,
+    /// The database to back up.
+    pub source: SourceConfig,
+    /// Where backups are stored.
+    pub repository: RepositoryConfig,
+    /// Public keys backups are encrypted to.
+    pub recipients: Recipients,
+    /// zstd settings.
+    pub compression: CompressionConfig,
+    /// Logical backup options.
+    pub backup: BackupOptions,
+}
+
+/// The source database of a policy.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// libpq connection URL, `${ENV}` expanded; may contain a password (never logged).
+    pub url: String,
+    /// Directory with `pg_dump` and friends, when not discovered automatically.
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// Where a repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepositoryLocation {
+    /// An S3 (or S3-compatible) bucket and key prefix.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix inside the bucket, without leading or trailing `/` (may be empty).
+        prefix: String,
+    },
+    /// A directory on a local filesystem (the embedded default).
+    Filesystem {
+        /// The repository root directory.
+        root: PathBuf,
+    },
+}
+
+/// The repository section of a policy.
+#[derive(Debug, Clone)]
+pub struct RepositoryConfig {
+    /// Bucket/prefix or directory.
+    pub location: RepositoryLocation,
+    /// Custom S3 endpoint (MinIO, Garage, …); implies path-style addressing.
+    pub endpoint: Option<String>,
+    /// S3 region; when absent the AWS chain decides.
+    pub region: Option<String>,
+    /// Size of each multipart part in bytes.
+    pub part_size: u64,
+    /// Parts uploaded concurrently.
+    pub parts_in_flight: usize,
+}
+
+/// zstd settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CompressionConfig {
+    /// zstd level, 1..=22.
+    pub level: i32,
+    /// zstd worker threads; 0 means one per CPU.
+    pub threads: u32,
+}
+
+/// Options of logical backups.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BackupOptions {
+    /// Keep role password hashes in the globals object (off by default).
+    pub include_role_passwords: bool,
+}
+
+impl Policy {
+    /// Read and validate a policy file.
+    pub fn load(path: &Path) -> Result<Policy> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("cannot read policy file {}", path.display()), e))?;
+        Policy::parse(path, &text)
+    }
+
+    /// Parse and validate policy text; `path` is used for messages and relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Policy> {
+        let at = |span: Option<Range<usize>>, message: String| -> Error {
+            let (line, column) = line_column(text, span.map(|s| s.start).unwrap_or(0));
+            Error::Policy {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_string();
+            at(e.span(), message)
+        })?;
+
+        let name = raw.name.get_ref().trim().to_string();
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !name_ok || name.starts_with('.') {
+            return Err(at(
+                Some(raw.name.span()),
+                format!("policy name {name:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it becomes a repository prefix)"),
+            ));
+        }
+
+        let source_url = expand_env(raw.source.url.get_ref())
+            .map_err(|m| at(Some(raw.source.url.span()), m))?;
+        validate_postgres_url(&source_url).map_err(|m| at(Some(raw.source.url.span()), m))?;
+
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        let bin_dir = raw
+            .source
+            .bin_dir
+            .as_ref()
+            .map(|b| base_dir.join(b.get_ref()));
+
+        let location = parse_repository_url(raw.repository.url.get_ref(), base_dir)
+            .map_err(|m| at(Some(raw.repository.url.span()), m))?;
+        if let Some(endpoint) = &raw.repository.endpoint {
+            let ok = url::Url::parse(endpoint.get_ref())
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(at(
+                    Some(endpoint.span()),
+                    format!("endpoint {:?} is not an http(s) URL such as \"http://127.0.0.1:3900\"", endpoint.get_ref()),
+                ));
+            }
+        }
+        let part_size = match &raw.repository.part_size {
+            None => DEFAULT_PART_SIZE,
+            Some(s) => {
+                let bytes = parse_byte_size(s.get_ref()).map_err(|m| at(Some(s.span()), m))?;
+                if bytes < MIN_PART_SIZE {
+                    return Err(at(
+                        Some(s.span()),
+                        "part_size must be at least 5MiB (the S3 minimum part size)".into(),
+                    ));
+                }
+                bytes
+            }
+        };
+        let parts_in_flight = match &raw.repository.parts_in_flight {
+            None => DEFAULT_PARTS_IN_FLIGHT,
+            Some(n) if (1..=64).contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                return Err(at(
+                    Some(n.span()),
+                    "parts_in_flight must be between 1 and 64".into(),
+                ))
+            }
+        };
+
+        let enc_span = raw.encryption.span();
+        let enc = raw.encryption.into_inner();
+        let mut recipient_lines: Vec<(String, Range<usize>)> = enc
+            .recipients
+            .iter()
+            .map(|r| (r.get_ref().clone(), r.span()))
+            .collect();
+        if let Some(file) = &enc.recipients_file {
+            let file_path = base_dir.join(file.get_ref());
+            let content = std::fs::read_to_string(&file_path).map_err(|e| {
+                at(
+                    Some(file.span()),
+                    format!("cannot read recipients_file {}: {e}", file_path.display()),
+                )
+            })?;
+            for line in content.lines() {
+                let line = line.trim();
+                if !line.is_empty() && !line.starts_with('#') {
+                    recipient_lines.push((line.to_string(), file.span()));
+                }
+            }
+        }
+        if recipient_lines.is_empty() {
+            return Err(at(
+                Some(enc_span),
+                "[encryption] needs at least one age recipient: set recipients = [\"age1…\"] or recipients_file = \"…\" (generate a key pair with age-keygen)".into(),
+            ));
+        }
+        let mut recipients = Recipients::default();
+        for (value, span) in recipient_lines {
+            recipients
+                .add(&value)
+                .map_err(|m| at(Some(span), m))?;
+        }
+
+        let level = match &raw.compression.level {
+            None => 3,
+            Some(l) if (1..=22).contains(l.get_ref()) => *l.get_ref(),
+            Some(l) => {
+                return Err(at(
+                    Some(l.span()),
+                    "compression level must be between 1 and 22 (3 is a good default)".into(),
+                ))
+            }
+        };
+
+        Ok(Policy {
+            path: path.to_path_buf(),
+            name,
+            source: SourceConfig {
+                url: source_url,
+                bin_dir,
+            },
+            repository: RepositoryConfig {
+                location,
+                endpoint: raw.repository.endpoint.map(|e| e.into_inner()),
+                region: raw.repository.region,
+                part_size,
+                parts_in_flight,
+            },
+            recipients,
+            compression: CompressionConfig {
+                level,
+                threads: raw.compression.threads.unwrap_or(0),
+            },
+            backup: BackupOptions {
+                include_role_passwords: raw.backup.include_role_passwords,
+            },
+        })
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map(|nl| before[nl + 1..].chars().count() + 1)
+        .unwrap_or_else(|| before.chars().count() + 1);
+    (line, column)
+}
+
+/// Expand `${NAME}` references from the environment; an unset variable is an error.
+pub fn expand_env(value: &str) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unterminated ${…} reference".to_string())?;
+        let name = &after[..end];
+        let resolved = std::env::var(name)
+            .map_err(|_| format!("environment variable {name} referenced here is not set"))?;
+        out.push_str(&resolved);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn validate_postgres_url(value: &str) -> std::result::Result<(), String> {
+    let parsed = url::Url::parse(value).map_err(|e| {
+        format!("source url is not a valid URL ({e}); expected postgres://user@host:5432/dbname")
+    })?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "source url must start with postgres:// or postgresql://, not {}://",
+            parsed.scheme()
+        ));
+    }
+    let db = parsed.path().trim_start_matches('/');
+    if db.is_empty() {
+        return Err("source url must name the database to back up, e.g. postgres://backup@db:5432/app".into());
+    }
+    Ok(())
+}
+
+/// Parse a repository URL: `s3://bucket/prefix` or `file:///abs/path` (or a relative
+/// `file://./dir`, resolved against the policy file's directory).
+pub fn parse_repository_url(
+    value: &str,
+    base_dir: &Path,
+) -> std::result::Result<RepositoryLocation, String> {
+    if let Some(rest) = value.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !bucket_ok {
+            return Err(format!(
+                "repository url {value:?}: {bucket:?} is not a valid S3 bucket name (3-63 lowercase letters, digits, '-' or '.')"
+            ));
+        }
+        return Ok(RepositoryLocation::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        });
+    }
+    if let Some(rest) = value.strip_prefix("file://") {
+        if rest.is_empty() {
+            return Err("repository url file:// needs a directory, e.g. file:///var/lib/pgvault/repo".into());
+        }
+        let path = Path::new(rest);
+        let root = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base_dir.join(path)
+        };
+        return Ok(RepositoryLocation::Filesystem { root });
+    }
+    Err(format!(
+        "repository url {value:?} must start with s3:// (a bucket) or file:// (a local directory)"
+    ))
+}
+
+/// Parse sizes such as `8MiB`, `16MB`, `5242880`.
+pub fn parse_byte_size(value: &str) -> std::result::Result<u64, String> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{value:?} is not a size such as \"8MiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown size unit {other:?} in {value:?}; use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{value:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+    fn parse(text: &str) -> Result<Policy> {
+        Policy::parse(Path::new("p.toml"), text)
+    }
+
+    fn minimal(extra_repo: &str) -> String {
+        format!(
+            "name = \"app\"\n[source]\nurl = \"postgres://u@h:5432/app\"\n[repository]\nurl = \"s3://bucket/pre/fix\"\n{extra_repo}[encryption]\nrecipients = [\"{KEY}\"]\n"
+        )
+    }
+
+    #[test]
+    fn parses_minimal_policy_with_defaults() {
+        let p = parse(&minimal("")).unwrap();
+        assert_eq!(p.name, "app");
+        assert_eq!(
+            p.repository.location,
+            RepositoryLocation::S3 {
+                bucket: "bucket".into(),
+                prefix: "pre/fix".into()
+            }
+        );
+        assert_eq!(p.repository.part_size, DEFAULT_PART_SIZE);
+        assert_eq!(p.compression.level, 3);
+        assert_eq!(p.recipients.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_column() {
+        let err = parse(&minimal("colour = \"blue\"\n")).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:6:1: unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn bad_repository_url_points_at_the_value() {
+        let text = minimal("").replace("s3://bucket/pre/fix", "ftp://x");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:5:7:"), "{err}");
+        assert!(err.contains("must start with s3://"), "{err}");
+    }
+
+    #[test]
+    fn missing_recipients_is_an_error() {
+        let text = minimal("").replace(&format!("recipients = [\"{KEY}\"]\n"), "");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("needs at least one age recipient"), "{err}");
+        assert!(err.starts_with("p.toml:6:"), "{err}");
+    }
+
+    #[test]
+    fn invalid_recipient_is_named() {
+        let text = minimal("").replace(KEY, "age1notakey");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:8:"), "{err}");
+        assert!(err.contains("age1notakey"), "{err}");
+    }
+
+    #[test]
+    fn env_references_expand_and_unset_ones_fail() {
+        std::env::set_var("PGVAULT_POLICY_TEST_PW", "s3cret");
+        assert_eq!(
+            expand_env("postgres://u:${PGVAULT_POLICY_TEST_PW}@h/db").unwrap(),
+            "postgres://u:s3cret@h/db"
+        );
+        assert!(expand_env("${PGVAULT_POLICY_TEST_UNSET_VAR}").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_byte_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_byte_size("1g").unwrap(), 1 << 30);
+        assert!(parse_byte_size("8 parsecs").is_err());
+    }
+
+    #[test]
+    fn small_part_size_is_refused() {
+        let err = parse(&minimal("part_size = \"1MiB\"\n")).unwrap_err().to_string();
+        assert!(err.contains("at least 5MiB"), "{err}");
+    }
+}

@@ -1,0 +1,312 @@
+//! The repository: how backups are laid out in storage, their ids, and their manifests.
+//!
+//! `docs/FORMAT.md` is the specification; this module is its implementation. In short:
+//!
+//! ```text
+//! <policy>/backups/<id>/dump.pgdump.zst.age          pg_dump -Fc archive
+//! <policy>/backups/<id>/globals.sql.zst.age          roles, memberships, tablespaces
+//! <policy>/backups/<id>/verification.json.zst.age    per-table row counts (encrypted)
+//! <policy>/backups/<id>/manifest.json                plaintext metadata, written last
+//! ```
+//!
+//! A backup exists when its manifest exists: data objects are written first and the
+//! manifest last, so a crash never leaves a listed backup without its data.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::pipeline::ObjectDigest;
+use crate::storage::Storage;
+
+/// The manifest format this version writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Name of the manifest object inside a backup's directory.
+pub const MANIFEST: &str = "manifest.json";
+
+/// A new backup id: UTC start time to the second plus 8 random hex digits, so ids sort by
+/// time and two agents starting in the same second still differ.
+pub fn new_backup_id(started: DateTime<Utc>) -> String {
+    let mut random = [0u8; 4];
+    rand::thread_rng().fill_bytes(&mut random);
+    format!("{}-{}", started.format("%Y%m%dT%H%M%SZ"), hex::encode(random))
+}
+
+/// What kind of backup a manifest describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    /// A `pg_dump` of one database.
+    Logical,
+}
+
+/// Compression settings recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompressionInfo {
+    /// Always `zstd`.
+    pub algorithm: String,
+    /// The zstd level used.
+    pub level: i32,
+}
+
+/// Encryption settings recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionInfo {
+    /// Always `age`.
+    pub algorithm: String,
+    /// Fingerprints of the recipients (see [`crate::keys::fingerprint`]).
+    pub recipients: Vec<String>,
+}
+
+/// One stored object of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredObject {
+    /// Key relative to the repository root.
+    pub key: String,
+    /// Sizes and digests.
+    #[serde(flatten)]
+    pub digest: ObjectDigest,
+}
+
+/// The plaintext manifest of a backup: what listing, planning and keyless verification
+/// need, and nothing derived from the data itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupManifest {
+    /// Format version; readers refuse versions they do not know.
+    pub format_version: u32,
+    /// The backup id.
+    pub id: String,
+    /// The policy that took it.
+    pub policy: String,
+    /// Logical (pg_dump) backup.
+    pub kind: BackupKind,
+    /// When the backup started.
+    pub started_at: DateTime<Utc>,
+    /// When the snapshot the data reflects was taken (the restore point).
+    pub consistent_at: DateTime<Utc>,
+    /// When the last object was stored.
+    pub finished_at: DateTime<Utc>,
+    /// The database dumped.
+    pub database: String,
+    /// Its encoding, used when creating the restore database.
+    pub database_encoding: String,
+    /// `server_version` of the source.
+    pub server_version: String,
+    /// `server_version_num` of the source.
+    pub server_version_num: i32,
+    /// `pg_control_system().system_identifier` of the source cluster.
+    pub system_identifier: String,
+    /// The pgvault that wrote the backup.
+    pub tool_version: String,
+    /// `pg_dump --version` of the dump tool.
+    pub dump_tool_version: String,
+    /// zstd settings.
+    pub compression: CompressionInfo,
+    /// age settings.
+    pub encryption: EncryptionInfo,
+    /// The stored objects by role: `dump`, `globals`, `verification`.
+    pub objects: BTreeMap<String, StoredObject>,
+}
+
+/// Object roles inside a logical backup.
+pub mod object {
+    /// The `pg_dump -Fc` archive.
+    pub const DUMP: &str = "dump";
+    /// The cluster globals (`pg_dumpall --globals-only`).
+    pub const GLOBALS: &str = "globals";
+    /// The verification sidecar (row counts).
+    pub const VERIFICATION: &str = "verification";
+}
+
+impl BackupManifest {
+    /// The stored object of a role, or a manifest error naming it.
+    pub fn object(&self, role: &str) -> Result<&StoredObject> {
+        self.objects.get(role).ok_or_else(|| Error::Manifest {
+            key: format!("backup {}", self.id),
+            message: format!("it lists no {role} object"),
+        })
+    }
+
+    /// Stored bytes of all objects.
+    pub fn stored_size(&self) -> u64 {
+        self.objects.values().map(|o| o.digest.stored_size).sum()
+    }
+
+    /// Raw bytes of the dump.
+    pub fn raw_size(&self) -> u64 {
+        self.objects.values().map(|o| o.digest.raw_size).sum()
+    }
+
+    /// Seconds from start to finish.
+    pub fn duration_seconds(&self) -> f64 {
+        (self.finished_at - self.started_at).num_milliseconds() as f64 / 1000.0
+    }
+}
+
+/// One policy's view of a repository.
+#[derive(Clone)]
+pub struct Repository {
+    storage: Arc<dyn Storage>,
+    policy: String,
+}
+
+impl Repository {
+    /// The repository of `policy` on `storage`.
+    pub fn new(storage: Arc<dyn Storage>, policy: &str) -> Self {
+        Repository {
+            storage,
+            policy: policy.to_string(),
+        }
+    }
+
+    /// The underlying storage.
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    /// The policy name.
+    pub fn policy(&self) -> &str {
+        &self.policy
+    }
+
+    /// Prefix of all of this policy's backups.
+    pub fn backups_prefix(&self) -> String {
+        format!("{}/backups/", self.policy)
+    }
+
+    /// Key of a named object in a backup's directory.
+    pub fn object_key(&self, id: &str, file: &str) -> String {
+        format!("{}/backups/{id}/{file}", self.policy)
+    }
+
+    /// Store the manifest: the act that makes a backup exist.
+    pub async fn write_manifest(&self, manifest: &BackupManifest) -> Result<()> {
+        let json = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| Error::Invalid(format!("cannot encode manifest: {e}")))?;
+        self.storage
+            .put(&self.object_key(&manifest.id, MANIFEST), Bytes::from(json))
+            .await
+    }
+
+    /// Load one backup's manifest.
+    pub async fn load_manifest(&self, id: &str) -> Result<BackupManifest> {
+        let key = self.object_key(id, MANIFEST);
+        let bytes = match self.storage.get(&key).await {
+            Ok(b) => b,
+            Err(Error::ObjectNotFound { .. }) => {
+                return Err(Error::BackupNotFound {
+                    policy: self.policy.clone(),
+                    id: id.to_string(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        parse_manifest(&key, &bytes)
+    }
+
+    /// All backups of the policy, newest first.
+    pub async fn list_backups(&self) -> Result<Vec<BackupManifest>> {
+        let objects = self.storage.list(&self.backups_prefix()).await?;
+        let keys: Vec<String> = objects
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| k.ends_with(&format!("/{MANIFEST}")))
+            .collect();
+        let storage = self.storage.clone();
+        let mut manifests: Vec<BackupManifest> = futures::stream::iter(keys)
+            .map(|key| {
+                let storage = storage.clone();
+                async move {
+                    let bytes = storage.get(&key).await?;
+                    parse_manifest(&key, &bytes)
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<Result<BackupManifest>>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        manifests.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+        Ok(manifests)
+    }
+
+    /// Resolve `latest` or an id (a unique prefix of one is accepted) to a manifest.
+    pub async fn resolve(&self, selector: &str) -> Result<BackupManifest> {
+        let all = self.list_backups().await?;
+        if selector == "latest" {
+            return all.into_iter().next().ok_or_else(|| Error::NoBackups {
+                policy: self.policy.clone(),
+            });
+        }
+        let matches: Vec<BackupManifest> =
+            all.into_iter().filter(|m| m.id.starts_with(selector)).collect();
+        match matches.len() {
+            0 => Err(Error::BackupNotFound {
+                policy: self.policy.clone(),
+                id: selector.to_string(),
+            }),
+            1 => Ok(matches.into_iter().next().ok_or_else(|| Error::NoBackups {
+                policy: self.policy.clone(),
+            })?),
+            n => Err(Error::Invalid(format!(
+                "backup id prefix {selector:?} matches {n} backups; give more of the id"
+            ))),
+        }
+    }
+}
+
+/// Parse and check a manifest's format version.
+pub fn parse_manifest(key: &str, bytes: &[u8]) -> Result<BackupManifest> {
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    let version: Version = serde_json::from_slice(bytes).map_err(|e| Error::Manifest {
+        key: key.into(),
+        message: e.to_string(),
+    })?;
+    if version.format_version != FORMAT_VERSION {
+        return Err(Error::Manifest {
+            key: key.into(),
+            message: format!(
+                "format_version {} is not supported by {} (it reads version {FORMAT_VERSION}); upgrade pgvault",
+                version.format_version,
+                crate::TOOL_VERSION
+            ),
+        });
+    }
+    serde_json::from_slice(bytes).map_err(|e| Error::Manifest {
+        key: key.into(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_are_unique() {
+        let t1 = DateTime::parse_from_rfc3339("2026-11-28T03:15:00Z").unwrap().with_timezone(&Utc);
+        let t2 = DateTime::parse_from_rfc3339("2026-11-28T03:15:01Z").unwrap().with_timezone(&Utc);
+        let a = new_backup_id(t1);
+        let b = new_backup_id(t1);
+        let c = new_backup_id(t2);
+        assert!(a.starts_with("20261128T031500Z-"));
+        assert_ne!(a, b);
+        assert!(a < c && b < c);
+    }
+
+    #[test]
+    fn unknown_format_version_is_refused() {
+        let err = parse_manifest("m.json", br#"{"format_version": 99}"#).unwrap_err().to_string();
+        assert!(err.contains("format_version 99 is not supported"), "{err}");
+    }
+}

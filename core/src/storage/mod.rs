@@ -1,0 +1,120 @@
+//! Where repository objects live: one trait, [`Storage`], with an S3 backend and a
+//! local-filesystem backend that store the same format.
+//!
+//! Contracts every backend keeps (checked by the conformance tests in `integration/`):
+//! - keys are `/`-separated paths relative to the repository root;
+//! - [`Storage::put`] and [`Upload::complete`] make an object appear atomically and
+//!   durably: a reader sees the whole object or none of it;
+//! - an [`Upload`] that is aborted, or never completed, leaves no visible object; until
+//!   aborted it is listed by [`Storage::pending_uploads`];
+//! - parts of an upload may arrive out of order and concurrently; part numbers start at 1;
+//! - a missing object is [`Error::ObjectNotFound`], never an empty one.
+
+mod fs;
+mod s3;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+pub use fs::FilesystemStorage;
+pub use s3::S3Storage;
+
+use crate::error::{Error, Result};
+use crate::policy::{RepositoryConfig, RepositoryLocation};
+
+/// One stored object, as listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the repository root.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A multipart upload that was started and neither completed nor aborted.
+#[derive(Debug, Clone)]
+pub struct PendingUpload {
+    /// The key the upload would create.
+    pub key: String,
+    /// Backend-specific upload id.
+    pub upload_id: String,
+    /// When it was started, when the backend knows.
+    pub started: Option<DateTime<Utc>>,
+}
+
+/// A repository's object store.
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// A human-readable location (`s3://bucket/prefix`, `file:///dir`) for messages.
+    fn describe(&self) -> String;
+
+    /// Store a small object in one request, atomically replacing any previous one.
+    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+
+    /// Start a multipart upload to `key`; nothing is visible until it completes.
+    async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>>;
+
+    /// Read `len` bytes at `offset` (fewer at the end of the object).
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes>;
+
+    /// Read a whole (small) object.
+    async fn get(&self, key: &str) -> Result<Bytes>;
+
+    /// The object's size, or `None` when it does not exist.
+    async fn size(&self, key: &str) -> Result<Option<u64>>;
+
+    /// All objects whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Delete an object; deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Multipart uploads under `prefix` that were started and not finished.
+    async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>>;
+}
+
+/// An in-progress multipart upload. Dropping it without [`Upload::complete`] or
+/// [`Upload::abort`] leaves a pending upload for the clean-up pass.
+#[async_trait]
+pub trait Upload: Send + Sync {
+    /// Store part `number` (1-based). Parts may arrive concurrently and out of order.
+    async fn put_part(&self, number: u32, data: Bytes) -> Result<()>;
+
+    /// Make the object visible from parts `1..=parts`.
+    async fn complete(&self, parts: u32) -> Result<()>;
+
+    /// Discard every part; the object never appears.
+    async fn abort(&self) -> Result<()>;
+}
+
+/// Open the storage a policy's repository section names.
+pub async fn open(config: &RepositoryConfig) -> Result<Arc<dyn Storage>> {
+    match &config.location {
+        RepositoryLocation::Filesystem { root } => {
+            Ok(Arc::new(FilesystemStorage::new(root.clone())?))
+        }
+        RepositoryLocation::S3 { bucket, prefix } => Ok(Arc::new(
+            S3Storage::connect(
+                bucket,
+                prefix,
+                config.endpoint.as_deref(),
+                config.region.as_deref(),
+            )
+            .await?,
+        )),
+    }
+}
+
+/// Reject keys that could escape the repository root.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(Error::Invalid(format!("invalid object key {key:?}")));
+    }
+    Ok(())
+}

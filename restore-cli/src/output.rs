@@ -1,0 +1,250 @@
+//! What the CLI prints: tables, summaries, progress, and one-line errors.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pgvault_core::pipeline::Progress;
+use pgvault_core::repository::BackupManifest;
+use pgvault_core::restore::RestoreReport;
+use pgvault_core::verify::VerifyReport;
+
+/// An error and its causes on one line, each cause once.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+/// Human-readable byte counts.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn ratio(raw: u64, stored: u64) -> String {
+    if stored == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}", raw as f64 / stored as f64)
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The one-line result of a backup.
+pub fn backup_summary(m: &BackupManifest, elapsed: Duration, peak_rss_kib: Option<u64>) -> String {
+    format!(
+        "backup {} of {} complete: {} dump → {} stored (ratio {}) in {:.1}s, peak RSS {}",
+        m.id,
+        m.database,
+        human_bytes(m.raw_size()),
+        human_bytes(m.stored_size()),
+        ratio(m.raw_size(), m.stored_size()),
+        elapsed.as_secs_f64(),
+        peak_rss_kib
+            .map(|k| human_bytes(k * 1024))
+            .unwrap_or_else(|| "unknown".into())
+    )
+}
+
+/// The `list` table.
+pub fn backup_table(backups: &[BackupManifest]) -> String {
+    if backups.is_empty() {
+        return "no backups\n".into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<26} {:<20} {:<20} {:<16} {:<8} {:>10} {:>10} {:>6} {:>9}",
+        "ID", "STARTED (UTC)", "FINISHED (UTC)", "DATABASE", "SERVER", "RAW", "STORED", "RATIO", "DURATION"
+    );
+    for m in backups {
+        let _ = writeln!(
+            out,
+            "{:<26} {:<20} {:<20} {:<16} {:<8} {:>10} {:>10} {:>6} {:>8.1}s",
+            m.id,
+            m.started_at.format("%Y-%m-%d %H:%M:%S"),
+            m.finished_at.format("%Y-%m-%d %H:%M:%S"),
+            m.database,
+            m.server_version.split_whitespace().next().unwrap_or_default(),
+            human_bytes(m.raw_size()),
+            human_bytes(m.stored_size()),
+            ratio(m.raw_size(), m.stored_size()),
+            m.duration_seconds()
+        );
+    }
+    out
+}
+
+/// The `verify` result.
+pub fn verify_summary(report: &VerifyReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "verify {} ({}):",
+        report.backup_id,
+        if report.deep { "stored bytes and contents" } else { "stored bytes only; pass --identity to check contents" }
+    );
+    for o in &report.objects {
+        match &o.outcome {
+            Ok(detail) => {
+                let _ = writeln!(out, "  OK    {:<13} {} — {detail}", o.role, o.key);
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  FAIL  {:<13} {} — {e}", o.role, o.key);
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        if report.passed() { "verification PASSED" } else { "verification FAILED" }
+    );
+    out
+}
+
+/// The `restore` result with the row-count comparison.
+pub fn restore_summary(report: &RestoreReport, elapsed: Duration) -> String {
+    let mut out = String::new();
+    for w in &report.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    let _ = writeln!(out, "row counts against the backup's snapshot:");
+    for t in &report.tables {
+        let show = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "missing".into());
+        let _ = writeln!(
+            out,
+            "  {}  {:<40} expected {:>10}  restored {:>10}",
+            if t.passed() { "OK  " } else { "FAIL" },
+            t.table,
+            show(t.expected),
+            show(t.actual)
+        );
+    }
+    let failed = report.tables.iter().filter(|t| !t.passed()).count();
+    if report.passed() {
+        let _ = writeln!(
+            out,
+            "restore PASSED: backup {} restored into {}; {} table(s) verified in {:.1}s (restore {:.1}s, checks {:.1}s)",
+            report.backup_id,
+            report.target_database,
+            report.tables.len(),
+            elapsed.as_secs_f64(),
+            report.restore_seconds,
+            report.check_seconds
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "restore FAILED: {failed} table(s) differ from the backup's snapshot; {} was left unchanged",
+            report.target_database
+        );
+    }
+    out
+}
+
+/// Progress on a terminal (a spinner with bytes, rate and ratio), or a log line every
+/// [`crate::LOG_PROGRESS_EVERY`] otherwise.
+pub struct ProgressDisplay {
+    stop: tokio_util::sync::CancellationToken,
+    bar: Option<ProgressBar>,
+}
+
+impl ProgressDisplay {
+    /// Start showing `progress`.
+    pub fn start(progress: Arc<Progress>, verb: &'static str) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar
+        });
+        let bar_task = bar.clone();
+        let stop_task = stop.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let tick = if bar_task.is_some() { Duration::from_millis(200) } else { crate::LOG_PROGRESS_EVERY };
+            let mut interval = tokio::time::interval(tick);
+            interval.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop_task.cancelled() => break,
+                    _ = interval.tick() => {}
+                }
+                let raw = progress.raw_bytes.load(Ordering::Relaxed);
+                let stored = progress.stored_bytes.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                let msg = format!(
+                    "{verb}: {} read, {}/s, {} stored, ratio {}",
+                    human_bytes(raw),
+                    human_bytes((raw as f64 / secs) as u64),
+                    human_bytes(stored),
+                    ratio(raw, stored)
+                );
+                match &bar_task {
+                    Some(bar) => bar.set_message(msg),
+                    None => tracing::info!("{msg}"),
+                }
+            }
+        });
+        ProgressDisplay { stop, bar }
+    }
+
+    /// Stop and clear the display.
+    pub fn finish(self) {
+        self.stop.cancel();
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_joined_once() {
+        let e = anyhow::anyhow!("inner problem").context("outer step");
+        assert_eq!(one_line(&e), "outer step: inner problem");
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(pgvault_core::restore::human_age(90), "90s");
+    }
+}
