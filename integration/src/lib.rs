@@ -1,0 +1,141 @@
+//! Harness for pgvault's end-to-end tests: real PostgreSQL clusters ([`cluster`]), a real
+//! S3-compatible server ([`s3server`]), and the built `pgvault` binary.
+//!
+//! `scripts/test.sh` builds the binaries before running the tests and exports
+//! `PGVAULT_TEST_REQUIRE_SERVERS=1`, so that in CI a missing server fails instead of skipping.
+
+pub mod cluster;
+pub mod s3server;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use cluster::PgCluster;
+pub use s3server::S3Server;
+
+/// The built `pgvault` binary (`PGVAULT_BIN`, else `target/debug/pgvault`).
+pub fn pgvault_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PGVAULT_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/pgvault");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// An age key pair generated for one test.
+pub struct TestKey {
+    /// The identity file.
+    pub identity: PathBuf,
+    /// The recipient (`age1…`).
+    pub recipient: String,
+}
+
+/// Generate a key pair in `dir` with `pgvault keygen`.
+pub fn keygen(dir: &Path, name: &str) -> TestKey {
+    let identity = dir.join(format!("{name}.key"));
+    let out = Command::new(pgvault_bin())
+        .arg("keygen")
+        .arg("--output")
+        .arg(&identity)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run pgvault keygen: {e}"));
+    assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    TestKey {
+        identity,
+        recipient: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    }
+}
+
+/// Where a test's repository lives.
+pub enum RepoSpec<'a> {
+    /// A directory.
+    Filesystem(&'a Path),
+    /// A bucket and prefix on the test S3 server.
+    S3 {
+        /// The server.
+        server: &'a S3Server,
+        /// The bucket.
+        bucket: &'a str,
+        /// Key prefix (may be empty).
+        prefix: &'a str,
+    },
+}
+
+/// Write a policy file for `source_url` and return its path.
+pub fn write_policy(dir: &Path, name: &str, source_url: &str, repo: &RepoSpec, recipient: &str, extra: &str) -> PathBuf {
+    let repository = match repo {
+        RepoSpec::Filesystem(path) => format!("url = \"file://{}\"\n", path.display()),
+        RepoSpec::S3 { server, bucket, prefix } => format!(
+            "url = \"s3://{bucket}/{prefix}\"\nendpoint = \"{}\"\nregion = \"{}\"\n",
+            server.endpoint, server.region
+        ),
+    };
+    let text = format!(
+        "name = \"{name}\"\n[source]\nurl = \"{source_url}\"\n[repository]\n{repository}[encryption]\nrecipients = [\"{recipient}\"]\n[compression]\nlevel = 3\n{extra}"
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write policy: {e}"));
+    path
+}
+
+/// A `pgvault` command with S3 credentials of `server` (if any) in its environment.
+pub fn pgvault(server: Option<&S3Server>) -> Command {
+    let mut cmd = Command::new(pgvault_bin());
+    cmd.env_remove("AWS_PROFILE");
+    if let Some(s) = server {
+        cmd.env("AWS_ACCESS_KEY_ID", &s.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &s.secret_access_key)
+            .env("AWS_REGION", &s.region)
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+    }
+    cmd
+}
+
+/// Run a command and return its output (never panics on a non-zero exit).
+pub fn run(mut cmd: Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Run a command that must succeed; returns stdout.
+pub fn run_ok(cmd: Command) -> String {
+    let desc = format!("{cmd:?}");
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{desc} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// stdout and stderr of an output, for assertions on messages.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Assert two long texts are equal, reporting the first differing line instead of both texts.
+pub fn assert_same_text(a: &str, b: &str, what: &str) {
+    if a == b {
+        return;
+    }
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let n = la.iter().zip(&lb).position(|(x, y)| x != y).unwrap_or(la.len().min(lb.len()));
+    panic!(
+        "{what} differ at line {}:\n  left:  {:?}\n  right: {:?}\n({} vs {} lines)",
+        n + 1,
+        la.get(n),
+        lb.get(n),
+        la.len(),
+        lb.len()
+    );
+}
