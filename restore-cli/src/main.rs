@@ -143,12 +143,15 @@ async fn main() -> ExitCode {
     match run(cli.command, &cancel).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            if matches!(e.downcast_ref::<pgvault_core::Error>(), Some(pgvault_core::Error::Cancelled)) {
-                eprintln!("pgvault: {e}");
-                return ExitCode::from(EXIT_CANCELLED);
-            }
             eprintln!("pgvault: {}", output::one_line(&e));
-            ExitCode::FAILURE
+            let cancelled = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref::<pgvault_core::Error>(), Some(pgvault_core::Error::Cancelled)));
+            if cancelled {
+                ExitCode::from(EXIT_CANCELLED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

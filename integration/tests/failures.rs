@@ -1,0 +1,361 @@
+//! Every failure path of backup and restore: corrupted objects, wrong keys, a dump that
+//! dies mid-stream, Ctrl-C, a non-empty target, and invalid policy files.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgvault_integration::{
+    keygen, pgvault, run, run_ok, text, write_policy, PgCluster, RepoSpec, S3Server, TestKey,
+};
+
+struct Setup {
+    source: PgCluster,
+    work: tempfile::TempDir,
+    key: TestKey,
+    policy: std::path::PathBuf,
+}
+
+impl Setup {
+    fn repo(&self) -> std::path::PathBuf {
+        self.work.path().join("repo")
+    }
+}
+
+/// A source with a small database and a filesystem repository policy.
+fn setup(extra_policy: &str) -> Option<Setup> {
+    let source = PgCluster::start()?;
+    let work = tempfile::tempdir().unwrap();
+    source.psql("postgres", "create database app");
+    source.psql_script(
+        "app",
+        "create table t (id int primary key, v text); insert into t select g, md5(g::text) from generate_series(1, 5000) g;",
+    );
+    let key = keygen(work.path(), "ops");
+    let repo = work.path().join("repo");
+    let policy = write_policy(work.path(), "app", &source.url("app"), &RepoSpec::Filesystem(&repo), &key.recipient, extra_policy);
+    Some(Setup { source, work, key, policy })
+}
+
+fn backup(s: &Setup) {
+    let mut cmd = pgvault(None);
+    cmd.arg("backup").arg("--policy").arg(&s.policy);
+    run_ok(cmd);
+}
+
+fn dump_file(s: &Setup) -> std::path::PathBuf {
+    let backups = s.repo().join("app/backups");
+    let id = std::fs::read_dir(&backups).unwrap().next().unwrap().unwrap().file_name();
+    backups.join(id).join("dump.pgdump.zst.age")
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = (at as usize).min(bytes.len() - 1);
+    bytes[i] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn restore_cmd(s: &Setup, target: &str, identity: &Path) -> Command {
+    let mut cmd = pgvault(None);
+    cmd.args(["restore", "latest", "--target", target, "--identity"])
+        .arg(identity)
+        .arg("--policy")
+        .arg(&s.policy);
+    cmd
+}
+
+fn scratch_databases(c: &PgCluster) -> Vec<String> {
+    c.databases().into_iter().filter(|d| d.contains("_pgvault_")).collect()
+}
+
+#[test]
+fn flipped_byte_fails_verify_naming_the_object_and_restore_leaves_target_unchanged() {
+    let Some(s) = setup("") else { return };
+    backup(&s);
+    let dump = dump_file(&s);
+    let size = std::fs::metadata(&dump).unwrap().len();
+    flip_byte(&dump, size / 2);
+
+    let mut verify = pgvault(None);
+    verify.args(["verify", "latest", "--policy"]).arg(&s.policy);
+    let out = run(verify);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("FAIL  dump") && t.contains("dump.pgdump.zst.age") && t.contains("stored sha256"), "{t}");
+    assert!(t.contains("OK    globals"), "{t}");
+
+    let mut deep = pgvault(None);
+    deep.args(["verify", "latest", "--identity"]).arg(&s.key.identity).arg("--policy").arg(&s.policy);
+    let out = run(deep);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("FAIL  dump") && t.contains("decryption of") && t.contains("dump.pgdump.zst.age"), "{t}");
+
+    // The target holds data that must survive the failed restore.
+    s.source.psql("postgres", "create database target");
+    s.source.psql("target", "create table precious (x int); insert into precious values (1), (2), (3)");
+    let mut restore = restore_cmd(&s, &s.source.url("target"), &s.key.identity);
+    restore.arg("--force");
+    let out = run(restore);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("the target database was not changed") && t.contains("dump.pgdump.zst.age"), "{t}");
+    assert_eq!(s.source.psql("target", "select string_agg(x::text, ',' order by x) from precious"), "1,2,3");
+    assert_eq!(scratch_databases(&s.source), Vec::<String>::new());
+}
+
+#[test]
+fn corrupt_age_header_is_reported_as_corruption_not_as_a_wrong_key() {
+    let Some(s) = setup("") else { return };
+    backup(&s);
+    flip_byte(&dump_file(&s), 60);
+    let mut deep = pgvault(None);
+    deep.args(["verify", "latest", "--identity"]).arg(&s.key.identity).arg("--policy").arg(&s.policy);
+    let out = run(deep);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("FAIL  dump"), "{t}");
+    assert!(!t.contains("not encrypted to any key"), "{t}");
+}
+
+#[test]
+fn wrong_identity_gives_a_clear_error_and_writes_nothing() {
+    let Some(s) = setup("") else { return };
+    backup(&s);
+    let other = keygen(s.work.path(), "someone-else");
+    let before = s.source.databases();
+    let out = run(restore_cmd(&s, &s.source.url("restored"), &other.identity));
+    let t = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        t.contains(&format!("this backup was not encrypted to any key in {}", other.identity.display())),
+        "{t}"
+    );
+    assert!(t.contains("(recipients: sha256:"), "{t}");
+    assert_eq!(t.trim().lines().count(), 1, "one line expected: {t}");
+    assert_eq!(s.source.databases(), before, "a database was created");
+
+    let mut deep = pgvault(None);
+    deep.args(["verify", "latest", "--identity"]).arg(&other.identity).arg("--policy").arg(&s.policy);
+    let out = run(deep);
+    assert!(text(&out).contains("was not encrypted to any key"), "{}", text(&out));
+    assert!(!out.status.success());
+}
+
+#[test]
+fn non_empty_target_is_refused_without_force_and_left_unchanged() {
+    let Some(s) = setup("") else { return };
+    backup(&s);
+    s.source.psql("postgres", "create database target");
+    s.source.psql("target", "create table mine (x int); insert into mine values (42)");
+
+    let mut dry = restore_cmd(&s, &s.source.url("target"), &s.key.identity);
+    dry.arg("--dry-run");
+    let out = run_ok(dry);
+    assert!(out.contains("REFUSED: database target has 1 user table(s)"), "{out}");
+    assert!(out.contains("dry run: nothing was changed"), "{out}");
+
+    let out = run(restore_cmd(&s, &s.source.url("target"), &s.key.identity));
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("already has 1 user table(s)") && t.contains("--force"), "{t}");
+    assert_eq!(s.source.psql("target", "select x from mine"), "42");
+    assert_eq!(s.source.psql("target", "select count(*) from pg_tables where tablename = 't'"), "0");
+
+    // With --force the target is replaced by the verified restore.
+    let mut forced = restore_cmd(&s, &s.source.url("target"), &s.key.identity);
+    forced.arg("--force");
+    let out = run_ok(forced);
+    assert!(out.contains("restore PASSED"), "{out}");
+    assert_eq!(s.source.psql("target", "select count(*) from t"), "5000");
+    assert_eq!(s.source.psql("target", "select count(*) from pg_tables where tablename = 'mine'"), "0");
+    assert_eq!(scratch_databases(&s.source), Vec::<String>::new());
+}
+
+#[test]
+fn parallel_restore_spools_and_verifies() {
+    let Some(s) = setup("") else { return };
+    backup(&s);
+    let spool = tempfile::tempdir().unwrap();
+    let mut cmd = restore_cmd(&s, &s.source.url("parallel"), &s.key.identity);
+    cmd.args(["--jobs", "2", "--spool-dir"]).arg(spool.path());
+    let out = run_ok(cmd);
+    assert!(out.contains("pg_restore -j 2") && out.contains("restore PASSED"), "{out}");
+    assert_eq!(s.source.psql("parallel", "select count(*) from t"), "5000");
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0, "spool file left behind");
+}
+
+/// Enough incompressible-ish data that a level-19 dump streams for several seconds.
+fn make_slow_to_dump(c: &PgCluster) {
+    c.psql_script(
+        "app",
+        "create table bulk (id int, a text, b text); \
+         insert into bulk select g, md5(random()::text) || md5(random()::text), md5(random()::text) from generate_series(1, 300000) g;",
+    );
+}
+
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until the dump upload is open and pg_dump is copying the big table: level-19
+/// single-threaded compression keeps it blocked there for many seconds.
+fn wait_for_copy_in_progress(s: &Setup) {
+    wait_for("the dump upload to open", || {
+        std::fs::read_dir(s.repo().join(".uploads"))
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".data")))
+            .unwrap_or(false)
+    });
+    wait_for("pg_dump to copy the bulk table", || {
+        s.source.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where application_name = 'pg_dump' and query like 'COPY public.bulk%'",
+        ) == "1"
+    });
+}
+
+fn assert_no_backup_and_no_upload(s: &Setup) {
+    let mut list = pgvault(None);
+    list.args(["list", "--policy"]).arg(&s.policy);
+    assert_eq!(run_ok(list).trim(), "no backups");
+    let leftovers: Vec<_> = std::fs::read_dir(s.repo().join(".uploads"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "open uploads left behind: {leftovers:?}");
+    let manifests = walk(&s.repo()).into_iter().filter(|p| p.ends_with("manifest.json")).count();
+    assert_eq!(manifests, 0);
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn pg_dump_killed_mid_stream_leaves_no_backup_and_no_open_upload() {
+    let Some(s) = setup("") else { return };
+    make_slow_to_dump(&s.source);
+    std::fs::write(&s.policy, std::fs::read_to_string(&s.policy).unwrap().replace("level = 3", "level = 19\nthreads = 1")).unwrap();
+    let mut cmd = pgvault(None);
+    cmd.arg("backup").arg("--policy").arg(&s.policy).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Wait until dump bytes are being stored, then kill pg_dump's server session.
+    wait_for_copy_in_progress(&s);
+    let killed = s.source.psql(
+        "postgres",
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = 'pg_dump'",
+    );
+    assert_eq!(killed, "1", "pg_dump was not running");
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(!out.status.success(), "backup succeeded although pg_dump died: {t}");
+    assert!(t.contains("pg_dump"), "{t}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1, "one line expected: {t}");
+    assert_no_backup_and_no_upload(&s);
+}
+
+#[test]
+fn sigint_mid_upload_aborts_cleanly() {
+    let Some(s) = setup("") else { return };
+    make_slow_to_dump(&s.source);
+    std::fs::write(&s.policy, std::fs::read_to_string(&s.policy).unwrap().replace("level = 3", "level = 19\nthreads = 1")).unwrap();
+    let mut cmd = pgvault(None);
+    cmd.arg("backup").arg("--policy").arg(&s.policy).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    wait_for_copy_in_progress(&s);
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(text(&out).contains("cancelled"), "{}", text(&out));
+    assert_no_backup_and_no_upload(&s);
+    // No pg_dump is left running against the source.
+    wait_for("pg_dump to disappear", || {
+        s.source.psql("postgres", "select count(*) from pg_stat_activity where application_name = 'pg_dump'") == "0"
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn source_dropped_mid_stream_on_s3_aborts_the_multipart_upload() {
+    let Some(server) = S3Server::from_env() else { return };
+    let Some(source) = PgCluster::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    source.psql("postgres", "create database app");
+    make_slow_to_dump(&source);
+    let key = keygen(work.path(), "ops");
+    let (bucket, prefix) = server.fresh_location().await;
+    let spec = RepoSpec::S3 { server: &server, bucket: &bucket, prefix: &prefix };
+    let policy = write_policy(work.path(), "app", &source.url("app"), &spec, &key.recipient, "");
+    std::fs::write(&policy, std::fs::read_to_string(&policy).unwrap().replace("level = 3", "level = 19\nthreads = 1")).unwrap();
+
+    let mut cmd = pgvault(Some(&server));
+    cmd.arg("backup").arg("--policy").arg(&policy).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // The dump upload is open once pg_dump's COPY is running.
+    loop {
+        let copying = source.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where application_name = 'pg_dump' and query like 'COPY public.bulk%'",
+        );
+        if copying == "1" && server.open_multipart_uploads(&bucket, &prefix).await == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pg_dump never started copying");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    source.psql("postgres", "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'pg_dump'");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(server.open_multipart_uploads(&bucket, &prefix).await, 0, "multipart upload left open");
+    let keys = server.list_keys(&bucket, &prefix).await;
+    assert!(!keys.iter().any(|k| k.ends_with("manifest.json")), "{keys:?}");
+    let mut list = pgvault(Some(&server));
+    list.args(["list", "--policy"]).arg(&policy);
+    assert_eq!(run_ok(list).trim(), "no backups");
+}
+
+#[test]
+fn invalid_policy_files_name_line_and_column() {
+    let work = tempfile::tempdir().unwrap();
+    let key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    let good = format!(
+        "name = \"app\"\n[source]\nurl = \"postgres://u@h/app\"\n[repository]\nurl = \"file:///tmp/x\"\n[encryption]\nrecipients = [\"{key}\"]\n"
+    );
+    let cases = [
+        ("unknown-key", good.replace("[encryption]", "colour = \"blue\"\n[encryption]"), ":6:1: unknown field `colour`"),
+        ("bad-url", good.replace("file:///tmp/x", "ftp://nowhere"), ":5:7: repository url \"ftp://nowhere\" must start with s3://"),
+        ("bad-source", good.replace("postgres://u@h/app", "mysql://u@h/app"), ":3:7: source url must start with postgres://"),
+        ("no-recipients", good.replace(&format!("recipients = [\"{key}\"]\n"), ""), ":6:1: [encryption] needs at least one age recipient"),
+        ("bad-recipient", good.replace(key, "age1bogus"), ":7:15: \"age1bogus\" is not an age public key"),
+    ];
+    for (name, content, expected) in cases {
+        let path = work.path().join(format!("{name}.toml"));
+        std::fs::write(&path, content).unwrap();
+        let mut cmd = pgvault(None);
+        cmd.args(["list", "--policy"]).arg(&path);
+        let out = run(cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{name}");
+        assert!(
+            stderr.contains(&format!("{}{expected}", path.display())),
+            "{name}: expected {expected:?} in {stderr:?}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{name}: {stderr}");
+    }
+}
