@@ -67,7 +67,7 @@ pub struct Progress {
 
 /// Size of part `number`: the base size for the first 2000 parts, then doubling every
 /// 2000 parts, so S3's 10 000-part limit allows objects of 62× the first 2000 parts
-/// (about 490 GiB with 8 MiB parts) while small and medium backups keep small buffers.
+/// (about 484 GiB with 8 MiB parts) while small and medium backups keep small buffers.
 pub fn part_size_for(base: u64, number: u32) -> u64 {
     let doublings = (number.saturating_sub(1) / 2000).min(4);
     base << doublings
@@ -77,6 +77,9 @@ pub fn part_size_for(base: u64, number: u32) -> u64 {
 const MAX_PARTS: u32 = 10_000;
 /// Size of one ranged GET on the download side.
 const READ_CHUNK: u64 = 8 * 1024 * 1024;
+/// zstd multithreaded job size: bounds the compressor's buffers at about
+/// `(workers + 2) × ZSTD_JOB_SIZE` whatever the level.
+const ZSTD_JOB_SIZE: u32 = 2 * 1024 * 1024;
 /// Size of reads from the source.
 const SOURCE_READ: usize = 256 * 1024;
 
@@ -209,6 +212,11 @@ fn encode(
     };
     if threads > 1 {
         zstd_writer.multithread(threads).map_err(codec)?;
+        // Each worker buffers a whole job; a fixed job size keeps that memory bounded and
+        // reached early, instead of growing with the level's window (up to 4× of it).
+        zstd_writer
+            .set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_SIZE))
+            .map_err(codec)?;
     }
     let mut raw = Tally::new();
     let mut buf = vec![0u8; SOURCE_READ];

@@ -15,8 +15,9 @@ use toml::Spanned;
 use crate::error::{Error, Result};
 use crate::keys::Recipients;
 
-/// Default size of one multipart upload part: small enough to keep memory bounded,
-/// large enough for S3's 10 000-part limit to allow ~80 GiB before parts grow.
+/// Default size of one multipart upload part: small enough to keep memory bounded. The
+/// first 2000 parts (about 15.6 GiB) use it, then parts double in size every 2000 parts
+/// (see [`crate::pipeline::part_size_for`]), allowing objects of about 484 GiB.
 pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
 /// Default number of parts uploaded concurrently.
 pub const DEFAULT_PARTS_IN_FLIGHT: usize = 4;

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Run pgvault's whole test suite against real servers.
+#
+#   scripts/test.sh [ARGS...]
+#
+# Installs what is missing (PostgreSQL server binaries from apt, Garage from crates.io),
+# starts a single-node Garage on loopback unless PGVAULT_TEST_S3_ENDPOINT names an
+# external S3 server, builds the binaries, and runs every test with
+# PGVAULT_TEST_REQUIRE_SERVERS=1 so that no test can pass by skipping.
+# ARGS go to the test runner: `cargo nextest run` when cargo-nextest is installed, else
+# `cargo test` (force one with PGVAULT_TEST_RUNNER=nextest or PGVAULT_TEST_RUNNER=cargo).
+#
+# Needs no input and can be run again at any time.
+set -euo pipefail
+
+GARAGE_VERSION=2.5.0
+PG_TOOLS=(initdb pg_ctl postgres pg_dump pg_restore pg_dumpall psql)
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+log() { echo "==> test.sh: $*" >&2; }
+die() {
+    echo "test.sh: $*" >&2
+    exit 1
+}
+
+# as_root CMD...: run CMD as root, through sudo when we are not root.
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@" || die "'sudo $*' failed (this script reads no input: set up passwordless sudo, or install it yourself)"
+    else
+        die "need root to run: $* (no sudo here)"
+    fi
+}
+
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs) first"
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+# has_pg_tools DIR: DIR holds every PostgreSQL program the tests run.
+has_pg_tools() {
+    local tool
+    for tool in "${PG_TOOLS[@]}"; do
+        [[ -x "$1/$tool" ]] || return 1
+    done
+}
+
+# pg_bindir: the directory to put first on PATH, or nothing when PATH already has them
+# all. Debian's versioned directories come first (the newest complete one), so that
+# every tool is from one release rather than through Debian's version-picking wrappers.
+pg_bindir() {
+    local dir tool
+    for dir in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
+        if has_pg_tools "$dir"; then
+            echo "$dir"
+            return 0
+        fi
+    done
+    for tool in "${PG_TOOLS[@]}"; do
+        command -v "$tool" >/dev/null 2>&1 || return 1
+    done
+}
+
+if ! PG_BINDIR=$(pg_bindir); then
+    log "installing PostgreSQL (apt-get install postgresql postgresql-contrib)"
+    command -v apt-get >/dev/null 2>&1 ||
+        die "PostgreSQL programs (${PG_TOOLS[*]}) not found and no apt-get here: install PostgreSQL and put its bin directory on PATH"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql postgresql-contrib
+    PG_BINDIR=$(pg_bindir) || die "PostgreSQL was installed but its programs (${PG_TOOLS[*]}) were not found"
+fi
+if [[ -n "$PG_BINDIR" ]]; then
+    export PATH="$PG_BINDIR:$PATH"
+fi
+log "PostgreSQL: $(command -v postgres) ($(postgres --version))"
+
+# PostgreSQL refuses to run as root; as root, the harness runs it as the postgres user.
+if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
+    log "creating the postgres system user"
+    useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+
+# --- S3 (Garage) ------------------------------------------------------------------------
+
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+
+# garage_bin: a Garage 2.x binary on PATH or in cargo's bin directory.
+garage_bin() {
+    local candidate
+    for candidate in "$(command -v garage 2>/dev/null || true)" "$CARGO_BIN/garage"; do
+        [[ -n "$candidate" && -x "$candidate" ]] || continue
+        if "$candidate" --version 2>/dev/null | grep -Eq '^garage [^0-9 ]*2\.'; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+GARAGE_DIR=
+cleanup() {
+    local status=$?
+    if [[ -n "$GARAGE_DIR" ]]; then
+        bash "$ROOT/scripts/garage.sh" stop "$GARAGE_DIR" || true
+        # Keep the server's log for a look after a failed run.
+        { mkdir -p "$TARGET_DIR" && cp -f "$GARAGE_DIR/garage.log" "$TARGET_DIR/test-garage.log"; } 2>/dev/null || true
+        rm -rf "$GARAGE_DIR"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ -n "${PGVAULT_TEST_S3_ENDPOINT:-}" ]]; then
+    log "S3: external server $PGVAULT_TEST_S3_ENDPOINT"
+else
+    if ! GARAGE_BIN=$(garage_bin); then
+        log "installing Garage $GARAGE_VERSION (cargo install; this takes about 20 minutes)"
+        cargo install garage --locked --version "$GARAGE_VERSION" --root "${CARGO_HOME:-$HOME/.cargo}"
+        GARAGE_BIN=$(garage_bin) || die "garage $GARAGE_VERSION was installed but $CARGO_BIN/garage does not run"
+    fi
+    export GARAGE_BIN
+    GARAGE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/pgvault-garage.XXXXXX")
+    bash "$ROOT/scripts/garage.sh" start "$GARAGE_DIR"
+    # shellcheck source=/dev/null
+    source "$GARAGE_DIR/env"
+fi
+
+export PGVAULT_TEST_REQUIRE_SERVERS=1
+
+# --- Build and test ---------------------------------------------------------------------
+
+# The end-to-end tests run the built binaries (target/debug/pgvault).
+log "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+runner=${PGVAULT_TEST_RUNNER:-}
+if [[ -z "$runner" ]]; then
+    if cargo nextest --version >/dev/null 2>&1; then runner=nextest; else runner=cargo; fi
+fi
+case "$runner" in
+nextest)
+    log "cargo nextest run --workspace $*"
+    cargo nextest run --workspace --no-fail-fast "$@"
+    # nextest does not run doctests.
+    if [[ $# -eq 0 ]]; then
+        log "cargo test --workspace --doc"
+        cargo test --workspace --doc
+    fi
+    ;;
+cargo)
+    log "cargo test --workspace $*"
+    cargo test --workspace --no-fail-fast "$@"
+    ;;
+*) die "PGVAULT_TEST_RUNNER must be 'nextest' or 'cargo', not '$runner'" ;;
+esac
