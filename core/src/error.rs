@@ -95,7 +95,9 @@ pub enum Error {
     },
 
     /// Decryption failed: the ciphertext is corrupt or was tampered with.
-    #[error("decryption of {object} failed (the stored bytes are corrupt or were altered): {message}")]
+    #[error(
+        "decryption of {object} failed (the stored bytes are corrupt or were altered): {message}"
+    )]
     Decrypt {
         /// The stored object.
         object: String,

@@ -104,7 +104,12 @@ pub fn roles(statements: &[GlobalStatement]) -> Vec<String> {
     let mut roles: Vec<String> = Vec::new();
     for s in statements {
         if let GlobalStatement::Role { role, sql } = s {
-            if sql.trim_start().to_ascii_uppercase().starts_with("CREATE ROLE") && !roles.contains(role) {
+            if sql
+                .trim_start()
+                .to_ascii_uppercase()
+                .starts_with("CREATE ROLE")
+                && !roles.contains(role)
+            {
                 roles.push(role.clone());
             }
         }

@@ -175,7 +175,10 @@ mod tests {
         let path = dir.path().join("key.txt");
         std::fs::write(
             &path,
-            format!("# created: now\n{}\n", age::secrecy::ExposeSecret::expose_secret(&id.to_string())),
+            format!(
+                "# created: now\n{}\n",
+                age::secrecy::ExposeSecret::expose_secret(&id.to_string())
+            ),
         )
         .unwrap();
         let ids = Identities::load(&path).unwrap();

@@ -200,13 +200,13 @@ fn encode(
         tally: Tally::new(),
         counter: Some(progress.clone()),
     };
-    let age_writer = recipients
-        .encryptor()?
-        .wrap_output(stored)
-        .map_err(codec)?;
-    let mut zstd_writer = zstd::stream::write::Encoder::new(age_writer, settings.level).map_err(codec)?;
+    let age_writer = recipients.encryptor()?.wrap_output(stored).map_err(codec)?;
+    let mut zstd_writer =
+        zstd::stream::write::Encoder::new(age_writer, settings.level).map_err(codec)?;
     let threads = if settings.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
     } else {
         settings.threads
     };
@@ -273,14 +273,27 @@ pub async fn upload_stream<R: Read + Send + 'static>(
     let encoder = tokio::task::spawn_blocking(move || {
         encode(source, &name, &recipients, settings, tx, progress)
     });
-    match drive_upload(upload.as_ref(), rx, encoder, settings.parts_in_flight, cancel).await {
+    match drive_upload(
+        upload.as_ref(),
+        rx,
+        encoder,
+        settings.parts_in_flight,
+        cancel,
+    )
+    .await
+    {
         Ok(digest) => Ok(digest),
         Err(e) => {
             if let Err(abort_err) = upload.abort().await {
                 tracing::warn!(key, error = %abort_err, "could not abort the multipart upload; `pgvault prune` will clean it up");
             }
             Err(match e {
-                Error::Storage { operation, key: k, message, retryable } if k.is_empty() => Error::Storage {
+                Error::Storage {
+                    operation,
+                    key: k,
+                    message,
+                    retryable,
+                } if k.is_empty() => Error::Storage {
                     operation,
                     key: key.to_string(),
                     message,
@@ -389,7 +402,9 @@ impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.tally.update(&buf[..n]);
-        self.progress.raw_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.progress
+            .raw_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -442,7 +457,8 @@ fn decode<W: Write>(
                 }
                 Err(e) => return Err(decrypt_err(&e)),
             };
-            let zstd_reader = zstd::stream::read::Decoder::new(stream).map_err(|e| decrypt_err(&e))?;
+            let zstd_reader =
+                zstd::stream::read::Decoder::new(stream).map_err(|e| decrypt_err(&e))?;
             let mut raw = HashingReader {
                 inner: zstd_reader,
                 tally: Tally::new(),
@@ -562,10 +578,25 @@ pub async fn download_stream<W: Write + Send + 'static>(
         .lock()
         .map_err(|_| Error::Invalid("digest state poisoned".into()))?
         .clone_finish();
-    check(key, "stored size", stored_size.to_string(), expected.stored_size.to_string())?;
-    check(key, "stored sha256", stored_sha, expected.stored_sha256.clone())?;
+    check(
+        key,
+        "stored size",
+        stored_size.to_string(),
+        expected.stored_size.to_string(),
+    )?;
+    check(
+        key,
+        "stored sha256",
+        stored_sha,
+        expected.stored_sha256.clone(),
+    )?;
     if let Some((raw_size, raw_sha)) = decoded.raw {
-        check(key, "decoded size", raw_size.to_string(), expected.raw_size.to_string())?;
+        check(
+            key,
+            "decoded size",
+            raw_size.to_string(),
+            expected.raw_size.to_string(),
+        )?;
         check(key, "decoded sha256", raw_sha, expected.raw_sha256.clone())?;
     }
     Ok(decoded.sink)

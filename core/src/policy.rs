@@ -188,8 +188,8 @@ impl Policy {
             ));
         }
 
-        let source_url = expand_env(raw.source.url.get_ref())
-            .map_err(|m| at(Some(raw.source.url.span()), m))?;
+        let source_url =
+            expand_env(raw.source.url.get_ref()).map_err(|m| at(Some(raw.source.url.span()), m))?;
         validate_postgres_url(&source_url).map_err(|m| at(Some(raw.source.url.span()), m))?;
 
         let base_dir = path.parent().unwrap_or(Path::new("."));
@@ -208,7 +208,10 @@ impl Policy {
             if !ok {
                 return Err(at(
                     Some(endpoint.span()),
-                    format!("endpoint {:?} is not an http(s) URL such as \"http://127.0.0.1:3900\"", endpoint.get_ref()),
+                    format!(
+                        "endpoint {:?} is not an http(s) URL such as \"http://127.0.0.1:3900\"",
+                        endpoint.get_ref()
+                    ),
                 ));
             }
         }
@@ -266,9 +269,7 @@ impl Policy {
         }
         let mut recipients = Recipients::default();
         for (value, span) in recipient_lines {
-            recipients
-                .add(&value)
-                .map_err(|m| at(Some(span), m))?;
+            recipients.add(&value).map_err(|m| at(Some(span), m))?;
         }
 
         let level = match &raw.compression.level {
@@ -352,7 +353,10 @@ fn validate_postgres_url(value: &str) -> std::result::Result<(), String> {
     }
     let db = parsed.path().trim_start_matches('/');
     if db.is_empty() {
-        return Err("source url must name the database to back up, e.g. postgres://backup@db:5432/app".into());
+        return Err(
+            "source url must name the database to back up, e.g. postgres://backup@db:5432/app"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -381,7 +385,10 @@ pub fn parse_repository_url(
     }
     if let Some(rest) = value.strip_prefix("file://") {
         if rest.is_empty() {
-            return Err("repository url file:// needs a directory, e.g. file:///var/lib/pgvault/repo".into());
+            return Err(
+                "repository url file:// needs a directory, e.g. file:///var/lib/pgvault/repo"
+                    .into(),
+            );
         }
         let path = Path::new(rest);
         let root = if path.is_absolute() {
@@ -399,9 +406,7 @@ pub fn parse_repository_url(
 /// Parse sizes such as `8MiB`, `16MB`, `5242880`.
 pub fn parse_byte_size(value: &str) -> std::result::Result<u64, String> {
     let v = value.trim();
-    let split = v
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(v.len());
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
     let n: u64 = num
         .parse()
@@ -411,7 +416,11 @@ pub fn parse_byte_size(value: &str) -> std::result::Result<u64, String> {
         "k" | "kb" | "kib" => 1024,
         "m" | "mb" | "mib" => 1024 * 1024,
         "g" | "gb" | "gib" => 1024 * 1024 * 1024,
-        other => return Err(format!("unknown size unit {other:?} in {value:?}; use KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {value:?}; use KiB, MiB or GiB"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{value:?} is too large"))
@@ -451,8 +460,13 @@ mod tests {
 
     #[test]
     fn unknown_key_is_reported_with_line_and_column() {
-        let err = parse(&minimal("colour = \"blue\"\n")).unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:6:1: unknown field `colour`"), "{err}");
+        let err = parse(&minimal("colour = \"blue\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("p.toml:6:1: unknown field `colour`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -475,7 +489,7 @@ mod tests {
     fn invalid_recipient_is_named() {
         let text = minimal("").replace(KEY, "age1notakey");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("p.toml:8:"), "{err}");
+        assert!(err.starts_with("p.toml:7:15:"), "{err}");
         assert!(err.contains("age1notakey"), "{err}");
     }
 
@@ -498,7 +512,9 @@ mod tests {
 
     #[test]
     fn small_part_size_is_refused() {
-        let err = parse(&minimal("part_size = \"1MiB\"\n")).unwrap_err().to_string();
+        let err = parse(&minimal("part_size = \"1MiB\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at least 5MiB"), "{err}");
     }
 }

@@ -115,9 +115,8 @@ impl ConnTarget {
 
     /// Connect with tokio-postgres; the connection task runs in the background.
     pub async fn connect(&self) -> Result<tokio_postgres::Client> {
-        let mut config = tokio_postgres::Config::from_str(self.url.as_str()).map_err(|e| {
-            Error::Invalid(format!("cannot use connection URL {}: {e}", self.url))
-        })?;
+        let mut config = tokio_postgres::Config::from_str(self.url.as_str())
+            .map_err(|e| Error::Invalid(format!("cannot use connection URL {}: {e}", self.url)))?;
         config.user(self.user());
         if let Some(p) = self.resolved_password() {
             config.password(p);
@@ -294,7 +293,11 @@ fn probe(dir: &Path) -> Option<PgTools> {
     // Follow symlinks (Debian's /usr/bin wrappers) so the directory holds the real tools.
     let real = std::fs::canonicalize(dir.join("pg_dump")).ok()?;
     let real_dir = real.parent()?.to_path_buf();
-    let dir = if real_dir.join("pg_restore").exists() { real_dir } else { dir.to_path_buf() };
+    let dir = if real_dir.join("pg_restore").exists() {
+        real_dir
+    } else {
+        dir.to_path_buf()
+    };
     Some(PgTools {
         dir,
         major,
@@ -413,7 +416,11 @@ impl ChildReader {
         Err(io::Error::other(format!(
             "{} {status}{}",
             self.tool,
-            if tail.is_empty() { String::new() } else { format!(": {tail}") }
+            if tail.is_empty() {
+                String::new()
+            } else {
+                format!(": {tail}")
+            }
         )))
     }
 }
@@ -566,8 +573,12 @@ mod tests {
 
     #[test]
     fn password_is_kept_out_of_the_url() {
-        let t = ConnTarget::parse("postgres://backup:s%3Acret@db:5433/app?sslmode=disable").unwrap();
-        assert_eq!(t.url_without_password(), "postgres://backup@db:5433/app?sslmode=disable");
+        let t =
+            ConnTarget::parse("postgres://backup:s%3Acret@db:5433/app?sslmode=disable").unwrap();
+        assert_eq!(
+            t.url_without_password(),
+            "postgres://backup@db:5433/app?sslmode=disable"
+        );
         assert_eq!(t.password.as_deref(), Some("s:cret"));
         assert_eq!(t.database(), "app");
         assert_eq!(t.with_database("other db").database(), "other db");
@@ -576,7 +587,10 @@ mod tests {
 
     #[test]
     fn majors_parse() {
-        assert_eq!(parse_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"), Some(15));
+        assert_eq!(
+            parse_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
         assert_eq!(parse_major("pg_dump (PostgreSQL) 17beta1"), Some(17));
     }
 

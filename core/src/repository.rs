@@ -36,7 +36,11 @@ pub const MANIFEST: &str = "manifest.json";
 pub fn new_backup_id(started: DateTime<Utc>) -> String {
     let mut random = [0u8; 4];
     rand::thread_rng().fill_bytes(&mut random);
-    format!("{}-{}", started.format("%Y%m%dT%H%M%SZ"), hex::encode(random))
+    format!(
+        "{}-{}",
+        started.format("%Y%m%dT%H%M%SZ"),
+        hex::encode(random)
+    )
 }
 
 /// What kind of backup a manifest describes.
@@ -245,8 +249,10 @@ impl Repository {
                 policy: self.policy.clone(),
             });
         }
-        let matches: Vec<BackupManifest> =
-            all.into_iter().filter(|m| m.id.starts_with(selector)).collect();
+        let matches: Vec<BackupManifest> = all
+            .into_iter()
+            .filter(|m| m.id.starts_with(selector))
+            .collect();
         match matches.len() {
             0 => Err(Error::BackupNotFound {
                 policy: self.policy.clone(),
@@ -294,8 +300,12 @@ mod tests {
 
     #[test]
     fn ids_sort_by_time_and_are_unique() {
-        let t1 = DateTime::parse_from_rfc3339("2026-11-28T03:15:00Z").unwrap().with_timezone(&Utc);
-        let t2 = DateTime::parse_from_rfc3339("2026-11-28T03:15:01Z").unwrap().with_timezone(&Utc);
+        let t1 = DateTime::parse_from_rfc3339("2026-11-28T03:15:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let t2 = DateTime::parse_from_rfc3339("2026-11-28T03:15:01Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let a = new_backup_id(t1);
         let b = new_backup_id(t1);
         let c = new_backup_id(t2);
@@ -306,7 +316,9 @@ mod tests {
 
     #[test]
     fn unknown_format_version_is_refused() {
-        let err = parse_manifest("m.json", br#"{"format_version": 99}"#).unwrap_err().to_string();
+        let err = parse_manifest("m.json", br#"{"format_version": 99}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("format_version 99 is not supported"), "{err}");
     }
 }

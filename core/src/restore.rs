@@ -167,7 +167,10 @@ pub async fn plan(
     let tools = PgTools::discover(options.bin_dir.as_deref(), server.major().max(source_major))?;
 
     let exists = admin
-        .query_opt("select 1 from pg_database where datname = $1", &[&target_database])
+        .query_opt(
+            "select 1 from pg_database where datname = $1",
+            &[&target_database],
+        )
         .await
         .map_err(|e| Error::pg("cannot look up the target database", e))?
         .is_some();
@@ -194,9 +197,14 @@ pub async fn plan(
 
     let recipients = &manifest.encryption.recipients;
     let globals_obj = manifest.object(object::GLOBALS)?;
-    let globals_sql =
-        pipeline::download_bytes(repo.storage(), &globals_obj.key, &globals_obj.digest, identities, recipients)
-            .await?;
+    let globals_sql = pipeline::download_bytes(
+        repo.storage(),
+        &globals_obj.key,
+        &globals_obj.digest,
+        identities,
+        recipients,
+    )
+    .await?;
     let statements = globals::parse(&String::from_utf8_lossy(&globals_sql));
     let existing: Vec<String> = admin
         .query("select rolname::text from pg_roles", &[])
@@ -205,8 +213,9 @@ pub async fn plan(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let (roles_existing, roles_to_create): (Vec<String>, Vec<String>) =
-        globals::roles(&statements).into_iter().partition(|r| existing.contains(r));
+    let (roles_existing, roles_to_create): (Vec<String>, Vec<String>) = globals::roles(&statements)
+        .into_iter()
+        .partition(|r| existing.contains(r));
     let tablespaces_skipped = statements
         .iter()
         .filter(|s| matches!(s, GlobalStatement::Tablespace { .. }))
@@ -227,7 +236,12 @@ pub async fn plan(
             message: format!("the verification sidecar is not valid JSON: {e}"),
         })?;
 
-    let suffix = manifest.id.rsplit('-').next().unwrap_or("restore").to_string();
+    let suffix = manifest
+        .id
+        .rsplit('-')
+        .next()
+        .unwrap_or("restore")
+        .to_string();
     Ok(RestorePlan {
         scratch_database: format!("{target_database}_pgvault_{suffix}"),
         target_server_version: server.version,
@@ -293,7 +307,11 @@ impl fmt::Display for RestorePlan {
             f,
             "  size:        {} stored, {} dump, {} tables",
             human_bytes(m.stored_size()),
-            human_bytes(m.object(object::DUMP).map(|o| o.digest.raw_size).unwrap_or(0)),
+            human_bytes(
+                m.object(object::DUMP)
+                    .map(|o| o.digest.raw_size)
+                    .unwrap_or(0)
+            ),
             self.sidecar.tables.len()
         )?;
         writeln!(
@@ -371,7 +389,10 @@ pub async fn execute(
 
     let scratch = plan.scratch_database.clone();
     admin
-        .batch_execute(&format!("drop database if exists {}", quote_ident(&scratch)))
+        .batch_execute(&format!(
+            "drop database if exists {}",
+            quote_ident(&scratch)
+        ))
         .await
         .map_err(|e| Error::pg(format!("cannot drop stale scratch database {scratch}"), e))?;
     admin
@@ -423,7 +444,10 @@ pub async fn execute(
 }
 
 async fn drop_scratch(admin: &tokio_postgres::Client, scratch: &str) {
-    let sql = format!("drop database if exists {} with (force)", quote_ident(scratch));
+    let sql = format!(
+        "drop database if exists {} with (force)",
+        quote_ident(scratch)
+    );
     if let Err(e) = admin.batch_execute(&sql).await {
         tracing::warn!(database = scratch, error = %e, "could not drop the scratch database; drop it by hand");
     }
@@ -448,8 +472,14 @@ async fn apply_globals(
             GlobalStatement::Role { sql, .. } | GlobalStatement::Other { sql } => sql,
         };
         if let Err(e) = admin.batch_execute(sql).await {
-            let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-            warnings.push(format!("globals: {}: {msg}", sql.lines().next().unwrap_or_default()));
+            let msg = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
+            warnings.push(format!(
+                "globals: {}: {msg}",
+                sql.lines().next().unwrap_or_default()
+            ));
         }
     }
     Ok(warnings)
@@ -470,7 +500,9 @@ async fn restore_dump(
     cmd.args(["--exit-on-error", "--no-password"]);
 
     if plan.jobs <= 1 {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .map_err(|e| Error::io("cannot start pg_restore", e))?;
@@ -551,7 +583,12 @@ async fn restore_dump(
         .prefix("pgvault-restore-")
         .suffix(".pgdump")
         .tempfile_in(&spool_dir)
-        .map_err(|e| Error::io(format!("cannot create a spool file in {}", spool_dir.display()), e))?;
+        .map_err(|e| {
+            Error::io(
+                format!("cannot create a spool file in {}", spool_dir.display()),
+                e,
+            )
+        })?;
     let (file, path) = spool.into_parts();
     let writer = std::io::BufWriter::with_capacity(1024 * 1024, file);
     let written = pipeline::download_stream(
@@ -580,7 +617,8 @@ async fn restore_dump(
         .flush()
         .map_err(|e| Error::io(format!("writing spool file {}", path.display()), e))?;
     drop(writer);
-    cmd.arg(format!("--jobs={}", plan.jobs)).arg(path.as_os_str());
+    cmd.arg(format!("--jobs={}", plan.jobs))
+        .arg(path.as_os_str());
     let spool_path: PathBuf = path.to_path_buf();
     tokio::task::spawn_blocking(move || postgres::run_tool("pg_restore", cmd))
         .await
@@ -643,7 +681,11 @@ async fn swap_into_place(admin: &tokio_postgres::Client, plan: &RestorePlan) -> 
         .map_err(|e| Error::pg("cannot look up the target database", e))?;
     let Some(row) = exists else {
         return admin
-            .batch_execute(&format!("alter database {} rename to {}", quote_ident(scratch), quote_ident(target)))
+            .batch_execute(&format!(
+                "alter database {} rename to {}",
+                quote_ident(scratch),
+                quote_ident(target)
+            ))
             .await
             .map_err(|e| Error::pg(format!("cannot rename {scratch} to {target}"), e));
     };
@@ -674,18 +716,33 @@ async fn swap_into_place(admin: &tokio_postgres::Client, plan: &RestorePlan) -> 
         .await
         .map_err(|e| Error::pg(format!("cannot move the old {target} aside"), e))?;
     if let Err(e) = admin
-        .batch_execute(&format!("alter database {} rename to {}", quote_ident(scratch), quote_ident(target)))
+        .batch_execute(&format!(
+            "alter database {} rename to {}",
+            quote_ident(scratch),
+            quote_ident(target)
+        ))
         .await
     {
         let _ = admin
-            .batch_execute(&format!("alter database {} rename to {}", quote_ident(&old), quote_ident(target)))
+            .batch_execute(&format!(
+                "alter database {} rename to {}",
+                quote_ident(&old),
+                quote_ident(target)
+            ))
             .await;
         return Err(Error::pg(format!("cannot rename {scratch} to {target}"), e));
     }
     admin
         .batch_execute(&format!("drop database {}", quote_ident(&old)))
         .await
-        .map_err(|e| Error::pg(format!("restored {target}, but could not drop the old copy {old}; drop it by hand"), e))?;
+        .map_err(|e| {
+            Error::pg(
+                format!(
+                    "restored {target}, but could not drop the old copy {old}; drop it by hand"
+                ),
+                e,
+            )
+        })?;
     Ok(())
 }
 

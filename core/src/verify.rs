@@ -105,16 +105,32 @@ pub async fn verify_backup(
                 deep_check_dump(repo, stored, ids, recipients, bin_dir, source_major).await
             }
             Some(ids) => {
-                match pipeline::download_bytes(repo.storage(), &stored.key, &stored.digest, ids, recipients).await {
+                match pipeline::download_bytes(
+                    repo.storage(),
+                    &stored.key,
+                    &stored.digest,
+                    ids,
+                    recipients,
+                )
+                .await
+                {
                     Ok(bytes) if role == object::VERIFICATION => {
                         serde_json::from_slice::<VerificationSidecar>(&bytes)
-                            .map(|s| format!("decrypts and verifies; row counts of {} tables", s.tables.len()))
+                            .map(|s| {
+                                format!(
+                                    "decrypts and verifies; row counts of {} tables",
+                                    s.tables.len()
+                                )
+                            })
                             .map_err(|e| Error::Integrity {
                                 object: stored.key.clone(),
                                 message: format!("the sidecar is not valid JSON: {e}"),
                             })
                     }
-                    Ok(bytes) => Ok(format!("decrypts and verifies; {} bytes of SQL", bytes.len())),
+                    Ok(bytes) => Ok(format!(
+                        "decrypts and verifies; {} bytes of SQL",
+                        bytes.len()
+                    )),
                     Err(e) => Err(e),
                 }
             }
@@ -146,7 +162,9 @@ async fn deep_check_dump(
 ) -> Result<String> {
     let tools = PgTools::discover(bin_dir, source_major)?;
     let mut cmd = crate::restore::toc_command(&tools);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io("cannot start pg_restore --list", e))?;

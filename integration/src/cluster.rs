@@ -84,7 +84,10 @@ impl PgCluster {
         if root {
             check(
                 "chown",
-                Command::new("chown").arg("postgres:").arg(dir.path()).output(),
+                Command::new("chown")
+                    .arg("postgres:")
+                    .arg(dir.path())
+                    .output(),
             );
         }
         let data = dir.path().join("data");
@@ -93,7 +96,14 @@ impl PgCluster {
             Self::as_pg(root, &bin.join("initdb"))
                 .arg("-D")
                 .arg(&data)
-                .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ])
                 .output(),
         );
         // A port taken between probing and binding makes pg_ctl fail: try a few.
@@ -117,8 +127,12 @@ impl PgCluster {
                 return Some(PgCluster { dir, bin, port });
             }
             if attempt == 4 {
-                let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-                panic!("pg_ctl start failed: {}\n{log}", String::from_utf8_lossy(&out.stderr));
+                let log =
+                    std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+                panic!(
+                    "pg_ctl start failed: {}\n{log}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
         None
@@ -154,7 +168,17 @@ impl PgCluster {
         let out = check(
             &format!("psql on {db}"),
             Command::new(self.tool("psql"))
-                .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+                .args([
+                    "-X",
+                    "-q",
+                    "-At",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                ])
                 .arg("-p")
                 .arg(self.port.to_string())
                 .arg("-d")
@@ -168,12 +192,24 @@ impl PgCluster {
 
     /// Run a multi-statement SQL script with psql.
     pub fn psql_script(&self, db: &str, script: &str) {
-        let path = self.dir.path().join(format!("script-{}.sql", rand::random::<u32>()));
+        let path = self
+            .dir
+            .path()
+            .join(format!("script-{}.sql", rand::random::<u32>()));
         std::fs::write(&path, script).unwrap_or_else(|e| panic!("cannot write script: {e}"));
         check(
             &format!("psql script on {db}"),
             Command::new(self.tool("psql"))
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+                .args([
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                ])
                 .arg("-p")
                 .arg(self.port.to_string())
                 .arg("-d")

@@ -47,7 +47,11 @@ pub fn keygen(dir: &Path, name: &str) -> TestKey {
         .arg(&identity)
         .output()
         .unwrap_or_else(|e| panic!("cannot run pgvault keygen: {e}"));
-    assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "keygen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     TestKey {
         identity,
         recipient: String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -70,10 +74,21 @@ pub enum RepoSpec<'a> {
 }
 
 /// Write a policy file for `source_url` and return its path.
-pub fn write_policy(dir: &Path, name: &str, source_url: &str, repo: &RepoSpec, recipient: &str, extra: &str) -> PathBuf {
+pub fn write_policy(
+    dir: &Path,
+    name: &str,
+    source_url: &str,
+    repo: &RepoSpec,
+    recipient: &str,
+    extra: &str,
+) -> PathBuf {
     let repository = match repo {
         RepoSpec::Filesystem(path) => format!("url = \"file://{}\"\n", path.display()),
-        RepoSpec::S3 { server, bucket, prefix } => format!(
+        RepoSpec::S3 {
+            server,
+            bucket,
+            prefix,
+        } => format!(
             "url = \"s3://{bucket}/{prefix}\"\nendpoint = \"{}\"\nregion = \"{}\"\n",
             server.endpoint, server.region
         ),
@@ -101,7 +116,8 @@ pub fn pgvault(server: Option<&S3Server>) -> Command {
 
 /// Run a command and return its output (never panics on a non-zero exit).
 pub fn run(mut cmd: Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Run a command that must succeed; returns stdout.
@@ -120,7 +136,11 @@ pub fn run_ok(cmd: Command) -> String {
 
 /// stdout and stderr of an output, for assertions on messages.
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Assert two long texts are equal, reporting the first differing line instead of both texts.
@@ -129,7 +149,11 @@ pub fn assert_same_text(a: &str, b: &str, what: &str) {
         return;
     }
     let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    let n = la.iter().zip(&lb).position(|(x, y)| x != y).unwrap_or(la.len().min(lb.len()));
+    let n = la
+        .iter()
+        .zip(&lb)
+        .position(|(x, y)| x != y)
+        .unwrap_or(la.len().min(lb.len()));
     panic!(
         "{what} differ at line {}:\n  left:  {:?}\n  right: {:?}\n({} vs {} lines)",
         n + 1,

@@ -1,6 +1,8 @@
 //! Every failure path of backup and restore: corrupted objects, wrong keys, a dump that
 //! dies mid-stream, Ctrl-C, a non-empty target, and invalid policy files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a harness failure should panic the test
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,8 +35,20 @@ fn setup(extra_policy: &str) -> Option<Setup> {
     );
     let key = keygen(work.path(), "ops");
     let repo = work.path().join("repo");
-    let policy = write_policy(work.path(), "app", &source.url("app"), &RepoSpec::Filesystem(&repo), &key.recipient, extra_policy);
-    Some(Setup { source, work, key, policy })
+    let policy = write_policy(
+        work.path(),
+        "app",
+        &source.url("app"),
+        &RepoSpec::Filesystem(&repo),
+        &key.recipient,
+        extra_policy,
+    );
+    Some(Setup {
+        source,
+        work,
+        key,
+        policy,
+    })
 }
 
 fn backup(s: &Setup) {
@@ -45,7 +59,12 @@ fn backup(s: &Setup) {
 
 fn dump_file(s: &Setup) -> std::path::PathBuf {
     let backups = s.repo().join("app/backups");
-    let id = std::fs::read_dir(&backups).unwrap().next().unwrap().unwrap().file_name();
+    let id = std::fs::read_dir(&backups)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
     backups.join(id).join("dump.pgdump.zst.age")
 }
 
@@ -66,7 +85,10 @@ fn restore_cmd(s: &Setup, target: &str, identity: &Path) -> Command {
 }
 
 fn scratch_databases(c: &PgCluster) -> Vec<String> {
-    c.databases().into_iter().filter(|d| d.contains("_pgvault_")).collect()
+    c.databases()
+        .into_iter()
+        .filter(|d| d.contains("_pgvault_"))
+        .collect()
 }
 
 #[test]
@@ -82,26 +104,51 @@ fn flipped_byte_fails_verify_naming_the_object_and_restore_leaves_target_unchang
     let out = run(verify);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("FAIL  dump") && t.contains("dump.pgdump.zst.age") && t.contains("stored sha256"), "{t}");
+    assert!(
+        t.contains("FAIL  dump")
+            && t.contains("dump.pgdump.zst.age")
+            && t.contains("stored sha256"),
+        "{t}"
+    );
     assert!(t.contains("OK    globals"), "{t}");
 
     let mut deep = pgvault(None);
-    deep.args(["verify", "latest", "--identity"]).arg(&s.key.identity).arg("--policy").arg(&s.policy);
+    deep.args(["verify", "latest", "--identity"])
+        .arg(&s.key.identity)
+        .arg("--policy")
+        .arg(&s.policy);
     let out = run(deep);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("FAIL  dump") && t.contains("decryption of") && t.contains("dump.pgdump.zst.age"), "{t}");
+    assert!(
+        t.contains("FAIL  dump")
+            && t.contains("decryption of")
+            && t.contains("dump.pgdump.zst.age"),
+        "{t}"
+    );
 
     // The target holds data that must survive the failed restore.
     s.source.psql("postgres", "create database target");
-    s.source.psql("target", "create table precious (x int); insert into precious values (1), (2), (3)");
+    s.source.psql(
+        "target",
+        "create table precious (x int); insert into precious values (1), (2), (3)",
+    );
     let mut restore = restore_cmd(&s, &s.source.url("target"), &s.key.identity);
     restore.arg("--force");
     let out = run(restore);
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
-    assert!(t.contains("the target database was not changed") && t.contains("dump.pgdump.zst.age"), "{t}");
-    assert_eq!(s.source.psql("target", "select string_agg(x::text, ',' order by x) from precious"), "1,2,3");
+    assert!(
+        t.contains("the target database was not changed") && t.contains("dump.pgdump.zst.age"),
+        "{t}"
+    );
+    assert_eq!(
+        s.source.psql(
+            "target",
+            "select string_agg(x::text, ',' order by x) from precious"
+        ),
+        "1,2,3"
+    );
     assert_eq!(scratch_databases(&s.source), Vec::<String>::new());
 }
 
@@ -111,7 +158,10 @@ fn corrupt_age_header_is_reported_as_corruption_not_as_a_wrong_key() {
     backup(&s);
     flip_byte(&dump_file(&s), 60);
     let mut deep = pgvault(None);
-    deep.args(["verify", "latest", "--identity"]).arg(&s.key.identity).arg("--policy").arg(&s.policy);
+    deep.args(["verify", "latest", "--identity"])
+        .arg(&s.key.identity)
+        .arg("--policy")
+        .arg(&s.policy);
     let out = run(deep);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
@@ -129,7 +179,10 @@ fn wrong_identity_gives_a_clear_error_and_writes_nothing() {
     let t = text(&out);
     assert!(!out.status.success());
     assert!(
-        t.contains(&format!("this backup was not encrypted to any key in {}", other.identity.display())),
+        t.contains(&format!(
+            "this backup was not encrypted to any key in {}",
+            other.identity.display()
+        )),
         "{t}"
     );
     assert!(t.contains("(recipients: sha256:"), "{t}");
@@ -137,9 +190,16 @@ fn wrong_identity_gives_a_clear_error_and_writes_nothing() {
     assert_eq!(s.source.databases(), before, "a database was created");
 
     let mut deep = pgvault(None);
-    deep.args(["verify", "latest", "--identity"]).arg(&other.identity).arg("--policy").arg(&s.policy);
+    deep.args(["verify", "latest", "--identity"])
+        .arg(&other.identity)
+        .arg("--policy")
+        .arg(&s.policy);
     let out = run(deep);
-    assert!(text(&out).contains("was not encrypted to any key"), "{}", text(&out));
+    assert!(
+        text(&out).contains("was not encrypted to any key"),
+        "{}",
+        text(&out)
+    );
     assert!(!out.status.success());
 }
 
@@ -148,20 +208,35 @@ fn non_empty_target_is_refused_without_force_and_left_unchanged() {
     let Some(s) = setup("") else { return };
     backup(&s);
     s.source.psql("postgres", "create database target");
-    s.source.psql("target", "create table mine (x int); insert into mine values (42)");
+    s.source.psql(
+        "target",
+        "create table mine (x int); insert into mine values (42)",
+    );
 
     let mut dry = restore_cmd(&s, &s.source.url("target"), &s.key.identity);
     dry.arg("--dry-run");
     let out = run_ok(dry);
-    assert!(out.contains("REFUSED: database target has 1 user table(s)"), "{out}");
+    assert!(
+        out.contains("REFUSED: database target has 1 user table(s)"),
+        "{out}"
+    );
     assert!(out.contains("dry run: nothing was changed"), "{out}");
 
     let out = run(restore_cmd(&s, &s.source.url("target"), &s.key.identity));
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
-    assert!(t.contains("already has 1 user table(s)") && t.contains("--force"), "{t}");
+    assert!(
+        t.contains("already has 1 user table(s)") && t.contains("--force"),
+        "{t}"
+    );
     assert_eq!(s.source.psql("target", "select x from mine"), "42");
-    assert_eq!(s.source.psql("target", "select count(*) from pg_tables where tablename = 't'"), "0");
+    assert_eq!(
+        s.source.psql(
+            "target",
+            "select count(*) from pg_tables where tablename = 't'"
+        ),
+        "0"
+    );
 
     // With --force the target is replaced by the verified restore.
     let mut forced = restore_cmd(&s, &s.source.url("target"), &s.key.identity);
@@ -169,7 +244,13 @@ fn non_empty_target_is_refused_without_force_and_left_unchanged() {
     let out = run_ok(forced);
     assert!(out.contains("restore PASSED"), "{out}");
     assert_eq!(s.source.psql("target", "select count(*) from t"), "5000");
-    assert_eq!(s.source.psql("target", "select count(*) from pg_tables where tablename = 'mine'"), "0");
+    assert_eq!(
+        s.source.psql(
+            "target",
+            "select count(*) from pg_tables where tablename = 'mine'"
+        ),
+        "0"
+    );
     assert_eq!(scratch_databases(&s.source), Vec::<String>::new());
 }
 
@@ -181,9 +262,16 @@ fn parallel_restore_spools_and_verifies() {
     let mut cmd = restore_cmd(&s, &s.source.url("parallel"), &s.key.identity);
     cmd.args(["--jobs", "2", "--spool-dir"]).arg(spool.path());
     let out = run_ok(cmd);
-    assert!(out.contains("pg_restore -j 2") && out.contains("restore PASSED"), "{out}");
+    assert!(
+        out.contains("pg_restore -j 2") && out.contains("restore PASSED"),
+        "{out}"
+    );
     assert_eq!(s.source.psql("parallel", "select count(*) from t"), "5000");
-    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0, "spool file left behind");
+    assert_eq!(
+        std::fs::read_dir(spool.path()).unwrap().count(),
+        0,
+        "spool file left behind"
+    );
 }
 
 /// Enough incompressible-ish data that a level-19 dump streams for several seconds.
@@ -208,7 +296,10 @@ fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 fn wait_for_copy_in_progress(s: &Setup) {
     wait_for("the dump upload to open", || {
         std::fs::read_dir(s.repo().join(".uploads"))
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".data")))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".data"))
+            })
             .unwrap_or(false)
     });
     wait_for("pg_dump to copy the bulk table", || {
@@ -226,8 +317,14 @@ fn assert_no_backup_and_no_upload(s: &Setup) {
     let leftovers: Vec<_> = std::fs::read_dir(s.repo().join(".uploads"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
-    assert!(leftovers.is_empty(), "open uploads left behind: {leftovers:?}");
-    let manifests = walk(&s.repo()).into_iter().filter(|p| p.ends_with("manifest.json")).count();
+    assert!(
+        leftovers.is_empty(),
+        "open uploads left behind: {leftovers:?}"
+    );
+    let manifests = walk(&s.repo())
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .count();
     assert_eq!(manifests, 0);
 }
 
@@ -250,9 +347,19 @@ fn walk(dir: &Path) -> Vec<String> {
 fn pg_dump_killed_mid_stream_leaves_no_backup_and_no_open_upload() {
     let Some(s) = setup("") else { return };
     make_slow_to_dump(&s.source);
-    std::fs::write(&s.policy, std::fs::read_to_string(&s.policy).unwrap().replace("level = 3", "level = 19\nthreads = 1")).unwrap();
+    std::fs::write(
+        &s.policy,
+        std::fs::read_to_string(&s.policy)
+            .unwrap()
+            .replace("level = 3", "level = 19\nthreads = 1"),
+    )
+    .unwrap();
     let mut cmd = pgvault(None);
-    cmd.arg("backup").arg("--policy").arg(&s.policy).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg("backup")
+        .arg("--policy")
+        .arg(&s.policy)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     // Wait until dump bytes are being stored, then kill pg_dump's server session.
     wait_for_copy_in_progress(&s);
@@ -263,9 +370,16 @@ fn pg_dump_killed_mid_stream_leaves_no_backup_and_no_open_upload() {
     assert_eq!(killed, "1", "pg_dump was not running");
     let out = child.wait_with_output().unwrap();
     let t = text(&out);
-    assert!(!out.status.success(), "backup succeeded although pg_dump died: {t}");
+    assert!(
+        !out.status.success(),
+        "backup succeeded although pg_dump died: {t}"
+    );
     assert!(t.contains("pg_dump"), "{t}");
-    assert_eq!(String::from_utf8_lossy(&out.stderr).trim().lines().count(), 1, "one line expected: {t}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1,
+        "one line expected: {t}"
+    );
     assert_no_backup_and_no_upload(&s);
 }
 
@@ -273,12 +387,25 @@ fn pg_dump_killed_mid_stream_leaves_no_backup_and_no_open_upload() {
 fn sigint_mid_upload_aborts_cleanly() {
     let Some(s) = setup("") else { return };
     make_slow_to_dump(&s.source);
-    std::fs::write(&s.policy, std::fs::read_to_string(&s.policy).unwrap().replace("level = 3", "level = 19\nthreads = 1")).unwrap();
+    std::fs::write(
+        &s.policy,
+        std::fs::read_to_string(&s.policy)
+            .unwrap()
+            .replace("level = 3", "level = 19\nthreads = 1"),
+    )
+    .unwrap();
     let mut cmd = pgvault(None);
-    cmd.arg("backup").arg("--policy").arg(&s.policy).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg("backup")
+        .arg("--policy")
+        .arg(&s.policy)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     wait_for_copy_in_progress(&s);
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
@@ -286,25 +413,53 @@ fn sigint_mid_upload_aborts_cleanly() {
     assert_no_backup_and_no_upload(&s);
     // No pg_dump is left running against the source.
     wait_for("pg_dump to disappear", || {
-        s.source.psql("postgres", "select count(*) from pg_stat_activity where application_name = 'pg_dump'") == "0"
+        s.source.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where application_name = 'pg_dump'",
+        ) == "0"
     });
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn source_dropped_mid_stream_on_s3_aborts_the_multipart_upload() {
-    let Some(server) = S3Server::from_env() else { return };
-    let Some(source) = PgCluster::start() else { return };
+    let Some(server) = S3Server::from_env() else {
+        return;
+    };
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     source.psql("postgres", "create database app");
     make_slow_to_dump(&source);
     let key = keygen(work.path(), "ops");
     let (bucket, prefix) = server.fresh_location().await;
-    let spec = RepoSpec::S3 { server: &server, bucket: &bucket, prefix: &prefix };
-    let policy = write_policy(work.path(), "app", &source.url("app"), &spec, &key.recipient, "");
-    std::fs::write(&policy, std::fs::read_to_string(&policy).unwrap().replace("level = 3", "level = 19\nthreads = 1")).unwrap();
+    let spec = RepoSpec::S3 {
+        server: &server,
+        bucket: &bucket,
+        prefix: &prefix,
+    };
+    let policy = write_policy(
+        work.path(),
+        "app",
+        &source.url("app"),
+        &spec,
+        &key.recipient,
+        "",
+    );
+    std::fs::write(
+        &policy,
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("level = 3", "level = 19\nthreads = 1"),
+    )
+    .unwrap();
 
     let mut cmd = pgvault(Some(&server));
-    cmd.arg("backup").arg("--policy").arg(&policy).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg("backup")
+        .arg("--policy")
+        .arg(&policy)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     // The dump upload is open once pg_dump's COPY is running.
@@ -319,12 +474,25 @@ async fn source_dropped_mid_stream_on_s3_aborts_the_multipart_upload() {
         assert!(Instant::now() < deadline, "pg_dump never started copying");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    source.psql("postgres", "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'pg_dump'");
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    source.psql(
+        "postgres",
+        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'pg_dump'",
+    );
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!out.status.success(), "{}", text(&out));
-    assert_eq!(server.open_multipart_uploads(&bucket, &prefix).await, 0, "multipart upload left open");
+    assert_eq!(
+        server.open_multipart_uploads(&bucket, &prefix).await,
+        0,
+        "multipart upload left open"
+    );
     let keys = server.list_keys(&bucket, &prefix).await;
-    assert!(!keys.iter().any(|k| k.ends_with("manifest.json")), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.ends_with("manifest.json")),
+        "{keys:?}"
+    );
     let mut list = pgvault(Some(&server));
     list.args(["list", "--policy"]).arg(&policy);
     assert_eq!(run_ok(list).trim(), "no backups");
@@ -338,11 +506,31 @@ fn invalid_policy_files_name_line_and_column() {
         "name = \"app\"\n[source]\nurl = \"postgres://u@h/app\"\n[repository]\nurl = \"file:///tmp/x\"\n[encryption]\nrecipients = [\"{key}\"]\n"
     );
     let cases = [
-        ("unknown-key", good.replace("[encryption]", "colour = \"blue\"\n[encryption]"), ":6:1: unknown field `colour`"),
-        ("bad-url", good.replace("file:///tmp/x", "ftp://nowhere"), ":5:7: repository url \"ftp://nowhere\" must start with s3://"),
-        ("bad-source", good.replace("postgres://u@h/app", "mysql://u@h/app"), ":3:7: source url must start with postgres://"),
-        ("no-recipients", good.replace(&format!("recipients = [\"{key}\"]\n"), ""), ":6:1: [encryption] needs at least one age recipient"),
-        ("bad-recipient", good.replace(key, "age1bogus"), ":7:15: \"age1bogus\" is not an age public key"),
+        (
+            "unknown-key",
+            good.replace("[encryption]", "colour = \"blue\"\n[encryption]"),
+            ":6:1: unknown field `colour`",
+        ),
+        (
+            "bad-url",
+            good.replace("file:///tmp/x", "ftp://nowhere"),
+            ":5:7: repository url \"ftp://nowhere\" must start with s3://",
+        ),
+        (
+            "bad-source",
+            good.replace("postgres://u@h/app", "mysql://u@h/app"),
+            ":3:7: source url must start with postgres://",
+        ),
+        (
+            "no-recipients",
+            good.replace(&format!("recipients = [\"{key}\"]\n"), ""),
+            ":6:1: [encryption] needs at least one age recipient",
+        ),
+        (
+            "bad-recipient",
+            good.replace(key, "age1bogus"),
+            ":7:15: \"age1bogus\" is not an age public key",
+        ),
     ];
     for (name, content, expected) in cases {
         let path = work.path().join(format!("{name}.toml"));

@@ -1,7 +1,11 @@
 //! Backup → restore into a fresh cluster → identical schema and data, on the filesystem
 //! backend and on S3.
 
-use pgvault_integration::{assert_same_text, keygen, pgvault, run_ok, write_policy, PgCluster, RepoSpec, S3Server};
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a harness failure should panic the test
+
+use pgvault_integration::{
+    assert_same_text, keygen, pgvault, run_ok, write_policy, PgCluster, RepoSpec, S3Server,
+};
 
 /// A database exercising what a restore must carry: several schemas and tables, indexes,
 /// a sequence, a view, a function, jsonb/bytea/timestamptz/numeric data, unicode, a large
@@ -60,14 +64,25 @@ do $$ declare l oid; begin select body into l from public.documents where id = 1
 "#;
 
 fn round_trip(repo: impl Fn(&std::path::Path) -> (RepoSpec<'static>, Option<&'static S3Server>)) {
-    let Some(source) = PgCluster::start() else { return };
-    let Some(target) = PgCluster::start() else { return };
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
+    let Some(target) = PgCluster::start() else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     source.psql("postgres", "create database app");
     source.psql_script("app", RICH_SCHEMA);
     let key = keygen(work.path(), "ops");
     let (spec, server) = repo(work.path());
-    let policy = write_policy(work.path(), "rich", &source.url("app"), &spec, &key.recipient, "");
+    let policy = write_policy(
+        work.path(),
+        "rich",
+        &source.url("app"),
+        &spec,
+        &key.recipient,
+        "",
+    );
 
     let mut backup = pgvault(server);
     backup.arg("backup").arg("--policy").arg(&policy);
@@ -81,24 +96,40 @@ fn round_trip(repo: impl Fn(&std::path::Path) -> (RepoSpec<'static>, Option<&'st
     assert_eq!(listed[0]["database"], "app");
 
     let mut verify = pgvault(server);
-    verify.args(["verify", "latest", "--identity"]).arg(&key.identity).arg("--policy").arg(&policy);
+    verify
+        .args(["verify", "latest", "--identity"])
+        .arg(&key.identity)
+        .arg("--policy")
+        .arg(&policy);
     let out = run_ok(verify);
     assert!(out.contains("verification PASSED"), "{out}");
 
     // Restore into a fresh cluster, which has none of the roles: globals create them.
     let mut restore = pgvault(server);
     restore
-        .args(["restore", "latest", "--target", &target.url("app"), "--identity"])
+        .args([
+            "restore",
+            "latest",
+            "--target",
+            &target.url("app"),
+            "--identity",
+        ])
         .arg(&key.identity)
         .arg("--policy")
         .arg(&policy);
     let out = run_ok(restore);
     assert!(out.contains("create app_owner, app_reader"), "{out}");
-    assert!(out.contains("OK     shop.orders") || out.contains("OK    shop.orders"), "{out}");
+    assert!(
+        out.contains("OK     shop.orders") || out.contains("OK    shop.orders"),
+        "{out}"
+    );
     assert!(out.contains("restore PASSED"), "{out}");
 
     let (a, b) = (source.dump_text("app"), target.dump_text("app"));
-    assert!(a.contains("OWNER TO app_owner") && a.contains("lo_open"), "source dump lacks the objects under test");
+    assert!(
+        a.contains("OWNER TO app_owner") && a.contains("lo_open"),
+        "source dump lacks the objects under test"
+    );
     assert_same_text(&a, &b, "pg_dump of source and restored database");
     for sql in [
         "select count(*) from shop.customers",
@@ -129,17 +160,31 @@ fn round_trip_on_filesystem_repository() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_on_s3_repository() {
-    let Some(server) = S3Server::from_env() else { return };
+    let Some(server) = S3Server::from_env() else {
+        return;
+    };
     let server: &'static S3Server = Box::leak(Box::new(server));
     let (bucket, prefix) = server.fresh_location().await;
     let bucket: &'static str = Box::leak(bucket.into_boxed_str());
     let prefix: &'static str = Box::leak(prefix.into_boxed_str());
     tokio::task::spawn_blocking(move || {
-        round_trip(|_| (RepoSpec::S3 { server, bucket, prefix }, Some(server)));
+        round_trip(|_| {
+            (
+                RepoSpec::S3 {
+                    server,
+                    bucket,
+                    prefix,
+                },
+                Some(server),
+            )
+        });
     })
     .await
     .unwrap();
     let keys = server.list_keys(bucket, prefix).await;
-    assert!(keys.iter().any(|k| k.ends_with("manifest.json")), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.ends_with("manifest.json")),
+        "{keys:?}"
+    );
     assert_eq!(server.open_multipart_uploads(bucket, prefix).await, 0);
 }

@@ -23,7 +23,11 @@ const EXIT_CHECK_FAILED: u8 = 2;
 const EXIT_CANCELLED: u8 = 130;
 
 #[derive(Parser)]
-#[command(name = "pgvault", version, about = "Encrypted, verified PostgreSQL backups and restores")]
+#[command(
+    name = "pgvault",
+    version,
+    about = "Encrypted, verified PostgreSQL backups and restores"
+)]
 struct Cli {
     /// More detail in logs (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -118,13 +122,14 @@ fn init_logging(verbose: u8) {
 /// Cancel the token on Ctrl-C or SIGTERM.
 fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -144,9 +149,12 @@ async fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("pgvault: {}", output::one_line(&e));
-            let cancelled = e
-                .chain()
-                .any(|c| matches!(c.downcast_ref::<pgvault_core::Error>(), Some(pgvault_core::Error::Cancelled)));
+            let cancelled = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<pgvault_core::Error>(),
+                    Some(pgvault_core::Error::Cancelled)
+                )
+            });
             if cancelled {
                 ExitCode::from(EXIT_CANCELLED)
             } else {
@@ -156,7 +164,7 @@ async fn main() -> ExitCode {
     }
 }
 
-fn load_policy(path: &PathBuf) -> Result<Policy> {
+fn load_policy(path: &std::path::Path) -> Result<Policy> {
     // The core error already names the file, line and column.
     Ok(Policy::load(path)?)
 }
@@ -177,7 +185,8 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             let started = Instant::now();
             let result = backup::run_logical_backup(&policy, progress, cancel).await;
             display.finish();
-            let manifest = result.with_context(|| format!("backup of policy {} failed", policy.name))?;
+            let manifest =
+                result.with_context(|| format!("backup of policy {} failed", policy.name))?;
             let peak_rss_kib = output::peak_rss_kib();
             if json {
                 println!(
@@ -185,13 +194,19 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                     serde_json::json!({ "manifest": manifest, "peak_rss_kib": peak_rss_kib })
                 );
             } else {
-                println!("{}", output::backup_summary(&manifest, started.elapsed(), peak_rss_kib));
+                println!(
+                    "{}",
+                    output::backup_summary(&manifest, started.elapsed(), peak_rss_kib)
+                );
             }
             Ok(0)
         }
         Command::Keygen { output } => {
             let recipient = pgvault_core::keys::generate_identity_file(&output)?;
-            eprintln!("identity written to {} (keep it secret, keep it safe)", output.display());
+            eprintln!(
+                "identity written to {} (keep it secret, keep it safe)",
+                output.display()
+            );
             println!("{recipient}");
             Ok(0)
         }
@@ -206,7 +221,11 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Verify { policy, backup, identity } => {
+        Command::Verify {
+            policy,
+            backup,
+            identity,
+        } => {
             let policy = load_policy(&policy)?;
             let repo = open_repository(&policy).await?;
             let identities = identity.as_deref().map(Identities::load).transpose()?;
@@ -219,7 +238,11 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             )
             .await?;
             print!("{}", output::verify_summary(&report));
-            Ok(if report.passed() { 0 } else { EXIT_CHECK_FAILED })
+            Ok(if report.passed() {
+                0
+            } else {
+                EXIT_CHECK_FAILED
+            })
         }
         Command::Restore {
             policy,
@@ -257,7 +280,11 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             display.finish();
             let report = result.context("restore failed; the target database was not changed")?;
             print!("{}", output::restore_summary(&report, started.elapsed()));
-            Ok(if report.passed() { 0 } else { EXIT_CHECK_FAILED })
+            Ok(if report.passed() {
+                0
+            } else {
+                EXIT_CHECK_FAILED
+            })
         }
     }
 }

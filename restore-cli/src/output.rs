@@ -85,7 +85,15 @@ pub fn backup_table(backups: &[BackupManifest]) -> String {
     let _ = writeln!(
         out,
         "{:<26} {:<20} {:<20} {:<16} {:<8} {:>10} {:>10} {:>6} {:>9}",
-        "ID", "STARTED (UTC)", "FINISHED (UTC)", "DATABASE", "SERVER", "RAW", "STORED", "RATIO", "DURATION"
+        "ID",
+        "STARTED (UTC)",
+        "FINISHED (UTC)",
+        "DATABASE",
+        "SERVER",
+        "RAW",
+        "STORED",
+        "RATIO",
+        "DURATION"
     );
     for m in backups {
         let _ = writeln!(
@@ -95,7 +103,10 @@ pub fn backup_table(backups: &[BackupManifest]) -> String {
             m.started_at.format("%Y-%m-%d %H:%M:%S"),
             m.finished_at.format("%Y-%m-%d %H:%M:%S"),
             m.database,
-            m.server_version.split_whitespace().next().unwrap_or_default(),
+            m.server_version
+                .split_whitespace()
+                .next()
+                .unwrap_or_default(),
             human_bytes(m.raw_size()),
             human_bytes(m.stored_size()),
             ratio(m.raw_size(), m.stored_size()),
@@ -112,7 +123,11 @@ pub fn verify_summary(report: &VerifyReport) -> String {
         out,
         "verify {} ({}):",
         report.backup_id,
-        if report.deep { "stored bytes and contents" } else { "stored bytes only; pass --identity to check contents" }
+        if report.deep {
+            "stored bytes and contents"
+        } else {
+            "stored bytes only; pass --identity to check contents"
+        }
     );
     for o in &report.objects {
         match &o.outcome {
@@ -127,7 +142,11 @@ pub fn verify_summary(report: &VerifyReport) -> String {
     let _ = writeln!(
         out,
         "{}",
-        if report.passed() { "verification PASSED" } else { "verification FAILED" }
+        if report.passed() {
+            "verification PASSED"
+        } else {
+            "verification FAILED"
+        }
     );
     out
 }
@@ -195,7 +214,11 @@ impl ProgressDisplay {
         let stop_task = stop.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let tick = if bar_task.is_some() { Duration::from_millis(200) } else { crate::LOG_PROGRESS_EVERY };
+            let tick = if bar_task.is_some() {
+                Duration::from_millis(200)
+            } else {
+                crate::LOG_PROGRESS_EVERY
+            };
             let mut interval = tokio::time::interval(tick);
             interval.tick().await;
             loop {

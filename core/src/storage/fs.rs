@@ -50,9 +50,7 @@ fn storage_err(operation: &'static str, key: &str, e: std::io::Error) -> Error {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Invalid(format!("storage worker failed: {e}")))?
@@ -94,12 +92,17 @@ impl Storage for FilesystemStorage {
         let upload_id = hex::encode(id);
         let key_owned = key.to_string();
         let state = blocking(move || {
-            std::fs::create_dir_all(&uploads).map_err(|e| storage_err("begin upload", &key_owned, e))?;
+            std::fs::create_dir_all(&uploads)
+                .map_err(|e| storage_err("begin upload", &key_owned, e))?;
             // The upload file records its target key in a sidecar so pending uploads can be listed.
             let data_path = uploads.join(format!("{upload_id}.data"));
-            let file = File::create(&data_path).map_err(|e| storage_err("begin upload", &key_owned, e))?;
-            std::fs::write(uploads.join(format!("{upload_id}.key")), key_owned.as_bytes())
-                .map_err(|e| storage_err("begin upload", &key_owned, e))?;
+            let file =
+                File::create(&data_path).map_err(|e| storage_err("begin upload", &key_owned, e))?;
+            std::fs::write(
+                uploads.join(format!("{upload_id}.key")),
+                key_owned.as_bytes(),
+            )
+            .map_err(|e| storage_err("begin upload", &key_owned, e))?;
             Ok(FsUploadState {
                 file: Some(file),
                 next: 1,
@@ -122,7 +125,10 @@ impl Storage for FilesystemStorage {
         blocking(move || {
             use std::os::unix::fs::FileExt;
             let file = File::open(&path).map_err(|e| storage_err("get", &key, e))?;
-            let size = file.metadata().map_err(|e| storage_err("get", &key, e))?.len();
+            let size = file
+                .metadata()
+                .map_err(|e| storage_err("get", &key, e))?
+                .len();
             let end = size.min(offset.saturating_add(len));
             let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
             file.read_exact_at(&mut buf, offset)
@@ -174,7 +180,9 @@ impl Storage for FilesystemStorage {
                     if rel == UPLOADS_DIR || rel.contains("/.tmp") || rel.starts_with(".tmp") {
                         continue;
                     }
-                    let meta = entry.metadata().map_err(|e| storage_err("list", &prefix, e))?;
+                    let meta = entry
+                        .metadata()
+                        .map_err(|e| storage_err("list", &prefix, e))?;
                     if meta.is_dir() {
                         // Descend only where the prefix can still match.
                         let as_dir = format!("{rel}/");
@@ -217,7 +225,9 @@ impl Storage for FilesystemStorage {
             for entry in entries {
                 let entry = entry.map_err(|e| storage_err("list uploads", &prefix, e))?;
                 let name = entry.file_name().to_string_lossy().to_string();
-                let Some(upload_id) = name.strip_suffix(".key") else { continue };
+                let Some(upload_id) = name.strip_suffix(".key") else {
+                    continue;
+                };
                 let key = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 if !key.starts_with(&prefix) {
                     continue;
@@ -272,7 +282,9 @@ impl Upload for FsUpload {
             st.waiting.insert(number, data);
             loop {
                 let next = st.next;
-                let Some(part) = st.waiting.remove(&next) else { break };
+                let Some(part) = st.waiting.remove(&next) else {
+                    break;
+                };
                 let file = st.file.as_mut().ok_or_else(|| lock_err(&key))?;
                 file.write_all(&part)
                     .map_err(|e| storage_err("upload part", &key, e))?;
@@ -298,7 +310,8 @@ impl Upload for FsUpload {
                 });
             }
             let file = st.file.take().ok_or_else(|| lock_err(&key))?;
-            file.sync_all().map_err(|e| storage_err("complete upload", &key, e))?;
+            file.sync_all()
+                .map_err(|e| storage_err("complete upload", &key, e))?;
             drop(file);
             let dir = final_path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir).map_err(|e| storage_err("complete upload", &key, e))?;

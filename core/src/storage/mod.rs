@@ -112,7 +112,9 @@ pub async fn open(config: &RepositoryConfig) -> Result<Arc<dyn Storage>> {
 pub(crate) fn check_key(key: &str) -> Result<()> {
     let bad = key.is_empty()
         || key.starts_with('/')
-        || key.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         return Err(Error::Invalid(format!("invalid object key {key:?}")));
     }

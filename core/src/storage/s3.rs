@@ -61,9 +61,8 @@ impl S3Storage {
             loader = loader.region(aws_config::Region::new(region.to_string()));
         }
         let shared = loader.load().await;
-        let mut builder = aws_sdk_s3::config::Builder::from(&shared).retry_config(
-            aws_config::retry::RetryConfig::standard().with_max_attempts(5),
-        );
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
         if shared.region().is_none() {
             builder = builder.region(aws_config::Region::new("us-east-1"));
         }
@@ -138,12 +137,15 @@ impl Storage for S3Storage {
             .send()
             .await
             .map_err(|e| sdk_err("begin upload", &full, e))?;
-        let upload_id = out.upload_id().map(str::to_string).ok_or_else(|| Error::Storage {
-            operation: "begin upload",
-            key: full.clone(),
-            message: "the server returned no upload id".into(),
-            retryable: false,
-        })?;
+        let upload_id = out
+            .upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::Storage {
+                operation: "begin upload",
+                key: full.clone(),
+                message: "the server returned no upload id".into(),
+                retryable: false,
+            })?;
         Ok(Box::new(S3Upload {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
@@ -338,7 +340,12 @@ impl Upload for S3Upload {
             .set_parts(Some(
                 etags
                     .into_iter()
-                    .map(|(n, e)| CompletedPart::builder().part_number(n as i32).e_tag(e).build())
+                    .map(|(n, e)| {
+                        CompletedPart::builder()
+                            .part_number(n as i32)
+                            .e_tag(e)
+                            .build()
+                    })
                     .collect(),
             ))
             .build();

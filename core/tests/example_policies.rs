@@ -1,0 +1,33 @@
+//! Every example in `policies/` parses and validates, so the examples never rot.
+
+#![allow(clippy::unwrap_used)] // a failing example should panic the test
+
+use std::path::Path;
+
+use pgvault_core::policy::{Policy, RepositoryLocation};
+
+#[test]
+fn every_example_policy_parses() {
+    std::env::set_var("PGVAULT_APP_PASSWORD", "example-only");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut parsed = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let policy = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!policy.recipients.is_empty());
+            parsed += 1;
+        }
+    }
+    assert!(
+        parsed >= 2,
+        "expected the example policies in {}",
+        dir.display()
+    );
+    let prod = Policy::load(&dir.join("app-prod-s3.toml")).unwrap();
+    assert_eq!(prod.recipients.len(), 2);
+    assert!(prod.source.url.contains("example-only"));
+    assert!(
+        matches!(prod.repository.location, RepositoryLocation::S3 { ref bucket, .. } if bucket == "acme-pg-backups")
+    );
+}
