@@ -206,13 +206,7 @@ pub async fn plan(
     )
     .await?;
     let statements = globals::parse(&String::from_utf8_lossy(&globals_sql));
-    let existing: Vec<String> = admin
-        .query("select rolname::text from pg_roles", &[])
-        .await
-        .map_err(|e| Error::pg("cannot list roles on the target server", e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let existing = existing_roles(&admin).await?;
     let (roles_existing, roles_to_create): (Vec<String>, Vec<String>) = globals::roles(&statements)
         .into_iter()
         .partition(|r| existing.contains(r));
@@ -260,7 +254,8 @@ pub async fn plan(
     })
 }
 
-fn human_bytes(n: u64) -> String {
+/// Byte counts for people: `512 B`, `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;
@@ -453,17 +448,21 @@ async fn drop_scratch(admin: &tokio_postgres::Client, scratch: &str) {
     }
 }
 
-async fn apply_globals(
-    admin: &tokio_postgres::Client,
-    statements: &[GlobalStatement],
-) -> Result<Vec<String>> {
-    let existing: Vec<String> = admin
+async fn existing_roles(admin: &tokio_postgres::Client) -> Result<Vec<String>> {
+    Ok(admin
         .query("select rolname::text from pg_roles", &[])
         .await
         .map_err(|e| Error::pg("cannot list roles on the target server", e))?
         .iter()
         .map(|r| r.get(0))
-        .collect();
+        .collect())
+}
+
+async fn apply_globals(
+    admin: &tokio_postgres::Client,
+    statements: &[GlobalStatement],
+) -> Result<Vec<String>> {
+    let existing = existing_roles(admin).await?;
     let mut warnings = Vec::new();
     for statement in statements {
         let sql = match statement {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgvault_core::pipeline::Progress;
 use pgvault_core::repository::BackupManifest;
-use pgvault_core::restore::RestoreReport;
+use pgvault_core::restore::{human_bytes, RestoreReport};
 use pgvault_core::verify::VerifyReport;
 
 /// An error and its causes on one line, each cause once.
@@ -22,22 +22,6 @@ pub fn one_line(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ").replace('\n', " ")
-}
-
-/// Human-readable byte counts.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 fn ratio(raw: u64, stored: u64) -> String {

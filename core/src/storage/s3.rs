@@ -48,6 +48,17 @@ where
     }
 }
 
+/// Read a GET response body to the end; a connection lost mid-body is retryable.
+async fn collect_body(body: ByteStream, key: &str) -> Result<Bytes> {
+    let data = body.collect().await.map_err(|e| Error::Storage {
+        operation: "get",
+        key: key.into(),
+        message: e.to_string(),
+        retryable: true,
+    })?;
+    Ok(data.into_bytes())
+}
+
 impl S3Storage {
     /// Connect to `bucket` with the standard AWS credential chain.
     pub async fn connect(
@@ -169,13 +180,7 @@ impl Storage for S3Storage {
             .send()
             .await
             .map_err(|e| sdk_err("get", &full, e))?;
-        let body = out.body.collect().await.map_err(|e| Error::Storage {
-            operation: "get",
-            key: full.clone(),
-            message: e.to_string(),
-            retryable: true,
-        })?;
-        Ok(body.into_bytes())
+        collect_body(out.body, &full).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
@@ -188,13 +193,7 @@ impl Storage for S3Storage {
             .send()
             .await
             .map_err(|e| sdk_err("get", &full, e))?;
-        let body = out.body.collect().await.map_err(|e| Error::Storage {
-            operation: "get",
-            key: full.clone(),
-            message: e.to_string(),
-            retryable: true,
-        })?;
-        Ok(body.into_bytes())
+        collect_body(out.body, &full).await
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>> {
