@@ -85,76 +85,87 @@ pub async fn run_logical_backup(
     let settings = encode_settings(policy);
     let recipients = &policy.recipients;
 
-    // Globals first: small, and a failure here costs nothing.
-    let globals_sql = dump_globals(&tools, &source, policy.backup.include_role_passwords).await?;
-    let globals_key = repo.object_key(&id, GLOBALS_FILE);
-    let globals = pipeline::upload_bytes(
-        repo.storage(),
-        &globals_key,
-        globals_sql,
-        recipients,
-        settings,
-        cancel,
-    )
-    .await?;
+    // Everything stored before the manifest is removed again if a later step fails, so a
+    // failed backup leaves no objects behind (the manifest is never written in that case).
+    let stored = async {
+        // Globals first: small, and a failure here costs nothing.
+        let globals_sql =
+            dump_globals(&tools, &source, policy.backup.include_role_passwords).await?;
+        let globals_key = repo.object_key(&id, GLOBALS_FILE);
+        let globals = pipeline::upload_bytes(
+            repo.storage(),
+            &globals_key,
+            globals_sql,
+            recipients,
+            settings,
+            cancel,
+        )
+        .await?;
 
-    // The dump and the row counts, concurrently, in the same snapshot.
-    let mut cmd = source.command(&tools.tool("pg_dump"));
-    cmd.args(["--format=custom", "--compress=0", "--no-password"])
-        .arg(format!("--snapshot={snapshot}"));
-    let (reader, killer) = ChildReader::spawn("pg_dump", cmd)?;
-    let dump_key = repo.object_key(&id, DUMP_FILE);
-    let dump_upload = pipeline::upload_stream(
-        repo.storage(),
-        &dump_key,
-        reader,
-        "pg_dump",
-        recipients,
-        settings,
-        progress,
-        cancel,
-    );
-    let counting = postgres::table_row_counts(&client);
-    let (dump, counts) = tokio::join!(dump_upload, counting);
-    let dump = match (dump, counts) {
-        (Ok(d), Ok(c)) => (d, c),
-        (Err(e), _) => {
+        // The dump and the row counts, concurrently, in the same snapshot.
+        let mut cmd = source.command(&tools.tool("pg_dump"));
+        cmd.args(["--format=custom", "--compress=0", "--no-password"])
+            .arg(format!("--snapshot={snapshot}"));
+        let (reader, killer) = ChildReader::spawn("pg_dump", cmd)?;
+        let dump_key = repo.object_key(&id, DUMP_FILE);
+        let dump_upload = pipeline::upload_stream(
+            repo.storage(),
+            &dump_key,
+            reader,
+            "pg_dump",
+            recipients,
+            settings,
+            progress,
+            cancel,
+        );
+        let counting = postgres::table_row_counts(&client);
+        let (dump, counts) = tokio::join!(dump_upload, counting);
+        if dump.is_err() {
             killer.kill();
-            return Err(e);
         }
-        (Ok(_), Err(e)) => {
-            // The dump object is complete but will never get a manifest: remove it.
-            let _ = repo.storage().delete(&dump_key).await;
-            let _ = repo.storage().delete(&globals_key).await;
-            return Err(e);
-        }
-    };
-    let (dump, counts) = dump;
-    client
-        .batch_execute("commit")
-        .await
-        .map_err(|e| Error::pg("cannot close the snapshot transaction", e))?;
+        let (dump, counts) = (dump?, counts?);
+        client
+            .batch_execute("commit")
+            .await
+            .map_err(|e| Error::pg("cannot close the snapshot transaction", e))?;
 
-    let sidecar = VerificationSidecar {
-        format_version: FORMAT_VERSION,
-        database: info.database.clone(),
-        tables: counts,
-    };
-    let sidecar_json = serde_json::to_vec(&sidecar)
-        .map_err(|e| Error::Invalid(format!("cannot encode the verification sidecar: {e}")))?;
-    let verification_key = repo.object_key(&id, VERIFICATION_FILE);
-    let verification = pipeline::upload_bytes(
-        repo.storage(),
-        &verification_key,
-        sidecar_json,
-        recipients,
-        settings,
-        cancel,
-    )
-    .await?;
-    if cancel.is_cancelled() {
-        return Err(Error::Cancelled);
+        let sidecar = VerificationSidecar {
+            format_version: FORMAT_VERSION,
+            database: info.database.clone(),
+            tables: counts,
+        };
+        let sidecar_json = serde_json::to_vec(&sidecar)
+            .map_err(|e| Error::Invalid(format!("cannot encode the verification sidecar: {e}")))?;
+        let verification_key = repo.object_key(&id, VERIFICATION_FILE);
+        let verification = pipeline::upload_bytes(
+            repo.storage(),
+            &verification_key,
+            sidecar_json,
+            recipients,
+            settings,
+            cancel,
+        )
+        .await?;
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        Ok((
+            [
+                (object::DUMP, dump_key, dump),
+                (object::GLOBALS, globals_key, globals),
+                (object::VERIFICATION, verification_key, verification),
+            ],
+            sidecar.tables.len(),
+        ))
     }
+    .await;
+    let (objects, table_count) = match stored {
+        Ok(done) => done,
+        Err(e) => {
+            discard_objects(&repo, &id).await;
+            return Err(e);
+        }
+    };
 
     let manifest = build_manifest(
         policy,
@@ -164,11 +175,7 @@ pub async fn run_logical_backup(
         consistent_at,
         &info,
         &tools,
-        [
-            (object::DUMP, dump_key, dump),
-            (object::GLOBALS, globals_key, globals),
-            (object::VERIFICATION, verification_key, verification),
-        ],
+        objects,
     );
     repo.write_manifest(&manifest).await?;
     tracing::info!(
@@ -176,7 +183,7 @@ pub async fn run_logical_backup(
         backup = %id,
         raw_bytes = manifest.raw_size(),
         stored_bytes = manifest.stored_size(),
-        tables = sidecar.tables.len(),
+        tables = table_count,
         "backup complete"
     );
     Ok(manifest)
@@ -220,6 +227,23 @@ fn build_manifest(
             .into_iter()
             .map(|(role, key, digest)| (role.to_string(), StoredObject { key, digest }))
             .collect(),
+    }
+}
+
+/// Best-effort removal of a failed backup's objects (its manifest was never written).
+async fn discard_objects(repo: &Repository, id: &str) {
+    let prefix = repo.object_key(id, "");
+    match repo.storage().list(&prefix).await {
+        Ok(objects) => {
+            for o in objects {
+                if let Err(e) = repo.storage().delete(&o.key).await {
+                    tracing::warn!(key = %o.key, error = %e, "could not remove an object of the failed backup");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(backup = id, error = %e, "could not list the failed backup's objects")
+        }
     }
 }
 
