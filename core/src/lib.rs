@@ -21,6 +21,7 @@ pub mod policy;
 pub mod postgres;
 pub mod repository;
 pub mod restore;
+pub mod retention;
 pub mod storage;
 pub mod verify;
 

@@ -1,0 +1,502 @@
+//! Retention planning: which backups to keep and which to delete, and why.
+//!
+//! The planner is a pure function of the backups, the rules and `now`, so it can be
+//! shown before anything is deleted (`pgvault prune --dry-run`) and tested exhaustively.
+//! Its rules follow restic's `forget`:
+//!
+//! - `keep_last = N`: the N newest backups;
+//! - `keep_hourly/daily/weekly/monthly/yearly = N`: the newest backup of each of the N
+//!   newest hours/days/ISO weeks/months/years that have backups (UTC);
+//! - `keep_within = "7d"`: every backup taken within that span before the newest backup
+//!   (measured from the newest backup, not from now, so a stopped schedule cannot age
+//!   the last good backups out).
+//!
+//! A backup kept by any rule is kept. Two guards come first:
+//! - the newest backup is always kept;
+//! - when the newest backup is older than `max_age` (the schedule is broken), nothing is
+//!   deleted at all, and the plan says so.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
+
+use crate::error::{Error, Result};
+
+/// The keep rules of a policy's `[retention]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionRules {
+    /// Keep the N newest backups.
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the N newest hours.
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest backup of each of the N newest days.
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the N newest ISO weeks.
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the N newest months.
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest backup of each of the N newest years.
+    pub keep_yearly: Option<u32>,
+    /// Keep every backup within this span before the newest one.
+    pub keep_within: Option<Duration>,
+}
+
+impl RetentionRules {
+    fn is_empty(&self) -> bool {
+        self.keep_last.is_none()
+            && self.keep_hourly.is_none()
+            && self.keep_daily.is_none()
+            && self.keep_weekly.is_none()
+            && self.keep_monthly.is_none()
+            && self.keep_yearly.is_none()
+            && self.keep_within.is_none()
+    }
+}
+
+/// Why a backup is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeepReason {
+    /// It is the newest backup.
+    Newest,
+    /// The newest backup is older than the maximum age: nothing is deleted.
+    StaleGuard,
+    /// `keep_last`.
+    Last,
+    /// `keep_hourly`.
+    Hourly,
+    /// `keep_daily`.
+    Daily,
+    /// `keep_weekly`.
+    Weekly,
+    /// `keep_monthly`.
+    Monthly,
+    /// `keep_yearly`.
+    Yearly,
+    /// `keep_within`.
+    Within,
+}
+
+impl fmt::Display for KeepReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeepReason::Newest => "newest",
+            KeepReason::StaleGuard => "stale-guard",
+            KeepReason::Last => "last",
+            KeepReason::Hourly => "hourly",
+            KeepReason::Daily => "daily",
+            KeepReason::Weekly => "weekly",
+            KeepReason::Monthly => "monthly",
+            KeepReason::Yearly => "yearly",
+            KeepReason::Within => "within",
+        })
+    }
+}
+
+/// A backup as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRef {
+    /// The backup id.
+    pub id: String,
+    /// When it was taken.
+    pub time: DateTime<Utc>,
+}
+
+/// The planner's decision for one backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanEntry {
+    /// The backup.
+    pub backup: BackupRef,
+    /// Every rule that keeps it; empty means delete.
+    pub reasons: BTreeSet<KeepReason>,
+}
+
+impl PlanEntry {
+    /// Whether the backup is kept.
+    pub fn keep(&self) -> bool {
+        !self.reasons.is_empty()
+    }
+}
+
+/// A retention plan, newest backup first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPlan {
+    /// One entry per backup, newest first.
+    pub entries: Vec<PlanEntry>,
+    /// Set when the stale guard stopped all deletion, with the reason.
+    pub stale: Option<String>,
+}
+
+impl RetentionPlan {
+    /// The backups to delete, oldest first.
+    pub fn to_delete(&self) -> Vec<&BackupRef> {
+        self.entries
+            .iter()
+            .rev()
+            .filter(|e| !e.keep())
+            .map(|e| &e.backup)
+            .collect()
+    }
+}
+
+/// The calendar bucket (hour, day, ISO week, month, year) a backup time falls in.
+type BucketOf = fn(&DateTime<Utc>) -> (i32, u32, u32, u32);
+
+/// Plan retention for `backups` (any order) under `rules` at time `now`. `max_age` is
+/// how old the newest backup may be before the stale guard stops all deletion.
+pub fn plan(
+    backups: &[BackupRef],
+    rules: &RetentionRules,
+    now: DateTime<Utc>,
+    max_age: Option<Duration>,
+) -> Result<RetentionPlan> {
+    if rules.is_empty() {
+        return Err(Error::Invalid(
+            "the [retention] section has no keep rule; set at least one of keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within".into(),
+        ));
+    }
+    let mut sorted: Vec<BackupRef> = backups.to_vec();
+    sorted.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    let mut entries: Vec<PlanEntry> = sorted
+        .into_iter()
+        .map(|backup| PlanEntry {
+            backup,
+            reasons: BTreeSet::new(),
+        })
+        .collect();
+    let Some(newest_time) = entries.first().map(|e| e.backup.time) else {
+        return Ok(RetentionPlan {
+            entries,
+            stale: None,
+        });
+    };
+    entries[0].reasons.insert(KeepReason::Newest);
+
+    if let Some(n) = rules.keep_last {
+        for e in entries.iter_mut().take(n as usize) {
+            e.reasons.insert(KeepReason::Last);
+        }
+    }
+    let buckets: [(Option<u32>, KeepReason, BucketOf); 5] = [
+        (rules.keep_hourly, KeepReason::Hourly, |t| {
+            (t.year(), t.ordinal(), t.hour(), 0)
+        }),
+        (rules.keep_daily, KeepReason::Daily, |t| {
+            (t.year(), t.ordinal(), 0, 0)
+        }),
+        (rules.keep_weekly, KeepReason::Weekly, |t| {
+            let w = t.iso_week();
+            (w.year(), w.week(), 0, 0)
+        }),
+        (rules.keep_monthly, KeepReason::Monthly, |t| {
+            (t.year(), t.month(), 0, 0)
+        }),
+        (rules.keep_yearly, KeepReason::Yearly, |t| {
+            (t.year(), 0, 0, 0)
+        }),
+    ];
+    for (count, reason, bucket_of) in buckets {
+        let Some(n) = count else { continue };
+        let mut taken = 0u32;
+        let mut last_bucket = None;
+        for e in entries.iter_mut() {
+            if taken >= n {
+                break;
+            }
+            let bucket = bucket_of(&e.backup.time);
+            if last_bucket != Some(bucket) {
+                e.reasons.insert(reason);
+                taken += 1;
+                last_bucket = Some(bucket);
+            }
+        }
+    }
+    if let Some(span) = rules.keep_within {
+        for e in entries.iter_mut() {
+            if newest_time - e.backup.time <= span {
+                e.reasons.insert(KeepReason::Within);
+            }
+        }
+    }
+
+    let mut stale = None;
+    if let Some(max_age) = max_age {
+        let age = now - newest_time;
+        if age > max_age {
+            stale = Some(format!(
+                "the newest backup is {}h old, more than the allowed {}h: the schedule looks broken, so nothing is deleted",
+                age.num_hours(),
+                max_age.num_hours()
+            ));
+            for e in entries.iter_mut() {
+                e.reasons.insert(KeepReason::StaleGuard);
+            }
+        }
+    }
+    Ok(RetentionPlan { entries, stale })
+}
+
+/// Parse spans such as `7d`, `36h`, `2w`, `90m`, `1d12h`.
+pub fn parse_span(value: &str) -> std::result::Result<Duration, String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err("empty duration; use e.g. \"7d\", \"36h\" or \"2w\"".into());
+    }
+    let mut total = Duration::zero();
+    let mut digits = String::new();
+    for c in v.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: i64 = digits
+            .parse()
+            .map_err(|_| format!("{value:?} is not a duration such as \"7d\" or \"36h\""))?;
+        digits.clear();
+        total += match c {
+            's' => Duration::seconds(n),
+            'm' => Duration::minutes(n),
+            'h' => Duration::hours(n),
+            'd' => Duration::days(n),
+            'w' => Duration::weeks(n),
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {value:?}; use s, m, h, d or w"
+                ))
+            }
+        };
+    }
+    if !digits.is_empty() {
+        return Err(format!("{value:?} lacks a unit; write e.g. \"{digits}d\""));
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn daily_backups(days: i64) -> Vec<BackupRef> {
+        (0..days)
+            .map(|d| BackupRef {
+                id: format!("b{d:03}"),
+                time: at("2026-01-01T02:00:00Z") + Duration::days(d),
+            })
+            .collect()
+    }
+
+    fn kept(plan: &RetentionPlan) -> Vec<String> {
+        plan.entries
+            .iter()
+            .filter(|e| e.keep())
+            .map(|e| e.backup.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn empty_rules_are_refused() {
+        let err = plan(
+            &daily_backups(3),
+            &RetentionRules::default(),
+            at("2026-02-01T00:00:00Z"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("no keep rule"), "{err}");
+    }
+
+    #[test]
+    fn table_cases() {
+        let now = at("2026-03-01T03:00:00Z");
+        let backups = daily_backups(60); // 2026-01-01 .. 2026-03-01
+        let cases: Vec<(RetentionRules, Vec<&str>)> = vec![
+            (
+                RetentionRules {
+                    keep_last: Some(2),
+                    ..Default::default()
+                },
+                vec!["b059", "b058"],
+            ),
+            (
+                RetentionRules {
+                    keep_daily: Some(3),
+                    ..Default::default()
+                },
+                vec!["b059", "b058", "b057"],
+            ),
+            (
+                RetentionRules {
+                    keep_monthly: Some(3),
+                    ..Default::default()
+                },
+                // newest of March (b059 = 03-01), February (b058 = 02-28), January (b030 = 01-31)
+                vec!["b059", "b058", "b030"],
+            ),
+            (
+                RetentionRules {
+                    keep_within: Some(Duration::days(2)),
+                    ..Default::default()
+                },
+                vec!["b059", "b058", "b057"],
+            ),
+            (
+                RetentionRules {
+                    keep_last: Some(1),
+                    keep_weekly: Some(2),
+                    ..Default::default()
+                },
+                // 03-01 is a Sunday (ISO week 9 ends), 02-22 is the previous Sunday
+                vec!["b059", "b052"],
+            ),
+        ];
+        for (rules, expected) in cases {
+            let p = plan(&backups, &rules, now, None).unwrap();
+            assert_eq!(kept(&p), expected, "{rules:?}");
+            assert!(p.stale.is_none());
+        }
+    }
+
+    #[test]
+    fn reasons_name_every_rule_that_keeps_a_backup() {
+        let rules = RetentionRules {
+            keep_last: Some(1),
+            keep_daily: Some(1),
+            ..Default::default()
+        };
+        let p = plan(&daily_backups(3), &rules, at("2026-01-04T00:00:00Z"), None).unwrap();
+        let reasons: Vec<String> = p.entries[0].reasons.iter().map(|r| r.to_string()).collect();
+        assert_eq!(reasons, vec!["newest", "last", "daily"]);
+        assert_eq!(
+            p.to_delete()
+                .iter()
+                .map(|b| b.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["b000", "b001"]
+        );
+    }
+
+    #[test]
+    fn a_stale_newest_backup_stops_all_deletion() {
+        let rules = RetentionRules {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        let p = plan(
+            &daily_backups(10),
+            &rules,
+            at("2026-02-01T00:00:00Z"),
+            Some(Duration::days(2)),
+        )
+        .unwrap();
+        assert!(p.stale.is_some());
+        assert!(p.to_delete().is_empty());
+    }
+
+    #[test]
+    fn spans_parse() {
+        assert_eq!(parse_span("7d").unwrap(), Duration::days(7));
+        assert_eq!(parse_span("1d12h").unwrap(), Duration::hours(36));
+        assert!(parse_span("7").is_err());
+        assert!(parse_span("7y").is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn backups_from(hours: &[i64]) -> Vec<BackupRef> {
+        let base = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        hours
+            .iter()
+            .enumerate()
+            .map(|(i, h)| BackupRef {
+                id: format!("id{i:04}"),
+                time: base + Duration::hours(*h),
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn plans_keep_what_every_rule_promises(
+            hours in prop::collection::vec(0i64..(3 * 365 * 24), 1..80),
+            last in prop::option::of(0u32..8),
+            daily in prop::option::of(0u32..8),
+            monthly in prop::option::of(0u32..6),
+            within in prop::option::of(0i64..400),
+        ) {
+            let backups = backups_from(&hours);
+            let rules = RetentionRules {
+                keep_last: Some(last.unwrap_or(0)),
+                keep_daily: daily,
+                keep_monthly: monthly,
+                keep_within: within.map(Duration::hours),
+                ..Default::default()
+            };
+            let now = backups.iter().map(|b| b.time).max().unwrap() + Duration::hours(1);
+            let p = plan(&backups, &rules, now, None).unwrap();
+            let keep: BTreeMap<&str, bool> = p.entries.iter().map(|e| (e.backup.id.as_str(), e.keep())).collect();
+            prop_assert_eq!(keep.len(), backups.len());
+
+            // Newest first; the newest is always kept.
+            let mut sorted = backups.clone();
+            sorted.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+            prop_assert!(keep[sorted[0].id.as_str()]);
+
+            // keep_last: the N newest.
+            for b in sorted.iter().take(last.unwrap_or(0) as usize) {
+                prop_assert!(keep[b.id.as_str()]);
+            }
+            // keep_daily: the newest backup of each of the N newest days.
+            if let Some(n) = daily {
+                let mut seen = Vec::new();
+                for b in &sorted {
+                    let day = b.time.date_naive();
+                    if !seen.contains(&day) {
+                        if seen.len() == n as usize { break; }
+                        seen.push(day);
+                        prop_assert!(keep[b.id.as_str()], "daily {} not kept", b.id);
+                    }
+                }
+            }
+            // keep_within: everything within the span of the newest.
+            if let Some(h) = within {
+                for b in &sorted {
+                    if sorted[0].time - b.time <= Duration::hours(h) {
+                        prop_assert!(keep[b.id.as_str()]);
+                    }
+                }
+            }
+            // Deterministic, and independent of input order.
+            let mut reversed = backups.clone();
+            reversed.reverse();
+            prop_assert_eq!(plan(&reversed, &rules, now, None).unwrap(), p.clone());
+            prop_assert_eq!(plan(&backups, &rules, now, None).unwrap(), p);
+        }
+
+        #[test]
+        fn a_stale_schedule_never_deletes(
+            hours in prop::collection::vec(0i64..1000, 1..40),
+            last in 0u32..5,
+        ) {
+            let backups = backups_from(&hours);
+            let newest = backups.iter().map(|b| b.time).max().unwrap();
+            let rules = RetentionRules { keep_last: Some(last), ..Default::default() };
+            let p = plan(&backups, &rules, newest + Duration::days(10), Some(Duration::days(2))).unwrap();
+            prop_assert!(p.to_delete().is_empty());
+            prop_assert!(p.stale.is_some());
+        }
+    }
+}
