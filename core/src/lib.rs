@@ -19,6 +19,7 @@ pub mod keys;
 pub mod pipeline;
 pub mod policy;
 pub mod postgres;
+pub mod prune;
 pub mod repository;
 pub mod restore;
 pub mod retention;

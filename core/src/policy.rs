@@ -35,6 +35,21 @@ struct RawPolicy {
     compression: RawCompression,
     #[serde(default)]
     backup: RawBackup,
+    retention: Option<Spanned<RawRetention>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_last: Option<u32>,
+    keep_hourly: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
+    keep_yearly: Option<u32>,
+    keep_within: Option<Spanned<String>>,
+    max_age: Option<Spanned<String>>,
+    orphan_min_age: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +108,20 @@ pub struct Policy {
     pub compression: CompressionConfig,
     /// Logical backup options.
     pub backup: BackupOptions,
+    /// Retention rules, when the policy has a `[retention]` section.
+    pub retention: Option<RetentionConfig>,
+}
+
+/// The `[retention]` section: keep rules, the stale guard and orphan clean-up.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// The keep rules.
+    pub rules: crate::retention::RetentionRules,
+    /// If the newest backup is older than this, retention deletes nothing.
+    pub max_age: Option<chrono::Duration>,
+    /// Orphans and pending uploads younger than this are left alone (a backup may be
+    /// running); default 24h.
+    pub orphan_min_age: chrono::Duration,
 }
 
 /// The source database of a policy.
@@ -283,7 +312,45 @@ impl Policy {
             }
         };
 
+        let retention = match raw.retention {
+            None => None,
+            Some(r) => {
+                let span = r.span();
+                let r = r.into_inner();
+                let parse = |v: &Option<Spanned<String>>| -> Result<Option<chrono::Duration>> {
+                    v.as_ref()
+                        .map(|s| {
+                            crate::retention::parse_span(s.get_ref())
+                                .map_err(|m| at(Some(s.span()), m))
+                        })
+                        .transpose()
+                };
+                let rules = crate::retention::RetentionRules {
+                    keep_last: r.keep_last,
+                    keep_hourly: r.keep_hourly,
+                    keep_daily: r.keep_daily,
+                    keep_weekly: r.keep_weekly,
+                    keep_monthly: r.keep_monthly,
+                    keep_yearly: r.keep_yearly,
+                    keep_within: parse(&r.keep_within)?,
+                };
+                if rules == crate::retention::RetentionRules::default() {
+                    return Err(at(
+                        Some(span),
+                        "[retention] needs at least one keep rule (keep_last, keep_daily, …, keep_within)".into(),
+                    ));
+                }
+                Some(RetentionConfig {
+                    rules,
+                    max_age: parse(&r.max_age)?,
+                    orphan_min_age: parse(&r.orphan_min_age)?
+                        .unwrap_or_else(|| chrono::Duration::hours(24)),
+                })
+            }
+        };
+
         Ok(Policy {
+            retention,
             path: path.to_path_buf(),
             name,
             source: SourceConfig {

@@ -14,7 +14,7 @@ use pgvault_core::keys::Identities;
 use pgvault_core::pipeline::Progress;
 use pgvault_core::policy::Policy;
 use pgvault_core::repository::Repository;
-use pgvault_core::{backup, restore, storage, verify};
+use pgvault_core::{backup, prune, restore, storage, verify};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code when a verification or restore check failed (as opposed to an error).
@@ -67,6 +67,15 @@ enum Command {
         /// age identity file: also decrypt, decompress and read the dump's table of contents.
         #[arg(long)]
         identity: Option<PathBuf>,
+    },
+    /// Apply the policy's [retention]: delete backups no rule keeps, clean up leftovers.
+    Prune {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print each backup with KEEP/DELETE and the rules that keep it; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Generate an age key pair: the identity (private key) goes to FILE, the recipient
     /// (public key, for the policy) is printed.
@@ -199,6 +208,32 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                     output::backup_summary(&manifest, started.elapsed(), peak_rss_kib)
                 );
             }
+            Ok(0)
+        }
+        Command::Prune { policy, dry_run } => {
+            let policy = load_policy(&policy)?;
+            let retention = policy.retention.clone().with_context(|| {
+                format!(
+                    "policy {} has no [retention] section; add keep rules (e.g. keep_daily = 7) to prune",
+                    policy.name
+                )
+            })?;
+            let repo = open_repository(&policy).await?;
+            let plan = prune::plan(&repo, &retention, chrono::Utc::now()).await?;
+            print!("{}", output::prune_plan(&plan));
+            if dry_run {
+                println!("dry run: nothing was deleted");
+                return Ok(0);
+            }
+            let done = prune::execute(&repo, &plan)
+                .await
+                .context("prune failed part-way; re-run it to finish")?;
+            println!(
+                "deleted {} backup(s), removed {} orphan(s), aborted {} stale upload(s)",
+                done.deleted_backups.len(),
+                done.removed_orphans,
+                done.aborted_uploads
+            );
             Ok(0)
         }
         Command::Keygen { output } => {

@@ -100,6 +100,53 @@ pub fn backup_table(backups: &[BackupManifest]) -> String {
     out
 }
 
+/// The `prune` plan: every backup with KEEP/DELETE and its reasons, then leftovers.
+pub fn prune_plan(plan: &pgvault_core::prune::PrunePlan) -> String {
+    let mut out = String::new();
+    if let Some(stale) = &plan.retention.stale {
+        let _ = writeln!(out, "warning: {stale}");
+    }
+    let _ = writeln!(
+        out,
+        "{:<26} {:<20} {:<7} REASONS",
+        "ID", "STARTED (UTC)", "ACTION"
+    );
+    for e in &plan.retention.entries {
+        let reasons: Vec<String> = e.reasons.iter().map(|r| r.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "{:<26} {:<20} {:<7} {}",
+            e.backup.id,
+            e.backup.time.format("%Y-%m-%d %H:%M:%S"),
+            if e.keep() { "KEEP" } else { "DELETE" },
+            if reasons.is_empty() {
+                "-".to_string()
+            } else {
+                reasons.join(", ")
+            }
+        );
+    }
+    for o in &plan.orphans {
+        let _ = writeln!(
+            out,
+            "orphan {} ({} object(s) without a manifest): REMOVE",
+            o.id,
+            o.keys.len()
+        );
+    }
+    for u in &plan.stale_uploads {
+        let _ = writeln!(out, "stale upload {} ({}): ABORT", u.key, u.upload_id);
+    }
+    if plan.recent_leftovers > 0 {
+        let _ = writeln!(
+            out,
+            "{} recent leftover(s) left alone (younger than orphan_min_age; a backup may be running)",
+            plan.recent_leftovers
+        );
+    }
+    out
+}
+
 /// The `verify` result.
 pub fn verify_summary(report: &VerifyReport) -> String {
     let mut out = String::new();

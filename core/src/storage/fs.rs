@@ -212,6 +212,19 @@ impl Storage for FilesystemStorage {
         }
     }
 
+    async fn abort_pending(&self, upload: &PendingUpload) -> Result<()> {
+        if upload.upload_id.is_empty()
+            || upload.upload_id.contains('/')
+            || upload.upload_id.contains("..")
+        {
+            return Err(Error::Invalid(format!(
+                "invalid upload id {:?}",
+                upload.upload_id
+            )));
+        }
+        self.remove_upload_files(&upload.upload_id)
+    }
+
     async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
         let dir = self.root.join(UPLOADS_DIR);
         let prefix = prefix.to_string();
@@ -246,6 +259,20 @@ impl Storage for FilesystemStorage {
             Ok(out)
         })
         .await
+    }
+}
+
+impl FilesystemStorage {
+    fn remove_upload_files(&self, upload_id: &str) -> Result<()> {
+        let dir = self.root.join(UPLOADS_DIR);
+        for ext in ["data", "key"] {
+            match std::fs::remove_file(dir.join(format!("{upload_id}.{ext}"))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(storage_err("abort upload", upload_id, e)),
+            }
+        }
+        Ok(())
     }
 }
 

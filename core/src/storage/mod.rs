@@ -74,6 +74,9 @@ pub trait Storage: Send + Sync {
 
     /// Multipart uploads under `prefix` that were started and not finished.
     async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>>;
+
+    /// Abort a pending upload found by [`Storage::pending_uploads`] (clean-up of crashed runs).
+    async fn abort_pending(&self, upload: &PendingUpload) -> Result<()>;
 }
 
 /// An in-progress multipart upload. Dropping it without [`Upload::complete`] or

@@ -251,6 +251,19 @@ impl Storage for S3Storage {
         Ok(())
     }
 
+    async fn abort_pending(&self, upload: &PendingUpload) -> Result<()> {
+        let full = self.full_key(&upload.key)?;
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(&upload.upload_id)
+            .send()
+            .await
+            .map_err(|e| sdk_err("abort upload", &full, e))?;
+        Ok(())
+    }
+
     async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
         let full_prefix = self.full_prefix(prefix);
         let mut out = Vec::new();
