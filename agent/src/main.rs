@@ -1,25 +1,36 @@
-//! `pgvault-agent`: runs the backups of one or more pgvault policies.
+//! `pgvault-agent`: runs pgvault policies' backups on their schedules, with health and
+//! Prometheus metrics over HTTP.
 //!
-//! This release runs with `--once`: one backup of every policy, then exit — what cron
-//! or a Kubernetes CronJob needs. Each policy is independent: one failing does not stop
-//! the others, and the exit code is non-zero when any failed. The agent holds only the
-//! policies' public keys, so it can write backups but never read them.
+//! - Scheduled mode (default): every policy with a `[schedule]` runs on its cron
+//!   expression (catching up a missed slot at start), retention runs after each success,
+//!   and `--listen` serves `/healthz`, `/readyz` and `/metrics`.
+//! - `--once`: one backup (and retention) of every policy now, then exit — for cron or a
+//!   Kubernetes CronJob.
+//!
+//! The scheduling logic lives in `pgvault_core::runner` and `pgvault_core::schedule`;
+//! this binary wires it to signals, HTTP and logs. It holds only public keys.
 
+mod metrics;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
+use axum::http::StatusCode;
+use axum::routing::get;
 use clap::Parser;
-use pgvault_core::pipeline::Progress;
 use pgvault_core::policy::Policy;
+use pgvault_core::runner::{self, PolicyStatus, RunOutcome, SharedStatus};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
     name = "pgvault-agent",
     version,
-    about = "Runs pgvault policies' backups"
+    about = "Runs pgvault policies' backups on schedule"
 )]
 struct Args {
     /// A policy file (repeatable).
@@ -28,9 +39,15 @@ struct Args {
     /// A directory whose *.toml files are policies.
     #[arg(long = "policies")]
     policy_dir: Option<PathBuf>,
-    /// Run every policy's backup once now and exit.
+    /// Run every policy's backup (and retention) once now and exit.
     #[arg(long)]
     once: bool,
+    /// Address of the health and metrics endpoint.
+    #[arg(long, default_value = "127.0.0.1:9187")]
+    listen: SocketAddr,
+    /// How long a running upload may continue after SIGTERM before it is aborted.
+    #[arg(long, default_value = "5m")]
+    grace: String,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -55,37 +72,121 @@ fn policy_files(args: &Args) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-async fn run(args: Args, cancel: CancellationToken) -> Result<bool> {
-    if !args.once {
-        bail!("scheduled operation is not available yet; run with --once (one backup of each policy, for cron or a CronJob)");
+fn status_of(policy: &Policy) -> SharedStatus {
+    Arc::new(Mutex::new(PolicyStatus {
+        policy: policy.name.clone(),
+        ..Default::default()
+    }))
+}
+
+async fn run_once_all(
+    policies: Vec<Policy>,
+    shutdown: CancellationToken,
+    grace: chrono::Duration,
+) -> bool {
+    let mut all_ok = true;
+    for policy in &policies {
+        if shutdown.is_cancelled() {
+            return false;
+        }
+        let status = status_of(policy);
+        match runner::run_once(policy, chrono::Utc::now(), &status, &shutdown, grace).await {
+            RunOutcome::BackedUp(id) => {
+                tracing::info!(policy = %policy.name, backup = %id, "backup succeeded")
+            }
+            RunOutcome::Skipped(why) => tracing::info!(policy = %policy.name, "skipped: {why}"),
+            RunOutcome::Failed(_) | RunOutcome::Cancelled => all_ok = false,
+        }
     }
+    all_ok
+}
+
+async fn serve(
+    listen: SocketAddr,
+    statuses: Vec<SharedStatus>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(Ordering::Relaxed) {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let statuses = statuses.clone();
+                async move {
+                    match metrics::render(&statuses) {
+                        Ok(text) => (StatusCode::OK, text),
+                        Err(_) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "cannot encode metrics\n".to_string(),
+                        ),
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(address = %listen, "serving /healthz, /readyz and /metrics");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("HTTP server failed")
+}
+
+async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
+    let grace = pgvault_core::retention::parse_span(&args.grace)
+        .map_err(|m| anyhow::anyhow!("--grace: {m}"))?;
     // Validate every policy before running any, so a typo fails fast and whole.
     let policies = policy_files(&args)?
         .iter()
         .map(|p| Policy::load(p).map_err(anyhow::Error::from))
         .collect::<Result<Vec<Policy>>>()?;
-    let mut all_ok = true;
-    for policy in &policies {
-        if cancel.is_cancelled() {
-            break;
-        }
-        let progress = Arc::new(Progress::default());
-        match pgvault_core::backup::run_logical_backup(policy, progress, &cancel).await {
-            Ok(m) => tracing::info!(
-                policy = %policy.name,
-                backup = %m.id,
-                raw_bytes = m.raw_size(),
-                stored_bytes = m.stored_size(),
-                seconds = m.duration_seconds(),
-                "backup succeeded"
-            ),
-            Err(e) => {
-                all_ok = false;
-                tracing::error!(policy = %policy.name, error = %e, "backup failed");
-            }
-        }
+    if args.once {
+        return Ok(run_once_all(policies, shutdown, grace).await);
     }
-    Ok(all_ok)
+    let scheduled: Vec<Policy> = policies
+        .into_iter()
+        .filter(|p| p.schedule.is_some())
+        .collect();
+    if scheduled.is_empty() {
+        bail!("no policy has a [schedule] section; add one (e.g. backup = \"0 2 * * *\") or run with --once");
+    }
+    let statuses: Vec<SharedStatus> = scheduled.iter().map(status_of).collect();
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = tokio::spawn(serve(
+        args.listen,
+        statuses.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (policy, status) in scheduled.into_iter().zip(statuses) {
+        tracing::info!(policy = %policy.name, schedule = policy.schedule.as_ref().map(|s| s.backup.expression()).unwrap_or_default(), "scheduled");
+        tasks.spawn(runner::run_schedule(
+            policy,
+            status,
+            shutdown.clone(),
+            grace,
+        ));
+    }
+    ready.store(true, Ordering::Relaxed);
+    while tasks.join_next().await.is_some() {}
+    server.abort();
+    Ok(true)
 }
 
 #[tokio::main]
@@ -101,8 +202,8 @@ async fn main() -> ExitCode {
     } else {
         builder.init();
     }
-    let cancel = CancellationToken::new();
-    let token = cancel.clone();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
     tokio::spawn(async move {
         if let Ok(mut term) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -111,11 +212,13 @@ async fn main() -> ExitCode {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            tracing::warn!("stopping: aborting the running backup");
+            tracing::warn!(
+                "stopping: no new runs; a running backup may finish within the grace period"
+            );
             token.cancel();
         }
     });
-    match run(args, cancel).await {
+    match run(args, shutdown).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

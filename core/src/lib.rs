@@ -23,6 +23,7 @@ pub mod prune;
 pub mod repository;
 pub mod restore;
 pub mod retention;
+pub mod runner;
 pub mod schedule;
 pub mod storage;
 pub mod verify;

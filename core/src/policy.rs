@@ -36,6 +36,17 @@ struct RawPolicy {
     #[serde(default)]
     backup: RawBackup,
     retention: Option<Spanned<RawRetention>>,
+    schedule: Option<RawSchedule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    backup: Spanned<String>,
+    timezone: Option<Spanned<String>>,
+    jitter: Option<Spanned<String>>,
+    retries: Option<u32>,
+    retry_backoff: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +121,21 @@ pub struct Policy {
     pub backup: BackupOptions,
     /// Retention rules, when the policy has a `[retention]` section.
     pub retention: Option<RetentionConfig>,
+    /// When the agent runs backups, when the policy has a `[schedule]` section.
+    pub schedule: Option<ScheduleConfig>,
+}
+
+/// The `[schedule]` section: when the agent backs the policy up.
+#[derive(Debug, Clone)]
+pub struct ScheduleConfig {
+    /// The backup schedule.
+    pub backup: crate::schedule::Schedule,
+    /// Upper bound of the random start delay of each run.
+    pub jitter: chrono::Duration,
+    /// Attempts after the first failure before a run is reported failed.
+    pub retries: u32,
+    /// Delay before the first retry; doubles on each further retry.
+    pub retry_backoff: chrono::Duration,
 }
 
 /// The `[retention]` section: keep rules, the stale guard and orphan clean-up.
@@ -349,7 +375,39 @@ impl Policy {
             }
         };
 
+        let schedule = match raw.schedule {
+            None => None,
+            Some(sch) => {
+                let timezone = sch.timezone.as_ref().map(|t| t.get_ref().as_str());
+                let backup = crate::schedule::Schedule::parse(sch.backup.get_ref(), timezone)
+                    .map_err(|m| {
+                        let span = if m.contains("time zone") {
+                            sch.timezone.as_ref().map(|t| t.span())
+                        } else {
+                            Some(sch.backup.span())
+                        };
+                        at(span, format!("[schedule] {m}"))
+                    })?;
+                let span_of = |v: &Option<Spanned<String>>,
+                               default: chrono::Duration|
+                 -> Result<chrono::Duration> {
+                    match v {
+                        None => Ok(default),
+                        Some(s) => crate::retention::parse_span(s.get_ref())
+                            .map_err(|m| at(Some(s.span()), m)),
+                    }
+                };
+                Some(ScheduleConfig {
+                    backup,
+                    jitter: span_of(&sch.jitter, chrono::Duration::zero())?,
+                    retries: sch.retries.unwrap_or(2),
+                    retry_backoff: span_of(&sch.retry_backoff, chrono::Duration::seconds(30))?,
+                })
+            }
+        };
+
         Ok(Policy {
+            schedule,
             retention,
             path: path.to_path_buf(),
             name,
@@ -568,6 +626,31 @@ mod tests {
             "postgres://u:s3cret@h/db"
         );
         assert!(expand_env("${PGVAULT_POLICY_TEST_UNSET_VAR}").is_err());
+    }
+
+    #[test]
+    fn schedule_errors_name_the_field() {
+        let text = format!("{}[schedule]\nbackup = \"0 2 * *\"\n", minimal(""));
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("p.toml:9:10: [schedule] cron expression"),
+            "{err}"
+        );
+        let text = format!(
+            "{}[schedule]\nbackup = \"0 2 * * *\"\ntimezone = \"Mars\"\n",
+            minimal("")
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("p.toml:10:12: [schedule] unknown time zone"),
+            "{err}"
+        );
+        let text = format!(
+            "{}[schedule]\nbackup = \"0 2 * * *\"\njitter = \"5m\"\n",
+            minimal("")
+        );
+        let p = parse(&text).unwrap();
+        assert_eq!(p.schedule.unwrap().jitter, chrono::Duration::minutes(5));
     }
 
     #[test]

@@ -105,14 +105,23 @@ impl Schedule {
             .map(|d| d.with_timezone(&Utc))
     }
 
-    /// The latest scheduled time at or before `t` (searching back up to 400 days).
+    /// The latest scheduled time at or before `t` (searching back up to about 400 days).
+    /// The window grows from a minute, so frequent schedules cost a few steps, not millions.
     pub fn previous_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let tz_t = t.with_timezone(&self.timezone);
-        self.cron
-            .after(&(tz_t - Duration::days(400)))
-            .take_while(|d| *d <= tz_t)
-            .last()
-            .map(|d| d.with_timezone(&Utc))
+        let mut window = Duration::minutes(1);
+        while window <= Duration::days(800) {
+            let found = self
+                .cron
+                .after(&(tz_t - window))
+                .take_while(|d| *d <= tz_t)
+                .last();
+            if let Some(d) = found {
+                return Some(d.with_timezone(&Utc));
+            }
+            window = window * 2;
+        }
+        None
     }
 
     /// Whether a backup is owed now: the last successful one (if any) predates the most
@@ -229,6 +238,16 @@ mod tests {
         assert!(s.catch_up_due(Some(at("2026-11-27T02:00:05Z")), now));
         assert!(!s.catch_up_due(Some(at("2026-11-28T02:00:05Z")), now));
         assert_eq!(s.period(now, 5), Some(Duration::days(1)));
+        let every_2s = Schedule::parse("*/2 * * * * *", None).unwrap();
+        assert_eq!(
+            every_2s.previous_at_or_before(at("2026-11-28T09:00:03Z")),
+            Some(at("2026-11-28T09:00:02Z"))
+        );
+        let yearly = Schedule::parse("0 0 1 1 *", None).unwrap();
+        assert_eq!(
+            yearly.previous_at_or_before(now),
+            Some(at("2026-01-01T00:00:00Z"))
+        );
     }
 
     #[test]

@@ -1,0 +1,126 @@
+//! The `/metrics` endpoint: every policy's status in Prometheus text format.
+//!
+//! The registry is built from the shared statuses at each scrape, so the figures are
+//! always the current ones (the backup age in particular grows between backups).
+
+use std::sync::atomic::AtomicU64;
+
+use chrono::Utc;
+use pgvault_core::runner::SharedStatus;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    policy: String,
+}
+
+type GaugeF = Family<PolicyLabel, Gauge<f64, AtomicU64>>;
+type CounterU = Family<PolicyLabel, Counter<u64>>;
+
+/// Render the statuses as Prometheus text.
+pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("pgvault");
+    let gauge = |registry: &mut Registry, name: &str, help: &str| {
+        let family = GaugeF::default();
+        registry.register(name, help, family.clone());
+        family
+    };
+    let last_success = gauge(
+        &mut registry,
+        "last_success_timestamp_seconds",
+        "When the last successful backup finished (Unix time)",
+    );
+    let last_attempt = gauge(
+        &mut registry,
+        "last_attempt_timestamp_seconds",
+        "When the last backup run started (Unix time)",
+    );
+    let last_ok = gauge(
+        &mut registry,
+        "last_attempt_success",
+        "1 if the last backup run succeeded, 0 if it failed",
+    );
+    let duration = gauge(
+        &mut registry,
+        "last_duration_seconds",
+        "Duration of the last successful backup",
+    );
+    let raw = gauge(
+        &mut registry,
+        "last_raw_bytes",
+        "Uncompressed size of the last successful backup",
+    );
+    let stored = gauge(
+        &mut registry,
+        "last_stored_bytes",
+        "Stored (compressed, encrypted) size of the last successful backup",
+    );
+    let age = gauge(
+        &mut registry,
+        "backup_age_seconds",
+        "Seconds since the data time of the newest successful backup (the logical RPO now)",
+    );
+    let kept = gauge(&mut registry, "backups_kept", "Backups in the repository");
+    let stale = gauge(
+        &mut registry,
+        "retention_stale",
+        "1 if retention deleted nothing because the newest backup is too old",
+    );
+    let failures = CounterU::default();
+    registry.register(
+        "backup_failures",
+        "Failed backup runs since the agent started",
+        failures.clone(),
+    );
+    let deletions = CounterU::default();
+    registry.register(
+        "retention_deletions",
+        "Backups deleted by retention since the agent started",
+        deletions.clone(),
+    );
+
+    let now = Utc::now();
+    for status in statuses {
+        let Ok(s) = status.lock() else { continue };
+        let label = PolicyLabel {
+            policy: s.policy.clone(),
+        };
+        if let Some(t) = s.last_success {
+            last_success
+                .get_or_create(&label)
+                .set(t.timestamp_millis() as f64 / 1000.0);
+        }
+        if let Some(t) = s.last_attempt {
+            last_attempt
+                .get_or_create(&label)
+                .set(t.timestamp_millis() as f64 / 1000.0);
+        }
+        if let Some(ok) = s.last_attempt_ok {
+            last_ok
+                .get_or_create(&label)
+                .set(if ok { 1.0 } else { 0.0 });
+        }
+        if let Some(t) = s.newest_backup_at {
+            age.get_or_create(&label)
+                .set((now - t).num_milliseconds() as f64 / 1000.0);
+        }
+        duration.get_or_create(&label).set(s.last_duration_seconds);
+        raw.get_or_create(&label).set(s.last_raw_bytes as f64);
+        stored.get_or_create(&label).set(s.last_stored_bytes as f64);
+        kept.get_or_create(&label).set(s.backups_kept as f64);
+        stale
+            .get_or_create(&label)
+            .set(if s.retention_stale { 1.0 } else { 0.0 });
+        failures.get_or_create(&label).inc_by(s.failures_total);
+        deletions
+            .get_or_create(&label)
+            .inc_by(s.retention_deletions_total);
+    }
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}

@@ -1,0 +1,280 @@
+//! Scheduled runs of one policy, as the agent performs them: wait for the slot, take the
+//! policy's lock, back up with retries, apply retention, and record the outcome.
+//!
+//! **One run per slot, across agents.** Several agents may run the same policies for high
+//! availability. Before a run, an agent takes a PostgreSQL advisory lock on the source
+//! database (`pg_try_advisory_lock`, keyed by the policy name) and, holding it, checks the
+//! repository: if a backup already started at or after the slot, another agent took this
+//! slot and the run is skipped. The lock is released when the run ends (or its connection
+//! drops), so a crashed agent never blocks the others.
+//!
+//! **Shutdown.** When `shutdown` is cancelled, no new run starts; a running backup gets
+//! `grace` to finish, then it is cancelled (its upload aborted, no manifest written).
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::backup;
+use crate::error::{Error, Result};
+use crate::pipeline::Progress;
+use crate::policy::{Policy, ScheduleConfig};
+use crate::postgres::ConnTarget;
+use crate::prune;
+use crate::repository::Repository;
+use crate::schedule;
+use crate::storage;
+
+/// What the agent knows about one policy, for health and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyStatus {
+    /// Policy name.
+    pub policy: String,
+    /// When the last run started.
+    pub last_attempt: Option<DateTime<Utc>>,
+    /// Whether the last run succeeded (None before the first run).
+    pub last_attempt_ok: Option<bool>,
+    /// When the last successful backup finished.
+    pub last_success: Option<DateTime<Utc>>,
+    /// Data time of the newest successful backup (for the backup age, i.e. RPO now).
+    pub newest_backup_at: Option<DateTime<Utc>>,
+    /// Duration of the last successful backup, seconds.
+    pub last_duration_seconds: f64,
+    /// Raw bytes of the last successful backup.
+    pub last_raw_bytes: u64,
+    /// Stored bytes of the last successful backup.
+    pub last_stored_bytes: u64,
+    /// Backups in the repository after the last retention pass (or listing).
+    pub backups_kept: u64,
+    /// Failed runs since the agent started.
+    pub failures_total: u64,
+    /// Backups deleted by retention since the agent started.
+    pub retention_deletions_total: u64,
+    /// Whether the last retention pass was stopped by the stale guard.
+    pub retention_stale: bool,
+    /// The last error, one line.
+    pub last_error: Option<String>,
+}
+
+/// Shared, updatable status of a policy.
+pub type SharedStatus = Arc<Mutex<PolicyStatus>>;
+
+/// How one run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// A backup was taken (its id).
+    BackedUp(String),
+    /// Another agent holds the policy's lock or already took this slot.
+    Skipped(String),
+    /// Every attempt failed (the last error).
+    Failed(String),
+    /// Shutdown interrupted the run.
+    Cancelled,
+}
+
+fn lock_key(policy: &str) -> i64 {
+    let digest = Sha256::digest(format!("pgvault:{policy}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_le_bytes(bytes)
+}
+
+fn update(status: &SharedStatus, f: impl FnOnce(&mut PolicyStatus)) {
+    if let Ok(mut s) = status.lock() {
+        f(&mut s);
+    }
+}
+
+/// Read the repository once to seed the status (newest backup, count).
+pub async fn seed_status(policy: &Policy, status: &SharedStatus) -> Result<Option<DateTime<Utc>>> {
+    let repo = Repository::new(storage::open(&policy.repository).await?, &policy.name);
+    let backups = repo.list_backups().await?;
+    let newest = backups.first().map(|m| (m.finished_at, m.consistent_at));
+    update(status, |s| {
+        s.backups_kept = backups.len() as u64;
+        if let Some((finished, consistent)) = newest {
+            s.last_success.get_or_insert(finished);
+            s.newest_backup_at = Some(consistent);
+        }
+    });
+    Ok(backups.first().map(|m| m.started_at))
+}
+
+/// Perform the run for `slot`: lock, dedupe, back up with retries, retention.
+pub async fn run_once(
+    policy: &Policy,
+    slot: DateTime<Utc>,
+    status: &SharedStatus,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> RunOutcome {
+    let retries = policy.schedule.as_ref().map(|s| s.retries).unwrap_or(0);
+    let mut backoff = policy
+        .schedule
+        .as_ref()
+        .map(|s| s.retry_backoff)
+        .unwrap_or_else(|| Duration::seconds(30));
+    update(status, |s| s.last_attempt = Some(Utc::now()));
+    let mut attempt = 0;
+    loop {
+        let result = attempt_run(policy, slot, status, shutdown, grace).await;
+        match result {
+            Ok(outcome) => return outcome,
+            Err(Error::Cancelled) => return RunOutcome::Cancelled,
+            Err(e) if attempt < retries && !shutdown.is_cancelled() => {
+                attempt += 1;
+                tracing::warn!(policy = %policy.name, attempt, error = %e, retry_in_s = backoff.num_seconds(), "backup attempt failed; retrying");
+                let wait = backoff.to_std().unwrap_or_default();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return RunOutcome::Cancelled,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                backoff = backoff * 2;
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(policy = %policy.name, error = %message, "backup failed");
+                update(status, |s| {
+                    s.last_attempt_ok = Some(false);
+                    s.failures_total += 1;
+                    s.last_error = Some(message.clone());
+                });
+                return RunOutcome::Failed(message);
+            }
+        }
+    }
+}
+
+async fn attempt_run(
+    policy: &Policy,
+    slot: DateTime<Utc>,
+    status: &SharedStatus,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Result<RunOutcome> {
+    let source = ConnTarget::parse(&policy.source.url)?;
+    let lock_conn = source.connect().await?;
+    let locked: bool = lock_conn
+        .query_one(
+            "select pg_try_advisory_lock($1)",
+            &[&lock_key(&policy.name)],
+        )
+        .await
+        .map_err(|e| Error::pg("cannot take the policy's advisory lock", e))?
+        .get(0);
+    if !locked {
+        let why = "another agent is running this policy".to_string();
+        tracing::info!(policy = %policy.name, "{why}; skipping this slot");
+        return Ok(RunOutcome::Skipped(why));
+    }
+    let repo = Repository::new(storage::open(&policy.repository).await?, &policy.name);
+    if let Some(newest) = repo.list_backups().await?.first() {
+        if newest.started_at >= slot {
+            let why = format!("backup {} already covers this slot", newest.id);
+            tracing::info!(policy = %policy.name, "{why}; skipping");
+            return Ok(RunOutcome::Skipped(why));
+        }
+    }
+
+    // The backup gets its own token: shutdown cancels it only after the grace period.
+    let backup_cancel = CancellationToken::new();
+    let watcher = {
+        let shutdown = shutdown.clone();
+        let backup_cancel = backup_cancel.clone();
+        let grace = grace.to_std().unwrap_or_default();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+            backup_cancel.cancel();
+        })
+    };
+    let result =
+        backup::run_logical_backup(policy, Arc::new(Progress::default()), &backup_cancel).await;
+    watcher.abort();
+    let manifest = result?;
+    update(status, |s| {
+        s.last_attempt_ok = Some(true);
+        s.last_success = Some(manifest.finished_at);
+        s.newest_backup_at = Some(manifest.consistent_at);
+        s.last_duration_seconds = manifest.duration_seconds();
+        s.last_raw_bytes = manifest.raw_size();
+        s.last_stored_bytes = manifest.stored_size();
+        s.last_error = None;
+    });
+    if let Some(retention) = &policy.retention {
+        let plan = prune::plan(&repo, retention, Utc::now()).await?;
+        if let Some(stale) = &plan.retention.stale {
+            tracing::warn!(policy = %policy.name, "{stale}");
+        }
+        let done = prune::execute(&repo, &plan).await?;
+        update(status, |s| {
+            s.retention_deletions_total += done.deleted_backups.len() as u64;
+            s.retention_stale = plan.retention.stale.is_some();
+            s.backups_kept = plan
+                .retention
+                .entries
+                .len()
+                .saturating_sub(done.deleted_backups.len()) as u64;
+        });
+    } else {
+        update(status, |s| s.backups_kept += 1);
+    }
+    drop(lock_conn);
+    Ok(RunOutcome::BackedUp(manifest.id))
+}
+
+/// Run `policy` on its schedule until `shutdown`: catch up first if a slot was missed,
+/// then wait for each slot (plus jitter) and run it.
+pub async fn run_schedule(
+    policy: Policy,
+    status: SharedStatus,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let Some(config): Option<ScheduleConfig> = policy.schedule.clone() else {
+        return;
+    };
+    let last = match seed_status(&policy, &status).await {
+        Ok(last) => last,
+        Err(e) => {
+            tracing::warn!(policy = %policy.name, error = %e, "cannot read the repository at start");
+            None
+        }
+    };
+    let now = Utc::now();
+    if config.backup.catch_up_due(last, now) && !shutdown.is_cancelled() {
+        let slot = config.backup.previous_at_or_before(now).unwrap_or(now);
+        tracing::info!(policy = %policy.name, "the last scheduled backup was missed; running now");
+        if run_once(&policy, slot, &status, &shutdown, grace).await == RunOutcome::Cancelled {
+            return;
+        }
+    }
+    loop {
+        let Some(slot) = config.backup.next_after(Utc::now()) else {
+            tracing::warn!(policy = %policy.name, "the schedule has no future slot; stopping");
+            return;
+        };
+        let start = slot + schedule::jitter(&policy.name, slot, config.jitter);
+        let wait = (start - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if run_once(&policy, slot, &status, &shutdown, grace).await == RunOutcome::Cancelled {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_differ_per_policy_and_are_stable() {
+        assert_eq!(lock_key("app"), lock_key("app"));
+        assert_ne!(lock_key("app"), lock_key("app2"));
+    }
+}

@@ -1,0 +1,219 @@
+//! The agent on real schedules: it takes backups on an every-few-seconds schedule, prunes
+//! to the policy, reports success and then failure in its metrics, shares slots with a
+//! second agent without doubling backups, and shuts down cleanly on SIGTERM mid-upload.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a harness failure should panic the test
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use pgvault_integration::{
+    agent_bin, free_port, http_get, keygen, metric, pgvault, run_ok, wait_until, write_policy,
+    PgCluster, RepoSpec,
+};
+
+fn start_agent(policy: &Path, port: u16, extra: &[&str]) -> Child {
+    Command::new(agent_bin())
+        .arg("--policy")
+        .arg(policy)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn terminate(child: Child) -> std::process::Output {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait_with_output().unwrap()
+}
+
+fn listed(policy: &Path) -> Vec<serde_json::Value> {
+    let mut list = pgvault(None);
+    list.args(["list", "--json", "--policy"]).arg(policy);
+    serde_json::from_str::<serde_json::Value>(&run_ok(list))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn scheduled_backups_are_pruned_and_metrics_show_success_then_failure() {
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    source.psql("postgres", "create database app");
+    source.psql(
+        "app",
+        "create table t as select g from generate_series(1, 1000) g",
+    );
+    let key = keygen(work.path(), "ops");
+    let repo = work.path().join("repo");
+    let policy = write_policy(
+        work.path(),
+        "app",
+        &source.url("app"),
+        &RepoSpec::Filesystem(&repo),
+        &key.recipient,
+        "[schedule]\nbackup = \"*/2 * * * * *\"\nretries = 0\n[retention]\nkeep_last = 2\n",
+    );
+    let port = free_port();
+    let agent = start_agent(&policy, port, &[]);
+    wait_until("the agent to be ready", 30, || {
+        http_get(port, "/readyz").is_some()
+    });
+    assert_eq!(http_get(port, "/healthz").as_deref(), Some("ok\n"));
+    wait_until("retention to delete a backup", 120, || {
+        http_get(port, "/metrics")
+            .and_then(|m| metric(&m, "pgvault_retention_deletions_total", "app"))
+            .is_some_and(|n| n >= 1.0)
+    });
+    let scrape = http_get(port, "/metrics").unwrap();
+    assert_eq!(
+        metric(&scrape, "pgvault_last_attempt_success", "app"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert!(metric(&scrape, "pgvault_last_raw_bytes", "app").unwrap() > 0.0);
+    assert!(metric(&scrape, "pgvault_backup_age_seconds", "app").unwrap() < 60.0);
+    assert_eq!(
+        metric(&scrape, "pgvault_backup_failures_total", "app"),
+        Some(0.0)
+    );
+    assert!(
+        listed(&policy).len() <= 3,
+        "retention did not keep the repository near keep_last = 2"
+    );
+
+    // The source goes away: the next run fails and the metrics say so.
+    drop(source);
+    wait_until("a failed run in the metrics", 60, || {
+        http_get(port, "/metrics")
+            .and_then(|m| metric(&m, "pgvault_backup_failures_total", "app"))
+            .is_some_and(|n| n >= 1.0)
+    });
+    let scrape = http_get(port, "/metrics").unwrap();
+    assert_eq!(
+        metric(&scrape, "pgvault_last_attempt_success", "app"),
+        Some(0.0),
+        "{scrape}"
+    );
+    assert!(metric(&scrape, "pgvault_last_success_timestamp_seconds", "app").is_some());
+    let out = terminate(agent);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn two_agents_take_exactly_one_backup_per_slot() {
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    source.psql("postgres", "create database app");
+    source.psql(
+        "app",
+        "create table t as select g from generate_series(1, 1000) g",
+    );
+    let key = keygen(work.path(), "ops");
+    let repo = work.path().join("repo");
+    let policy = write_policy(
+        work.path(),
+        "app",
+        &source.url("app"),
+        &RepoSpec::Filesystem(&repo),
+        &key.recipient,
+        "[schedule]\nbackup = \"*/3 * * * * *\"\nretries = 0\n",
+    );
+    let (p1, p2) = (free_port(), free_port());
+    let a = start_agent(&policy, p1, &[]);
+    let b = start_agent(&policy, p2, &[]);
+    wait_until("five backups", 120, || listed(&policy).len() >= 5);
+    let (oa, ob) = (terminate(a), terminate(b));
+    assert!(oa.status.success() && ob.status.success());
+    let mut slots: Vec<i64> = listed(&policy)
+        .iter()
+        .map(|m| {
+            let started =
+                chrono::DateTime::parse_from_rfc3339(m["started_at"].as_str().unwrap()).unwrap();
+            started.timestamp().div_euclid(3)
+        })
+        .collect();
+    let total = slots.len();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), total, "two backups in one 3-second slot");
+    let skipped = String::from_utf8_lossy(&oa.stderr)
+        .matches("skipping")
+        .count()
+        + String::from_utf8_lossy(&ob.stderr)
+            .matches("skipping")
+            .count();
+    assert!(
+        skipped >= 1,
+        "neither agent ever yielded a slot to the other"
+    );
+}
+
+#[test]
+fn sigterm_during_an_upload_aborts_it_and_exits_cleanly() {
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    source.psql("postgres", "create database app");
+    source.psql_script(
+        "app",
+        "create table bulk (id int, a text, b text); \
+         insert into bulk select g, md5(random()::text) || md5(random()::text), md5(random()::text) from generate_series(1, 300000) g;",
+    );
+    let key = keygen(work.path(), "ops");
+    let repo = work.path().join("repo");
+    let policy = write_policy(
+        work.path(),
+        "app",
+        &source.url("app"),
+        &RepoSpec::Filesystem(&repo),
+        &key.recipient,
+        "[schedule]\nbackup = \"0 3 * * *\"\n",
+    );
+    let text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("level = 3", "level = 19\nthreads = 1");
+    std::fs::write(&policy, text).unwrap();
+    // No backup yet, so the agent catches up at start; SIGTERM arrives mid-COPY.
+    let agent = start_agent(&policy, free_port(), &["--grace", "0s"]);
+    wait_until("pg_dump to copy the bulk table", 120, || {
+        source.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where application_name = 'pg_dump' and query like 'COPY public.bulk%'",
+        ) == "1"
+    });
+    let out = terminate(agent);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(listed(&policy).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(repo.join(".uploads"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "open upload left behind");
+    wait_until("pg_dump to stop", 30, || {
+        source.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where application_name = 'pg_dump'",
+        ) == "0"
+    });
+}
