@@ -16,6 +16,7 @@ pub mod backup;
 pub mod error;
 pub mod globals;
 pub mod keys;
+pub mod notify;
 pub mod pipeline;
 pub mod policy;
 pub mod postgres;

@@ -37,6 +37,19 @@ struct RawPolicy {
     backup: RawBackup,
     retention: Option<Spanned<RawRetention>>,
     schedule: Option<RawSchedule>,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook: Spanned<String>,
+    format: Option<Spanned<String>>,
+    #[serde(default)]
+    on_success: bool,
+    #[serde(default)]
+    on_retention: bool,
+    retries: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +136,8 @@ pub struct Policy {
     pub retention: Option<RetentionConfig>,
     /// When the agent runs backups, when the policy has a `[schedule]` section.
     pub schedule: Option<ScheduleConfig>,
+    /// Where the agent sends events, when the policy has a `[notify]` section.
+    pub notify: Option<crate::notify::NotifyConfig>,
 }
 
 /// The `[schedule]` section: when the agent backs the policy up.
@@ -406,7 +421,52 @@ impl Policy {
             }
         };
 
+        let notify = match raw.notify {
+            None => None,
+            Some(n) => {
+                let webhook =
+                    expand_env(n.webhook.get_ref()).map_err(|m| at(Some(n.webhook.span()), m))?;
+                let ok = url::Url::parse(&webhook)
+                    .map(|u| matches!(u.scheme(), "http" | "https"))
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(at(
+                        Some(n.webhook.span()),
+                        "[notify] webhook must be an http(s) URL".into(),
+                    ));
+                }
+                let format = match n.format.as_ref().map(|f| f.get_ref().as_str()) {
+                    None | Some("json") => crate::notify::NotifyFormat::Json,
+                    Some("slack") => crate::notify::NotifyFormat::Slack,
+                    Some(other) => {
+                        return Err(at(
+                            n.format.as_ref().map(|f| f.span()),
+                            format!("[notify] format {other:?} is not \"json\" or \"slack\""),
+                        ))
+                    }
+                };
+                Some(crate::notify::NotifyConfig {
+                    webhook,
+                    format,
+                    on_success: n.on_success,
+                    on_retention: n.on_retention,
+                    retries: n.retries.unwrap_or(3),
+                })
+            }
+        };
+
+        // A scheduled policy's stale guard defaults to twice its schedule's period: when
+        // the newest backup is older than that, the schedule is broken and retention
+        // must not age out the last good backups.
+        let mut retention = retention;
+        if let (Some(r), Some(sch)) = (retention.as_mut(), schedule.as_ref()) {
+            if r.max_age.is_none() {
+                r.max_age = sch.backup.period(chrono::Utc::now(), 8).map(|p| p * 2);
+            }
+        }
+
         Ok(Policy {
+            notify,
             schedule,
             retention,
             path: path.to_path_buf(),

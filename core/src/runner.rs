@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backup;
 use crate::error::{Error, Result};
+use crate::notify::{Event, EventKind};
 use crate::pipeline::Progress;
 use crate::policy::{Policy, ScheduleConfig};
 use crate::postgres::ConnTarget;
@@ -141,6 +142,11 @@ pub async fn run_once(
                     s.failures_total += 1;
                     s.last_error = Some(message.clone());
                 });
+                if let Some(notify) = &policy.notify {
+                    let mut event = Event::new(EventKind::BackupFailed, &policy.name);
+                    event.error = Some(message.clone());
+                    crate::notify::send(notify, &event).await;
+                }
                 return RunOutcome::Failed(message);
             }
         }
@@ -203,12 +209,22 @@ async fn attempt_run(
         s.last_stored_bytes = manifest.stored_size();
         s.last_error = None;
     });
+    if let Some(notify) = &policy.notify {
+        let mut event = Event::new(EventKind::BackupSucceeded, &policy.name);
+        event.backup = Some(manifest.id.clone());
+        crate::notify::send(notify, &event).await;
+    }
     if let Some(retention) = &policy.retention {
         let plan = prune::plan(&repo, retention, Utc::now()).await?;
         if let Some(stale) = &plan.retention.stale {
             tracing::warn!(policy = %policy.name, "{stale}");
         }
         let done = prune::execute(&repo, &plan).await?;
+        if let (Some(notify), false) = (&policy.notify, done.deleted_backups.is_empty()) {
+            let mut event = Event::new(EventKind::RetentionDeleted, &policy.name);
+            event.deleted = done.deleted_backups.clone();
+            crate::notify::send(notify, &event).await;
+        }
         update(status, |s| {
             s.retention_deletions_total += done.deleted_backups.len() as u64;
             s.retention_stale = plan.retention.stale.is_some();

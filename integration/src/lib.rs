@@ -212,3 +212,53 @@ pub fn wait_until(what: &str, seconds: u64, mut condition: impl FnMut() -> bool)
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A one-shot-per-request HTTP receiver on loopback that records request bodies: a
+/// stand-in webhook endpoint for notification tests.
+pub struct WebhookReceiver {
+    /// Its port.
+    pub port: u16,
+    bodies: std::sync::mpsc::Receiver<String>,
+}
+
+impl WebhookReceiver {
+    /// Start receiving on a free port (answers 200 to every request).
+    pub fn start() -> WebhookReceiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let (tx, bodies) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_ok() {
+                    let _ = tx.send(String::from_utf8_lossy(&body).to_string());
+                }
+                let mut stream = reader.into_inner();
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        WebhookReceiver { port, bodies }
+    }
+
+    /// The next body received, waiting up to `seconds`.
+    pub fn next_body(&self, seconds: u64) -> Option<String> {
+        self.bodies
+            .recv_timeout(std::time::Duration::from_secs(seconds))
+            .ok()
+    }
+}

@@ -217,3 +217,49 @@ fn sigterm_during_an_upload_aborts_it_and_exits_cleanly() {
         ) == "0"
     });
 }
+
+#[test]
+fn a_failed_backup_reaches_the_webhook_in_json_and_slack_form() {
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "ops");
+    let repo = work.path().join("repo");
+    for format in ["json", "slack"] {
+        let receiver = pgvault_integration::WebhookReceiver::start();
+        // Nothing listens on the source port: every run fails.
+        let policy = write_policy(
+            work.path(),
+            &format!("down-{format}"),
+            &format!("postgres://postgres@127.0.0.1:{}/app", free_port()),
+            &RepoSpec::Filesystem(&repo),
+            &key.recipient,
+            &format!(
+                "[schedule]\nbackup = \"0 3 * * *\"\nretries = 0\n[notify]\nwebhook = \"http://127.0.0.1:{}/hook\"\nformat = \"{format}\"\n",
+                receiver.port
+            ),
+        );
+        // No backup exists, so the agent catches up at start, fails, and notifies.
+        let agent = start_agent(&policy, free_port(), &[]);
+        let body = receiver.next_body(60).expect("no notification arrived");
+        let out = terminate(agent);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if format == "json" {
+            assert_eq!(v["event"], "backup_failed", "{body}");
+            assert_eq!(v["policy"], "down-json", "{body}");
+            assert!(
+                v["error"].as_str().unwrap().contains("cannot connect"),
+                "{body}"
+            );
+        } else {
+            let text = v["text"].as_str().unwrap();
+            assert!(
+                text.contains("down-slack") && text.contains("FAILED"),
+                "{body}"
+            );
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Notifications: a webhook receives a JSON event when a backup fails (always), and on
+//! success or retention deletions when the policy asks for them. `format = "slack"`
+//! posts Slack-compatible `{"text": …}` instead.
+//!
+//! Delivery never fails a backup: errors are retried with backoff, then logged.
+//! Event payloads carry ids, times and error messages, never secrets (URLs are redacted).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Payload shape sent to the webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyFormat {
+    /// The [`Event`] as JSON.
+    Json,
+    /// `{"text": "…"}` for Slack incoming webhooks (and compatible chat tools).
+    Slack,
+}
+
+/// The `[notify]` section of a policy.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    /// Where events are POSTed (`${ENV}` expanded; treated as a secret).
+    pub webhook: String,
+    /// Payload shape.
+    pub format: NotifyFormat,
+    /// Also notify successful backups.
+    pub on_success: bool,
+    /// Also notify retention deletions.
+    pub on_retention: bool,
+    /// Delivery attempts after the first failure.
+    pub retries: u32,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A scheduled backup failed after all retries.
+    BackupFailed,
+    /// A backup succeeded.
+    BackupSucceeded,
+    /// Retention deleted backups.
+    RetentionDeleted,
+}
+
+/// One notification.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// What happened.
+    pub event: EventKind,
+    /// The policy.
+    pub policy: String,
+    /// When.
+    pub time: DateTime<Utc>,
+    /// The backup concerned, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// The error, for failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Backups deleted, for retention events.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deleted: Vec<String>,
+    /// The machine that sent it.
+    pub host: String,
+}
+
+impl Event {
+    /// A new event of `kind` for `policy`, now, from this host.
+    pub fn new(kind: EventKind, policy: &str) -> Event {
+        Event {
+            event: kind,
+            policy: policy.to_string(),
+            time: Utc::now(),
+            backup: None,
+            error: None,
+            deleted: Vec::new(),
+            host: std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn slack_text(&self) -> String {
+        match self.event {
+            EventKind::BackupFailed => format!(
+                ":rotating_light: pgvault backup of *{}* FAILED on {}: {}",
+                self.policy,
+                self.host,
+                self.error.as_deref().unwrap_or("unknown error")
+            ),
+            EventKind::BackupSucceeded => format!(
+                ":white_check_mark: pgvault backup of *{}* succeeded: {}",
+                self.policy,
+                self.backup.as_deref().unwrap_or("-")
+            ),
+            EventKind::RetentionDeleted => format!(
+                ":wastebasket: pgvault retention of *{}* deleted {} backup(s): {}",
+                self.policy,
+                self.deleted.len(),
+                self.deleted.join(", ")
+            ),
+        }
+    }
+}
+
+/// Whether `config` wants events of `kind`.
+pub fn wanted(config: &NotifyConfig, kind: EventKind) -> bool {
+    match kind {
+        EventKind::BackupFailed => true,
+        EventKind::BackupSucceeded => config.on_success,
+        EventKind::RetentionDeleted => config.on_retention,
+    }
+}
+
+/// Deliver `event` if the policy wants it; retries with backoff, logs the outcome, and
+/// never returns an error.
+pub async fn send(config: &NotifyConfig, event: &Event) {
+    if !wanted(config, event.event) {
+        return;
+    }
+    let body = match config.format {
+        NotifyFormat::Json => serde_json::to_vec(event),
+        NotifyFormat::Slack => {
+            serde_json::to_vec(&serde_json::json!({ "text": event.slack_text() }))
+        }
+    };
+    let Ok(body) = body else { return };
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot create the notification client");
+            return;
+        }
+    };
+    let mut delay = Duration::from_millis(500);
+    for attempt in 0..=config.retries {
+        let result = client
+            .post(&config.webhook)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        match result {
+            Ok(r) if r.status().is_success() => {
+                tracing::debug!(policy = %event.policy, "notification delivered");
+                return;
+            }
+            Ok(r) => {
+                tracing::warn!(policy = %event.policy, status = %r.status(), attempt, "webhook refused the notification")
+            }
+            // The error text can contain the URL; the webhook URL is a secret.
+            Err(e) => {
+                tracing::warn!(policy = %event.policy, attempt, timeout = e.is_timeout(), connect = e.is_connect(), "webhook delivery failed")
+            }
+        }
+        if attempt < config.retries {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    tracing::error!(policy = %event.policy, "notification not delivered after retries");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_without_empty_fields() {
+        let mut e = Event::new(EventKind::BackupFailed, "app");
+        e.error = Some("pg_dump exit 1".into());
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["event"], "backup_failed");
+        assert_eq!(v["policy"], "app");
+        assert!(v.get("deleted").is_none() && v.get("backup").is_none());
+        assert!(e.slack_text().contains("FAILED") && e.slack_text().contains("pg_dump exit 1"));
+    }
+
+    #[test]
+    fn failures_are_always_wanted() {
+        let config = NotifyConfig {
+            webhook: "http://x".into(),
+            format: NotifyFormat::Json,
+            on_success: false,
+            on_retention: false,
+            retries: 0,
+        };
+        assert!(wanted(&config, EventKind::BackupFailed));
+        assert!(!wanted(&config, EventKind::BackupSucceeded));
+        assert!(!wanted(&config, EventKind::RetentionDeleted));
+    }
+}
