@@ -91,6 +91,9 @@ struct RawRepository {
     region: Option<String>,
     part_size: Option<Spanned<String>>,
     parts_in_flight: Option<Spanned<usize>>,
+    abort_incomplete_after_days: Option<Spanned<i32>>,
+    transition_after_days: Option<Spanned<i32>>,
+    transition_storage_class: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +207,8 @@ pub struct RepositoryConfig {
     pub part_size: u64,
     /// Parts uploaded concurrently.
     pub parts_in_flight: usize,
+    /// Lifecycle rules `pgvault storage init` applies (S3 only).
+    pub lifecycle: crate::storage::LifecycleSettings,
 }
 
 /// zstd settings.
@@ -309,6 +314,30 @@ impl Policy {
             }
         };
 
+        let positive_days = |v: &Option<Spanned<i32>>| -> Result<Option<i32>> {
+            match v {
+                Some(d) if *d.get_ref() < 1 => {
+                    Err(at(Some(d.span()), "days must be at least 1".into()))
+                }
+                Some(d) => Ok(Some(*d.get_ref())),
+                None => Ok(None),
+            }
+        };
+        let lifecycle = crate::storage::LifecycleSettings {
+            abort_incomplete_after_days: positive_days(
+                &raw.repository.abort_incomplete_after_days,
+            )?
+            .unwrap_or(7),
+            transition: positive_days(&raw.repository.transition_after_days)?.map(|d| {
+                (
+                    d,
+                    raw.repository
+                        .transition_storage_class
+                        .clone()
+                        .unwrap_or_else(|| "STANDARD_IA".into()),
+                )
+            }),
+        };
         let enc_span = raw.encryption.span();
         let enc = raw.encryption.into_inner();
         let mut recipient_lines: Vec<(String, Range<usize>)> = enc
@@ -481,6 +510,7 @@ impl Policy {
                 region: raw.repository.region,
                 part_size,
                 parts_in_flight,
+                lifecycle,
             },
             recipients,
             compression: CompressionConfig {

@@ -132,3 +132,66 @@ async fn s3_backend_conforms() {
     conformance(&storage).await;
     assert_eq!(server.open_multipart_uploads(&bucket, &prefix).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_init_applies_lifecycle_rules_idempotently() {
+    use pgvault_integration::{keygen, pgvault, run_ok, write_policy, RepoSpec};
+    let Some(server) = S3Server::from_env() else {
+        return;
+    };
+    let (bucket, prefix) = server.fresh_location().await;
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "ops");
+    let spec = RepoSpec::S3 {
+        server: &server,
+        bucket: &bucket,
+        prefix: &prefix,
+    };
+    let policy = write_policy(
+        work.path(),
+        "app",
+        "postgres://u@127.0.0.1:1/app",
+        &spec,
+        &key.recipient,
+        "",
+    );
+    for _ in 0..2 {
+        let mut init = pgvault(Some(&server));
+        init.args(["storage", "init", "--policy"]).arg(&policy);
+        let out = run_ok(init);
+        assert!(
+            out.contains("set pgvault-app-abort-incomplete-uploads: abort multipart uploads")
+                && out.contains("after 7 day(s)"),
+            "{out}"
+        );
+    }
+    std::env::set_var("AWS_ACCESS_KEY_ID", &server.access_key_id);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", &server.secret_access_key);
+    let storage = S3Storage::connect(
+        &bucket,
+        &prefix,
+        Some(&server.endpoint),
+        Some(&server.region),
+    )
+    .await
+    .unwrap();
+    let ids = storage.lifecycle_rule_ids().await.unwrap();
+    assert_eq!(
+        ids,
+        vec!["pgvault-app-abort-incomplete-uploads".to_string()],
+        "{ids:?}"
+    );
+
+    let repo = work.path().join("repo");
+    let fs_policy = write_policy(
+        work.path(),
+        "local",
+        "postgres://u@127.0.0.1:1/app",
+        &RepoSpec::Filesystem(&repo),
+        &key.recipient,
+        "",
+    );
+    let mut init = pgvault(None);
+    init.args(["storage", "init", "--policy"]).arg(&fs_policy);
+    assert!(run_ok(init).contains("no lifecycle rules"));
+}

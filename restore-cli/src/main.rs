@@ -77,6 +77,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Prepare the repository's storage.
+    Storage {
+        #[command(subcommand)]
+        action: StorageAction,
+    },
     /// Generate an age key pair: the identity (private key) goes to FILE, the recipient
     /// (public key, for the policy) is printed.
     Keygen {
@@ -110,6 +115,17 @@ enum Command {
         /// Directory for the spool file used with --jobs > 1.
         #[arg(long)]
         spool_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageAction {
+    /// Apply lifecycle rules to the bucket (abort stale multipart uploads; optional
+    /// transition to a colder storage class). Idempotent; other rules are kept.
+    Init {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
     },
 }
 
@@ -234,6 +250,18 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 done.removed_orphans,
                 done.aborted_uploads
             );
+            Ok(0)
+        }
+        Command::Storage {
+            action: StorageAction::Init { policy },
+        } => {
+            let policy = load_policy(&policy)?;
+            let set = storage::init(&policy.repository, &policy.name)
+                .await
+                .with_context(|| format!("cannot set up the storage of policy {}", policy.name))?;
+            for line in set {
+                println!("set {line}");
+            }
             Ok(0)
         }
         Command::Keygen { output } => {

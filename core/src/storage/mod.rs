@@ -20,7 +20,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 pub use fs::FilesystemStorage;
-pub use s3::S3Storage;
+pub use s3::{LifecycleSettings, S3Storage};
 
 use crate::error::{Error, Result};
 use crate::policy::{RepositoryConfig, RepositoryLocation};
@@ -108,6 +108,21 @@ pub async fn open(config: &RepositoryConfig) -> Result<Arc<dyn Storage>> {
             )
             .await?,
         )),
+    }
+}
+
+/// Prepare a policy's repository: on S3, apply the lifecycle rules (abort incomplete
+/// uploads, optional transition to a colder class). Returns what was set, one line each.
+pub async fn init(config: &RepositoryConfig, policy: &str) -> Result<Vec<String>> {
+    match &config.location {
+        RepositoryLocation::Filesystem { root } => Ok(vec![format!(
+            "{}: a filesystem repository has no lifecycle rules; `pgvault prune` removes stale uploads",
+            root.display()
+        )]),
+        RepositoryLocation::S3 { bucket, prefix } => {
+            let s3 = S3Storage::connect(bucket, prefix, config.endpoint.as_deref(), config.region.as_deref()).await?;
+            s3.apply_lifecycle(policy, &config.lifecycle).await
+        }
     }
 }
 

@@ -115,6 +115,133 @@ impl S3Storage {
     }
 }
 
+/// Lifecycle settings `pgvault storage init` applies to a policy's part of a bucket.
+#[derive(Debug, Clone)]
+pub struct LifecycleSettings {
+    /// Abort multipart uploads this many days after they started.
+    pub abort_incomplete_after_days: i32,
+    /// Move backup objects to `storage_class` this many days after they were written.
+    pub transition: Option<(i32, String)>,
+}
+
+impl S3Storage {
+    /// Apply lifecycle rules for `policy` (idempotent): rules pgvault set before for this
+    /// policy are replaced, every other rule of the bucket is kept. Returns the rules set.
+    pub async fn apply_lifecycle(
+        &self,
+        policy: &str,
+        settings: &LifecycleSettings,
+    ) -> Result<Vec<String>> {
+        use aws_sdk_s3::types::{
+            AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus,
+            LifecycleRule, LifecycleRuleFilter, Transition, TransitionStorageClass,
+        };
+        let rule_prefix = format!("pgvault-{policy}-");
+        let existing = match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out.rules().to_vec(),
+            Err(e) => match sdk_err("get lifecycle", &self.bucket, e) {
+                // No configuration yet.
+                Error::ObjectNotFound { .. } => Vec::new(),
+                other => return Err(other),
+            },
+        };
+        let mut rules: Vec<LifecycleRule> = existing
+            .into_iter()
+            .filter(|r| !r.id().is_some_and(|id| id.starts_with(&rule_prefix)))
+            .collect();
+        let build_err = |e: aws_sdk_s3::error::BuildError| {
+            Error::Invalid(format!("invalid lifecycle rule: {e}"))
+        };
+        let mut described = Vec::new();
+        let policy_prefix = self.full_prefix(&format!("{policy}/"));
+        rules.push(
+            LifecycleRule::builder()
+                .id(format!("{rule_prefix}abort-incomplete-uploads"))
+                .status(ExpirationStatus::Enabled)
+                .filter(
+                    LifecycleRuleFilter::builder()
+                        .prefix(&policy_prefix)
+                        .build(),
+                )
+                .abort_incomplete_multipart_upload(
+                    AbortIncompleteMultipartUpload::builder()
+                        .days_after_initiation(settings.abort_incomplete_after_days)
+                        .build(),
+                )
+                .build()
+                .map_err(build_err)?,
+        );
+        described.push(format!(
+            "{rule_prefix}abort-incomplete-uploads: abort multipart uploads under {policy_prefix} after {} day(s)",
+            settings.abort_incomplete_after_days
+        ));
+        if let Some((days, class)) = &settings.transition {
+            let backups_prefix = self.full_prefix(&format!("{policy}/backups/"));
+            rules.push(
+                LifecycleRule::builder()
+                    .id(format!("{rule_prefix}transition"))
+                    .status(ExpirationStatus::Enabled)
+                    .filter(
+                        LifecycleRuleFilter::builder()
+                            .prefix(&backups_prefix)
+                            .build(),
+                    )
+                    .transitions(
+                        Transition::builder()
+                            .days(*days)
+                            .storage_class(TransitionStorageClass::from(class.as_str()))
+                            .build(),
+                    )
+                    .build()
+                    .map_err(build_err)?,
+            );
+            described.push(format!(
+                "{rule_prefix}transition: move objects under {backups_prefix} to {class} after {days} day(s)"
+            ));
+        }
+        self.client
+            .put_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .lifecycle_configuration(
+                BucketLifecycleConfiguration::builder()
+                    .set_rules(Some(rules))
+                    .build()
+                    .map_err(build_err)?,
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_err("put lifecycle", &self.bucket, e))?;
+        Ok(described)
+    }
+
+    /// Ids of the bucket's lifecycle rules (for checks and tests).
+    pub async fn lifecycle_rule_ids(&self) -> Result<Vec<String>> {
+        match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .rules()
+                .iter()
+                .filter_map(|r| r.id().map(str::to_string))
+                .collect()),
+            Err(e) => match sdk_err("get lifecycle", &self.bucket, e) {
+                Error::ObjectNotFound { .. } => Ok(Vec::new()),
+                other => Err(other),
+            },
+        }
+    }
+}
+
 #[async_trait]
 impl Storage for S3Storage {
     fn describe(&self) -> String {
