@@ -9,6 +9,7 @@ use pgvault_core::policy::{Policy, RepositoryLocation};
 #[test]
 fn every_example_policy_parses() {
     std::env::set_var("PGVAULT_APP_PASSWORD", "example-only");
+    std::env::set_var("PGVAULT_WEBHOOK_URL", "https://hooks.example.invalid/T000");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let mut parsed = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -24,9 +25,17 @@ fn every_example_policy_parses() {
         "expected the example policies in {}",
         dir.display()
     );
+    // The deployment example too.
+    std::env::set_var("PGVAULT_DB_PASSWORD", "example-only");
+    let docker = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/example-policy.toml");
+    let policy = Policy::load(&docker).unwrap_or_else(|e| panic!("{e}"));
+    assert!(policy.schedule.is_some());
     let prod = Policy::load(&dir.join("app-prod-s3.toml")).unwrap();
     assert_eq!(prod.recipients.len(), 2);
     assert!(prod.source.url.contains("example-only"));
+    assert!(prod.schedule.is_some() && prod.retention.is_some() && prod.notify.is_some());
+    // The stale guard defaults to twice the daily schedule.
+    assert_eq!(prod.retention.unwrap().max_age, Some(chrono::Duration::days(2)));
     assert!(
         matches!(prod.repository.location, RepositoryLocation::S3 { ref bucket, .. } if bucket == "acme-pg-backups")
     );
