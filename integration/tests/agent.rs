@@ -233,7 +233,7 @@ fn a_failed_backup_reaches_the_webhook_in_json_and_slack_form() {
             &RepoSpec::Filesystem(&repo),
             &key.recipient,
             &format!(
-                "[schedule]\nbackup = \"0 3 * * *\"\nretries = 0\n[notify]\nwebhook = \"http://127.0.0.1:{}/hook\"\nformat = \"{format}\"\n",
+                "[schedule]\nbackup = \"0 3 * * *\"\nretries = 1\nretry_backoff = \"1s\"\n[notify]\nwebhook = \"http://127.0.0.1:{}/hook\"\nformat = \"{format}\"\n",
                 receiver.port
             ),
         );
@@ -241,10 +241,16 @@ fn a_failed_backup_reaches_the_webhook_in_json_and_slack_form() {
         let agent = start_agent(&policy, free_port(), &[]);
         let body = receiver.next_body(60).expect("no notification arrived");
         let out = terminate(agent);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        assert_eq!(
+            log.matches("retrying").count(),
+            1,
+            "one retry before the failure is reported: {log}"
+        );
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            !log.contains("/hook"),
+            "the webhook URL leaked into the log: {log}"
         );
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         if format == "json" {
@@ -262,4 +268,88 @@ fn a_failed_backup_reaches_the_webhook_in_json_and_slack_form() {
             );
         }
     }
+}
+
+#[test]
+fn once_mode_backs_up_applies_retention_and_exits() {
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    source.psql("postgres", "create database app");
+    let key = keygen(work.path(), "ops");
+    let repo = work.path().join("repo");
+    let policy = write_policy(
+        work.path(),
+        "app",
+        &source.url("app"),
+        &RepoSpec::Filesystem(&repo),
+        &key.recipient,
+        "[retention]\nkeep_last = 1\n",
+    );
+    for _ in 0..2 {
+        let out = Command::new(agent_bin())
+            .args(["--once", "--log-format", "json", "--policy"])
+            .arg(&policy)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        assert!(
+            log.lines()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+            "not JSON logs: {log}"
+        );
+    }
+    assert_eq!(
+        listed(&policy).len(),
+        1,
+        "retention keep_last = 1 after two --once runs"
+    );
+}
+
+#[test]
+fn sigterm_lets_a_running_upload_finish_within_the_grace_period() {
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    source.psql("postgres", "create database app");
+    source.psql_script(
+        "app",
+        "create table bulk (id int, a text); \
+         insert into bulk select g, md5(random()::text) || md5(random()::text) from generate_series(1, 150000) g;",
+    );
+    let key = keygen(work.path(), "ops");
+    let repo = work.path().join("repo");
+    let policy = write_policy(
+        work.path(),
+        "app",
+        &source.url("app"),
+        &RepoSpec::Filesystem(&repo),
+        &key.recipient,
+        "[schedule]\nbackup = \"0 3 * * *\"\n",
+    );
+    let text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("level = 3", "level = 19\nthreads = 1");
+    std::fs::write(&policy, text).unwrap();
+    let agent = start_agent(&policy, free_port(), &["--grace", "10m"]);
+    wait_until("pg_dump to copy the bulk table", 120, || {
+        source.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where application_name = 'pg_dump' and query like 'COPY public.bulk%'",
+        ) == "1"
+    });
+    let out = terminate(agent);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        listed(&policy).len(),
+        1,
+        "the running backup did not complete within the grace period"
+    );
 }
