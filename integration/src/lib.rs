@@ -262,3 +262,40 @@ impl WebhookReceiver {
             .ok()
     }
 }
+
+/// Fill `db` with a `bulk` table big and random enough that, with
+/// [`slow_down_compression`], its dump stays in the middle of `COPY public.bulk` for many
+/// seconds: the window failure-path tests act in.
+pub fn make_slow_to_dump(cluster: &PgCluster, db: &str, rows: u32) {
+    cluster.psql_script(
+        db,
+        &format!(
+            "create table bulk (id int, a text, b text); \
+             insert into bulk select g, md5(random()::text) || md5(random()::text), md5(random()::text) \
+             from generate_series(1, {rows}) g;"
+        ),
+    );
+}
+
+/// Make a policy written by [`write_policy`] compress at zstd level 19 on one thread.
+pub fn slow_down_compression(policy: &Path) {
+    let text = std::fs::read_to_string(policy).unwrap_or_else(|e| panic!("read policy: {e}"));
+    std::fs::write(policy, text.replace("level = 3", "level = 19\nthreads = 1"))
+        .unwrap_or_else(|e| panic!("write policy: {e}"));
+}
+
+/// Whether a `pg_dump` session on `cluster` is copying the `bulk` table right now.
+pub fn dump_is_copying_bulk(cluster: &PgCluster) -> bool {
+    cluster.psql(
+        "postgres",
+        "select count(*) from pg_stat_activity where application_name = 'pg_dump' and query like 'COPY public.bulk%'",
+    ) == "1"
+}
+
+/// Whether no `pg_dump` session is left on `cluster`.
+pub fn no_dump_running(cluster: &PgCluster) -> bool {
+    cluster.psql(
+        "postgres",
+        "select count(*) from pg_stat_activity where application_name = 'pg_dump'",
+    ) == "0"
+}

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use pgvault_integration::{
-    agent_bin, free_port, http_get, keygen, metric, pgvault, run_ok, wait_until, write_policy,
-    PgCluster, RepoSpec,
+    agent_bin, dump_is_copying_bulk, free_port, http_get, keygen, make_slow_to_dump, metric,
+    no_dump_running, pgvault, run_ok, slow_down_compression, wait_until, write_policy, PgCluster,
+    RepoSpec,
 };
 
 fn start_agent(policy: &Path, port: u16, extra: &[&str]) -> Child {
@@ -165,18 +166,16 @@ fn two_agents_take_exactly_one_backup_per_slot() {
     );
 }
 
-#[test]
-fn sigterm_during_an_upload_aborts_it_and_exits_cleanly() {
-    let Some(source) = PgCluster::start() else {
-        return;
-    };
+/// A policy whose first (catch-up) backup is slow, an agent running it with `grace`, and
+/// the point where pg_dump is in the middle of copying the big table.
+fn agent_mid_dump(
+    rows: u32,
+    grace: &str,
+) -> Option<(PgCluster, tempfile::TempDir, std::path::PathBuf, Child)> {
+    let source = PgCluster::start()?;
     let work = tempfile::tempdir().unwrap();
     source.psql("postgres", "create database app");
-    source.psql_script(
-        "app",
-        "create table bulk (id int, a text, b text); \
-         insert into bulk select g, md5(random()::text) || md5(random()::text), md5(random()::text) from generate_series(1, 300000) g;",
-    );
+    make_slow_to_dump(&source, "app", rows);
     let key = keygen(work.path(), "ops");
     let repo = work.path().join("repo");
     let policy = write_policy(
@@ -187,18 +186,20 @@ fn sigterm_during_an_upload_aborts_it_and_exits_cleanly() {
         &key.recipient,
         "[schedule]\nbackup = \"0 3 * * *\"\n",
     );
-    let text = std::fs::read_to_string(&policy)
-        .unwrap()
-        .replace("level = 3", "level = 19\nthreads = 1");
-    std::fs::write(&policy, text).unwrap();
-    // No backup yet, so the agent catches up at start; SIGTERM arrives mid-COPY.
-    let agent = start_agent(&policy, free_port(), &["--grace", "0s"]);
+    slow_down_compression(&policy);
+    // No backup exists yet, so the agent catches up at start.
+    let agent = start_agent(&policy, free_port(), &["--grace", grace]);
     wait_until("pg_dump to copy the bulk table", 120, || {
-        source.psql(
-            "postgres",
-            "select count(*) from pg_stat_activity where application_name = 'pg_dump' and query like 'COPY public.bulk%'",
-        ) == "1"
+        dump_is_copying_bulk(&source)
     });
+    Some((source, work, policy, agent))
+}
+
+#[test]
+fn sigterm_during_an_upload_aborts_it_and_exits_cleanly() {
+    let Some((source, work, policy, agent)) = agent_mid_dump(300_000, "0s") else {
+        return;
+    };
     let out = terminate(agent);
     assert!(
         out.status.success(),
@@ -206,16 +207,11 @@ fn sigterm_during_an_upload_aborts_it_and_exits_cleanly() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(listed(&policy).is_empty());
-    let leftovers: Vec<_> = std::fs::read_dir(repo.join(".uploads"))
+    let leftovers: Vec<_> = std::fs::read_dir(work.path().join("repo/.uploads"))
         .map(|d| d.flatten().collect())
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "open upload left behind");
-    wait_until("pg_dump to stop", 30, || {
-        source.psql(
-            "postgres",
-            "select count(*) from pg_stat_activity where application_name = 'pg_dump'",
-        ) == "0"
-    });
+    wait_until("pg_dump to stop", 30, || no_dump_running(&source));
 }
 
 #[test]
@@ -310,37 +306,9 @@ fn once_mode_backs_up_applies_retention_and_exits() {
 
 #[test]
 fn sigterm_lets_a_running_upload_finish_within_the_grace_period() {
-    let Some(source) = PgCluster::start() else {
+    let Some((_source, _work, policy, agent)) = agent_mid_dump(150_000, "10m") else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    source.psql("postgres", "create database app");
-    source.psql_script(
-        "app",
-        "create table bulk (id int, a text); \
-         insert into bulk select g, md5(random()::text) || md5(random()::text) from generate_series(1, 150000) g;",
-    );
-    let key = keygen(work.path(), "ops");
-    let repo = work.path().join("repo");
-    let policy = write_policy(
-        work.path(),
-        "app",
-        &source.url("app"),
-        &RepoSpec::Filesystem(&repo),
-        &key.recipient,
-        "[schedule]\nbackup = \"0 3 * * *\"\n",
-    );
-    let text = std::fs::read_to_string(&policy)
-        .unwrap()
-        .replace("level = 3", "level = 19\nthreads = 1");
-    std::fs::write(&policy, text).unwrap();
-    let agent = start_agent(&policy, free_port(), &["--grace", "10m"]);
-    wait_until("pg_dump to copy the bulk table", 120, || {
-        source.psql(
-            "postgres",
-            "select count(*) from pg_stat_activity where application_name = 'pg_dump' and query like 'COPY public.bulk%'",
-        ) == "1"
-    });
     let out = terminate(agent);
     assert!(
         out.status.success(),

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgvault_integration::{
-    keygen, pgvault, run, run_ok, text, write_policy, PgCluster, RepoSpec, S3Server, TestKey,
+    dump_is_copying_bulk, keygen, make_slow_to_dump, no_dump_running, pgvault, run, run_ok,
+    slow_down_compression, text, wait_until, write_policy, PgCluster, RepoSpec, S3Server, TestKey,
 };
 
 struct Setup {
@@ -274,27 +275,10 @@ fn parallel_restore_spools_and_verifies() {
     );
 }
 
-/// Enough incompressible-ish data that a level-19 dump streams for several seconds.
-fn make_slow_to_dump(c: &PgCluster) {
-    c.psql_script(
-        "app",
-        "create table bulk (id int, a text, b text); \
-         insert into bulk select g, md5(random()::text) || md5(random()::text), md5(random()::text) from generate_series(1, 300000) g;",
-    );
-}
-
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Wait until the dump upload is open and pg_dump is copying the big table: level-19
 /// single-threaded compression keeps it blocked there for many seconds.
 fn wait_for_copy_in_progress(s: &Setup) {
-    wait_for("the dump upload to open", || {
+    wait_until("the dump upload to open", 120, || {
         std::fs::read_dir(s.repo().join(".uploads"))
             .map(|d| {
                 d.flatten()
@@ -302,11 +286,8 @@ fn wait_for_copy_in_progress(s: &Setup) {
             })
             .unwrap_or(false)
     });
-    wait_for("pg_dump to copy the bulk table", || {
-        s.source.psql(
-            "postgres",
-            "select count(*) from pg_stat_activity where application_name = 'pg_dump' and query like 'COPY public.bulk%'",
-        ) == "1"
+    wait_until("pg_dump to copy the bulk table", 120, || {
+        dump_is_copying_bulk(&s.source)
     });
 }
 
@@ -346,14 +327,8 @@ fn walk(dir: &Path) -> Vec<String> {
 #[test]
 fn pg_dump_killed_mid_stream_leaves_no_backup_and_no_open_upload() {
     let Some(s) = setup("") else { return };
-    make_slow_to_dump(&s.source);
-    std::fs::write(
-        &s.policy,
-        std::fs::read_to_string(&s.policy)
-            .unwrap()
-            .replace("level = 3", "level = 19\nthreads = 1"),
-    )
-    .unwrap();
+    make_slow_to_dump(&s.source, "app", 300_000);
+    slow_down_compression(&s.policy);
     let mut cmd = pgvault(None);
     cmd.arg("backup")
         .arg("--policy")
@@ -386,14 +361,8 @@ fn pg_dump_killed_mid_stream_leaves_no_backup_and_no_open_upload() {
 #[test]
 fn sigint_mid_upload_aborts_cleanly() {
     let Some(s) = setup("") else { return };
-    make_slow_to_dump(&s.source);
-    std::fs::write(
-        &s.policy,
-        std::fs::read_to_string(&s.policy)
-            .unwrap()
-            .replace("level = 3", "level = 19\nthreads = 1"),
-    )
-    .unwrap();
+    make_slow_to_dump(&s.source, "app", 300_000);
+    slow_down_compression(&s.policy);
     let mut cmd = pgvault(None);
     cmd.arg("backup")
         .arg("--policy")
@@ -412,12 +381,7 @@ fn sigint_mid_upload_aborts_cleanly() {
     assert!(text(&out).contains("cancelled"), "{}", text(&out));
     assert_no_backup_and_no_upload(&s);
     // No pg_dump is left running against the source.
-    wait_for("pg_dump to disappear", || {
-        s.source.psql(
-            "postgres",
-            "select count(*) from pg_stat_activity where application_name = 'pg_dump'",
-        ) == "0"
-    });
+    wait_until("pg_dump to disappear", 30, || no_dump_running(&s.source));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -430,7 +394,7 @@ async fn source_dropped_mid_stream_on_s3_aborts_the_multipart_upload() {
     };
     let work = tempfile::tempdir().unwrap();
     source.psql("postgres", "create database app");
-    make_slow_to_dump(&source);
+    make_slow_to_dump(&source, "app", 300_000);
     let key = keygen(work.path(), "ops");
     let (bucket, prefix) = server.fresh_location().await;
     let spec = RepoSpec::S3 {
@@ -446,13 +410,7 @@ async fn source_dropped_mid_stream_on_s3_aborts_the_multipart_upload() {
         &key.recipient,
         "",
     );
-    std::fs::write(
-        &policy,
-        std::fs::read_to_string(&policy)
-            .unwrap()
-            .replace("level = 3", "level = 19\nthreads = 1"),
-    )
-    .unwrap();
+    slow_down_compression(&policy);
 
     let mut cmd = pgvault(Some(&server));
     cmd.arg("backup")
@@ -464,11 +422,9 @@ async fn source_dropped_mid_stream_on_s3_aborts_the_multipart_upload() {
     let deadline = Instant::now() + Duration::from_secs(120);
     // The dump upload is open once pg_dump's COPY is running.
     loop {
-        let copying = source.psql(
-            "postgres",
-            "select count(*) from pg_stat_activity where application_name = 'pg_dump' and query like 'COPY public.bulk%'",
-        );
-        if copying == "1" && server.open_multipart_uploads(&bucket, &prefix).await == 1 {
+        if dump_is_copying_bulk(&source)
+            && server.open_multipart_uploads(&bucket, &prefix).await == 1
+        {
             break;
         }
         assert!(Instant::now() < deadline, "pg_dump never started copying");
