@@ -299,3 +299,48 @@ pub fn no_dump_running(cluster: &PgCluster) -> bool {
         "select count(*) from pg_stat_activity where application_name = 'pg_dump'",
     ) == "0"
 }
+
+/// One test's world: a source cluster whose database `app` holds the test's data, an age
+/// key, a filesystem repository, and a policy `app` tying them together.
+pub struct Fixture {
+    /// The source cluster.
+    pub source: PgCluster,
+    /// The test's scratch directory (keys, policies, repository).
+    pub work: tempfile::TempDir,
+    /// The key the policy encrypts to.
+    pub key: TestKey,
+    /// The repository directory.
+    pub repo: PathBuf,
+    /// The policy file.
+    pub policy: PathBuf,
+}
+
+impl Fixture {
+    /// Set up `app` with `sql` and write a policy with `extra_policy` appended; `None`
+    /// (test skipped) when PostgreSQL is not installed and servers are not required.
+    pub fn start(sql: &str, extra_policy: &str) -> Option<Fixture> {
+        let source = PgCluster::start()?;
+        let work = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        source.psql("postgres", "create database app");
+        if !sql.is_empty() {
+            source.psql_script("app", sql);
+        }
+        let key = keygen(work.path(), "ops");
+        let repo = work.path().join("repo");
+        let policy = write_policy(
+            work.path(),
+            "app",
+            &source.url("app"),
+            &RepoSpec::Filesystem(&repo),
+            &key.recipient,
+            extra_policy,
+        );
+        Some(Fixture {
+            source,
+            work,
+            key,
+            repo,
+            policy,
+        })
+    }
+}

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 
 use pgvault_integration::{
     agent_bin, dump_is_copying_bulk, free_port, http_get, keygen, make_slow_to_dump, metric,
-    no_dump_running, pgvault, run_ok, slow_down_compression, wait_until, write_policy, PgCluster,
-    RepoSpec,
+    no_dump_running, pgvault, run_ok, slow_down_compression, wait_until, write_policy, Fixture,
+    PgCluster, RepoSpec,
 };
 
 fn start_agent(policy: &Path, port: u16, extra: &[&str]) -> Child {
@@ -46,25 +46,14 @@ fn listed(policy: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn scheduled_backups_are_pruned_and_metrics_show_success_then_failure() {
-    let Some(source) = PgCluster::start() else {
+    let Some(f) = Fixture::start(
+        "create table t as select g from generate_series(1, 1000) g",
+        "[schedule]\nbackup = \"*/2 * * * * *\"\nretries = 0\n[retention]\nkeep_last = 2\n",
+    ) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    source.psql("postgres", "create database app");
-    source.psql(
-        "app",
-        "create table t as select g from generate_series(1, 1000) g",
-    );
-    let key = keygen(work.path(), "ops");
-    let repo = work.path().join("repo");
-    let policy = write_policy(
-        work.path(),
-        "app",
-        &source.url("app"),
-        &RepoSpec::Filesystem(&repo),
-        &key.recipient,
-        "[schedule]\nbackup = \"*/2 * * * * *\"\nretries = 0\n[retention]\nkeep_last = 2\n",
-    );
+    // Partial moves keep the rest of the fixture (its directory) alive to the end.
+    let (source, policy) = (f.source, f.policy);
     let port = free_port();
     let agent = start_agent(&policy, port, &[]);
     wait_until("the agent to be ready", 30, || {
@@ -117,25 +106,14 @@ fn scheduled_backups_are_pruned_and_metrics_show_success_then_failure() {
 
 #[test]
 fn two_agents_take_exactly_one_backup_per_slot() {
-    let Some(source) = PgCluster::start() else {
+    let Some(f) = Fixture::start(
+        "create table t as select g from generate_series(1, 1000) g",
+        "[schedule]\nbackup = \"*/3 * * * * *\"\nretries = 0\n",
+    ) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    source.psql("postgres", "create database app");
-    source.psql(
-        "app",
-        "create table t as select g from generate_series(1, 1000) g",
-    );
-    let key = keygen(work.path(), "ops");
-    let repo = work.path().join("repo");
-    let policy = write_policy(
-        work.path(),
-        "app",
-        &source.url("app"),
-        &RepoSpec::Filesystem(&repo),
-        &key.recipient,
-        "[schedule]\nbackup = \"*/3 * * * * *\"\nretries = 0\n",
-    );
+    // Partial moves keep the rest of the fixture (its directory) alive to the end.
+    let (_source, policy) = (f.source, f.policy);
     let (p1, p2) = (free_port(), free_port());
     let a = start_agent(&policy, p1, &[]);
     let b = start_agent(&policy, p2, &[]);

@@ -9,57 +9,25 @@ use std::time::{Duration, Instant};
 
 use pgvault_integration::{
     dump_is_copying_bulk, keygen, make_slow_to_dump, no_dump_running, pgvault, run, run_ok,
-    slow_down_compression, text, wait_until, write_policy, PgCluster, RepoSpec, S3Server, TestKey,
+    slow_down_compression, text, wait_until, write_policy, Fixture, PgCluster, RepoSpec, S3Server,
 };
 
-struct Setup {
-    source: PgCluster,
-    work: tempfile::TempDir,
-    key: TestKey,
-    policy: std::path::PathBuf,
-}
-
-impl Setup {
-    fn repo(&self) -> std::path::PathBuf {
-        self.work.path().join("repo")
-    }
-}
-
 /// A source with a small database and a filesystem repository policy.
-fn setup(extra_policy: &str) -> Option<Setup> {
-    let source = PgCluster::start()?;
-    let work = tempfile::tempdir().unwrap();
-    source.psql("postgres", "create database app");
-    source.psql_script(
-        "app",
+fn setup(extra_policy: &str) -> Option<Fixture> {
+    Fixture::start(
         "create table t (id int primary key, v text); insert into t select g, md5(g::text) from generate_series(1, 5000) g;",
-    );
-    let key = keygen(work.path(), "ops");
-    let repo = work.path().join("repo");
-    let policy = write_policy(
-        work.path(),
-        "app",
-        &source.url("app"),
-        &RepoSpec::Filesystem(&repo),
-        &key.recipient,
         extra_policy,
-    );
-    Some(Setup {
-        source,
-        work,
-        key,
-        policy,
-    })
+    )
 }
 
-fn backup(s: &Setup) {
+fn backup(s: &Fixture) {
     let mut cmd = pgvault(None);
     cmd.arg("backup").arg("--policy").arg(&s.policy);
     run_ok(cmd);
 }
 
-fn dump_file(s: &Setup) -> std::path::PathBuf {
-    let backups = s.repo().join("app/backups");
+fn dump_file(s: &Fixture) -> std::path::PathBuf {
+    let backups = s.repo.join("app/backups");
     let id = std::fs::read_dir(&backups)
         .unwrap()
         .next()
@@ -76,7 +44,7 @@ fn flip_byte(path: &Path, at: u64) {
     std::fs::write(path, bytes).unwrap();
 }
 
-fn restore_cmd(s: &Setup, target: &str, identity: &Path) -> Command {
+fn restore_cmd(s: &Fixture, target: &str, identity: &Path) -> Command {
     let mut cmd = pgvault(None);
     cmd.args(["restore", "latest", "--target", target, "--identity"])
         .arg(identity)
@@ -277,9 +245,9 @@ fn parallel_restore_spools_and_verifies() {
 
 /// Wait until the dump upload is open and pg_dump is copying the big table: level-19
 /// single-threaded compression keeps it blocked there for many seconds.
-fn wait_for_copy_in_progress(s: &Setup) {
+fn wait_for_copy_in_progress(s: &Fixture) {
     wait_until("the dump upload to open", 120, || {
-        std::fs::read_dir(s.repo().join(".uploads"))
+        std::fs::read_dir(s.repo.join(".uploads"))
             .map(|d| {
                 d.flatten()
                     .any(|e| e.file_name().to_string_lossy().ends_with(".data"))
@@ -291,18 +259,18 @@ fn wait_for_copy_in_progress(s: &Setup) {
     });
 }
 
-fn assert_no_backup_and_no_upload(s: &Setup) {
+fn assert_no_backup_and_no_upload(s: &Fixture) {
     let mut list = pgvault(None);
     list.args(["list", "--policy"]).arg(&s.policy);
     assert_eq!(run_ok(list).trim(), "no backups");
-    let leftovers: Vec<_> = std::fs::read_dir(s.repo().join(".uploads"))
+    let leftovers: Vec<_> = std::fs::read_dir(s.repo.join(".uploads"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(
         leftovers.is_empty(),
         "open uploads left behind: {leftovers:?}"
     );
-    let objects = walk(&s.repo().join("app/backups"));
+    let objects = walk(&s.repo.join("app/backups"));
     assert!(
         objects.is_empty(),
         "objects of the failed backup left behind: {objects:?}"

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use pgvault_integration::{
-    keygen, pgvault, run, run_ok, text, write_policy, PgCluster, RepoSpec, S3Server,
+    keygen, pgvault, run, run_ok, text, write_policy, Fixture, PgCluster, RepoSpec, S3Server,
 };
 
 fn listed_ids(server: Option<&S3Server>, policy: &Path) -> Vec<String> {
@@ -46,25 +46,13 @@ fn files_under(dir: &Path) -> usize {
 
 #[test]
 fn prune_follows_the_plan_and_cleans_up_old_leftovers_only() {
-    let Some(source) = PgCluster::start() else {
+    let Some(f) = Fixture::start(
+        "create table t as select g from generate_series(1, 100) g",
+        "[retention]\nkeep_last = 2\norphan_min_age = \"1h\"\n",
+    ) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    source.psql("postgres", "create database app");
-    source.psql(
-        "app",
-        "create table t as select g from generate_series(1, 100) g",
-    );
-    let key = keygen(work.path(), "ops");
-    let repo = work.path().join("repo");
-    let policy = write_policy(
-        work.path(),
-        "app",
-        &source.url("app"),
-        &RepoSpec::Filesystem(&repo),
-        &key.recipient,
-        "[retention]\nkeep_last = 2\norphan_min_age = \"1h\"\n",
-    );
+    let (repo, policy) = (f.repo.clone(), f.policy.clone());
     for _ in 0..4 {
         backup(None, &policy);
     }
