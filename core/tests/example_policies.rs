@@ -35,7 +35,10 @@ fn every_example_policy_parses() {
     assert!(prod.source.url.contains("example-only"));
     assert!(prod.schedule.is_some() && prod.retention.is_some() && prod.notify.is_some());
     // The stale guard defaults to twice the daily schedule.
-    assert_eq!(prod.retention.unwrap().max_age, Some(chrono::Duration::days(2)));
+    assert_eq!(
+        prod.retention.unwrap().max_age,
+        Some(chrono::Duration::days(2))
+    );
     assert!(
         matches!(prod.repository.location, RepositoryLocation::S3 { ref bucket, .. } if bucket == "acme-pg-backups")
     );
