@@ -179,7 +179,7 @@ pub enum Error {
     },
 
     /// The operation was cancelled (Ctrl-C, SIGTERM); partial work was cleaned up.
-    #[error("cancelled; the partial upload was aborted and no backup was recorded")]
+    #[error("cancelled; partial work was cleaned up")]
     Cancelled,
 
     /// A request is invalid in a way the user can fix (bad argument, bad URL, …).

@@ -367,11 +367,15 @@ fn list_or_none(items: &[String]) -> String {
 
 /// Carry out a plan. Returns a report whose [`RestoreReport::passed`] says whether the
 /// restored database verified and was swapped into place.
+///
+/// `cancel` (Ctrl-C) is honoured until the swap starts: the scratch database is dropped
+/// and the target is untouched. The swap itself (two renames) is never interrupted.
 pub async fn execute(
     repo: &Repository,
     plan: RestorePlan,
     identities: &Identities,
     progress: Arc<Progress>,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<RestoreReport> {
     if let TargetAction::Refuse { tables } = plan.action {
         return Err(Error::TargetNotEmpty {
@@ -400,7 +404,10 @@ pub async fn execute(
         .map_err(|e| Error::pg(format!("cannot create scratch database {scratch}"), e))?;
 
     let started = Instant::now();
-    let restored = restore_dump(repo, &plan, identities, progress).await;
+    let restored = tokio::select! {
+        r = restore_dump(repo, &plan, identities, progress) => r,
+        _ = cancel.cancelled() => Err(Error::Cancelled),
+    };
     let restore_seconds = started.elapsed().as_secs_f64();
     if let Err(e) = restored {
         drop_scratch(&admin, &scratch).await;
@@ -429,6 +436,10 @@ pub async fn execute(
     if !all_passed {
         drop_scratch(&admin, &scratch).await;
         return Ok(report);
+    }
+    if cancel.is_cancelled() {
+        drop_scratch(&admin, &scratch).await;
+        return Err(Error::Cancelled);
     }
     if let Err(e) = swap_into_place(&admin, &plan).await {
         drop_scratch(&admin, &scratch).await;

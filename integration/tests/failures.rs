@@ -471,3 +471,33 @@ fn invalid_policy_files_name_line_and_column() {
         assert_eq!(stderr.trim().lines().count(), 1, "{name}: {stderr}");
     }
 }
+
+#[test]
+fn sigint_during_a_restore_drops_the_scratch_database_and_leaves_no_target() {
+    let Some(s) = setup("") else { return };
+    make_slow_to_dump(&s.source, "app", 300_000);
+    backup(&s);
+    let mut cmd = restore_cmd(&s, &s.source.url("restored"), &s.key.identity);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    wait_until("pg_restore to load the bulk table", 120, || {
+        s.source.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where application_name = 'pg_restore' and query like 'COPY public.bulk%'",
+        ) == "1"
+    });
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(
+        text(&out).contains("the target database was not changed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(scratch_databases(&s.source), Vec::<String>::new());
+    assert!(!s.source.databases().contains(&"restored".to_string()));
+}

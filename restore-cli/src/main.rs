@@ -336,10 +336,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             let progress = Arc::new(Progress::default());
             let display = output::ProgressDisplay::start(progress.clone(), "restoring");
             let started = Instant::now();
-            let result = tokio::select! {
-                r = restore::execute(&repo, plan, &identities, progress) => r,
-                _ = cancel.cancelled() => Err(pgvault_core::Error::Cancelled),
-            };
+            let result = restore::execute(&repo, plan, &identities, progress, cancel).await;
             display.finish();
             let report = result.context("restore failed; the target database was not changed")?;
             print!("{}", output::restore_summary(&report, started.elapsed()));
