@@ -146,36 +146,21 @@ fn two_agents_take_exactly_one_backup_per_slot() {
 
 /// A policy whose first (catch-up) backup is slow, an agent running it with `grace`, and
 /// the point where pg_dump is in the middle of copying the big table.
-fn agent_mid_dump(
-    rows: u32,
-    grace: &str,
-) -> Option<(PgCluster, tempfile::TempDir, std::path::PathBuf, Child)> {
-    let source = PgCluster::start()?;
-    let work = tempfile::tempdir().unwrap();
-    source.psql("postgres", "create database app");
-    make_slow_to_dump(&source, "app", rows);
-    let key = keygen(work.path(), "ops");
-    let repo = work.path().join("repo");
-    let policy = write_policy(
-        work.path(),
-        "app",
-        &source.url("app"),
-        &RepoSpec::Filesystem(&repo),
-        &key.recipient,
-        "[schedule]\nbackup = \"0 3 * * *\"\n",
-    );
-    slow_down_compression(&policy);
+fn agent_mid_dump(rows: u32, grace: &str) -> Option<(Fixture, Child)> {
+    let f = Fixture::start("", "[schedule]\nbackup = \"0 3 * * *\"\n")?;
+    make_slow_to_dump(&f.source, "app", rows);
+    slow_down_compression(&f.policy);
     // No backup exists yet, so the agent catches up at start.
-    let agent = start_agent(&policy, free_port(), &["--grace", grace]);
+    let agent = start_agent(&f.policy, free_port(), &["--grace", grace]);
     wait_until("pg_dump to copy the bulk table", 120, || {
-        dump_is_copying_bulk(&source)
+        dump_is_copying_bulk(&f.source)
     });
-    Some((source, work, policy, agent))
+    Some((f, agent))
 }
 
 #[test]
 fn sigterm_during_an_upload_aborts_it_and_exits_cleanly() {
-    let Some((source, work, policy, agent)) = agent_mid_dump(300_000, "0s") else {
+    let Some((f, agent)) = agent_mid_dump(300_000, "0s") else {
         return;
     };
     let out = terminate(agent);
@@ -184,12 +169,12 @@ fn sigterm_during_an_upload_aborts_it_and_exits_cleanly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(listed(&policy).is_empty());
-    let leftovers: Vec<_> = std::fs::read_dir(work.path().join("repo/.uploads"))
+    assert!(listed(&f.policy).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(f.repo.join(".uploads"))
         .map(|d| d.flatten().collect())
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "open upload left behind");
-    wait_until("pg_dump to stop", 30, || no_dump_running(&source));
+    wait_until("pg_dump to stop", 30, || no_dump_running(&f.source));
 }
 
 #[test]
@@ -284,7 +269,7 @@ fn once_mode_backs_up_applies_retention_and_exits() {
 
 #[test]
 fn sigterm_lets_a_running_upload_finish_within_the_grace_period() {
-    let Some((_source, _work, policy, agent)) = agent_mid_dump(150_000, "10m") else {
+    let Some((f, agent)) = agent_mid_dump(150_000, "10m") else {
         return;
     };
     let out = terminate(agent);
@@ -294,7 +279,7 @@ fn sigterm_lets_a_running_upload_finish_within_the_grace_period() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        listed(&policy).len(),
+        listed(&f.policy).len(),
         1,
         "the running backup did not complete within the grace period"
     );

@@ -292,9 +292,10 @@ fn walk(dir: &Path) -> Vec<String> {
     out
 }
 
-#[test]
-fn pg_dump_killed_mid_stream_leaves_no_backup_and_no_open_upload() {
-    let Some(s) = setup("") else { return };
+/// A `pgvault backup` of a slow-to-dump database, returned once pg_dump is mid-COPY and
+/// the dump upload is open.
+fn backup_mid_dump() -> Option<(Fixture, std::process::Child)> {
+    let s = setup("")?;
     make_slow_to_dump(&s.source, "app", 300_000);
     slow_down_compression(&s.policy);
     let mut cmd = pgvault(None);
@@ -304,8 +305,16 @@ fn pg_dump_killed_mid_stream_leaves_no_backup_and_no_open_upload() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
-    // Wait until dump bytes are being stored, then kill pg_dump's server session.
     wait_for_copy_in_progress(&s);
+    Some((s, child))
+}
+
+#[test]
+fn pg_dump_killed_mid_stream_leaves_no_backup_and_no_open_upload() {
+    let Some((s, child)) = backup_mid_dump() else {
+        return;
+    };
+    // Kill pg_dump's server session while dump bytes are being stored.
     let killed = s.source.psql(
         "postgres",
         "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = 'pg_dump'",
@@ -328,17 +337,9 @@ fn pg_dump_killed_mid_stream_leaves_no_backup_and_no_open_upload() {
 
 #[test]
 fn sigint_mid_upload_aborts_cleanly() {
-    let Some(s) = setup("") else { return };
-    make_slow_to_dump(&s.source, "app", 300_000);
-    slow_down_compression(&s.policy);
-    let mut cmd = pgvault(None);
-    cmd.arg("backup")
-        .arg("--policy")
-        .arg(&s.policy)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    wait_for_copy_in_progress(&s);
+    let Some((s, child)) = backup_mid_dump() else {
+        return;
+    };
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
