@@ -47,6 +47,19 @@ url = "file://$work/repo"
 recipients = ["$recipient"]
 [compression]
 level = 3
+[restore_test]
+target = "ephemeral"
+identity_file = "$work/identity.txt"
+rto_objective = "15m"
+rpo_objective = "24h"
+[[restore_test.checks]]
+name = "every order has a customer"
+sql = "select count(*) from orders o left join customers c on c.id = o.customer_id where c.id is null"
+expect = "= 0"
+[[restore_test.checks]]
+name = "recent orders exist"
+sql = "select count(*) from orders where created_at > now() - interval '2 days'"
+expect = "> 0"
 TOML
 
 echo "== pgvault backup"
@@ -63,4 +76,9 @@ echo "== pgvault restore --dry-run"
 echo "== pgvault restore"
 "$bin" restore --policy "$work/policy.toml" latest --identity "$work/identity.txt" \
   --target "postgres://postgres@127.0.0.1:$port/shop_restored"
+echo "== pgvault restore-test (a throwaway cluster, checks, RTO/RPO, a report)"
+"$bin" restore-test --policy "$work/policy.toml" --report-dir "${PGVAULT_DEMO_REPORTS:-$work/reports}"
+echo "== pgvault reports list / verify"
+"$bin" reports list --policy "$work/policy.toml"
+"$bin" reports verify --policy "$work/policy.toml"
 echo "== demo complete"

@@ -13,6 +13,7 @@
 //! Errors are typed ([`Error`]) and carry which backup, object or table they concern.
 
 pub mod backup;
+pub mod drill;
 pub mod error;
 pub mod globals;
 pub mod keys;

@@ -78,9 +78,7 @@ impl Event {
             backup: None,
             error: None,
             deleted: Vec::new(),
-            host: std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default(),
+            host: host_name(),
         }
     }
 
@@ -105,6 +103,13 @@ impl Event {
             ),
         }
     }
+}
+
+/// This machine's host name, for events and reports (empty when unknown).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Whether `config` wants events of `kind`.

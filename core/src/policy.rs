@@ -38,6 +38,38 @@ struct RawPolicy {
     retention: Option<Spanned<RawRetention>>,
     schedule: Option<RawSchedule>,
     notify: Option<RawNotify>,
+    restore_test: Option<RawRestoreTest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRestoreTest {
+    schedule: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    target: Option<Spanned<String>>,
+    pick: Option<Spanned<String>>,
+    within: Option<Spanned<String>>,
+    rto_objective: Option<Spanned<String>>,
+    rpo_objective: Option<Spanned<String>>,
+    rpo_window: Option<Spanned<String>>,
+    identity_file: Option<Spanned<String>>,
+    bin_dir: Option<Spanned<String>>,
+    work_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_source_server: bool,
+    jobs: Option<Spanned<u32>>,
+    amcheck: Option<bool>,
+    check_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    checks: Vec<RawSqlCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSqlCheck {
+    name: Spanned<String>,
+    sql: Spanned<String>,
+    expect: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +173,72 @@ pub struct Policy {
     pub schedule: Option<ScheduleConfig>,
     /// Where the agent sends events, when the policy has a `[notify]` section.
     pub notify: Option<crate::notify::NotifyConfig>,
+    /// Restore tests, when the policy has a `[restore_test]` section.
+    pub restore_test: Option<RestoreTestConfig>,
+}
+
+/// Where a restore test restores to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrillTargetConfig {
+    /// A throwaway cluster started for the drill and removed afterwards.
+    Ephemeral,
+    /// A scratch database on this server (URL of a maintenance database, `${ENV}`
+    /// expanded); dropped afterwards unless kept.
+    Staging(String),
+}
+
+/// Which backup a restore test restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillPick {
+    /// The newest backup.
+    Latest,
+    /// A random backup whose data is younger than this.
+    Random(chrono::Duration),
+}
+
+/// One of the policy's own checks of restored data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlCheck {
+    /// The name reports use.
+    pub name: String,
+    /// The query, run read-only in the restored database.
+    pub sql: String,
+    /// What its result must be.
+    pub expect: crate::drill::expectation::Expectation,
+}
+
+/// The `[restore_test]` section: the drill the agent runs on schedule and
+/// `pgvault restore-test` runs on demand.
+#[derive(Debug, Clone)]
+pub struct RestoreTestConfig {
+    /// When the agent runs the drill (none: only on demand).
+    pub schedule: Option<crate::schedule::Schedule>,
+    /// Where to restore.
+    pub target: DrillTargetConfig,
+    /// Which backup.
+    pub pick: DrillPick,
+    /// The RTO objective from the DR plan.
+    pub rto_objective: Option<chrono::Duration>,
+    /// The RPO objective from the DR plan.
+    pub rpo_objective: Option<chrono::Duration>,
+    /// How far back the RPO looks for gaps between backups (default 30 days).
+    pub rpo_window: chrono::Duration,
+    /// The age identity the agent decrypts with (the CLI's `--identity` overrides it).
+    pub identity_file: Option<PathBuf>,
+    /// Directory of the PostgreSQL server binaries for ephemeral clusters.
+    pub bin_dir: Option<PathBuf>,
+    /// Where ephemeral clusters and the spooled dump live (default: the temp directory).
+    pub work_dir: Option<PathBuf>,
+    /// Allow a staging URL that points at the policy's own source server.
+    pub allow_source_server: bool,
+    /// pg_restore parallel jobs.
+    pub jobs: u32,
+    /// Run amcheck on B-tree indexes when the extension is available.
+    pub amcheck: bool,
+    /// Longest a single SQL check may run.
+    pub check_timeout: chrono::Duration,
+    /// The policy's SQL checks.
+    pub checks: Vec<SqlCheck>,
 }
 
 /// The `[schedule]` section: when the agent backs the policy up.
@@ -494,7 +592,131 @@ impl Policy {
             }
         }
 
+        let restore_test = match raw.restore_test {
+            None => None,
+            Some(rt) => {
+                let span = |v: &Option<Spanned<String>>| -> Result<Option<chrono::Duration>> {
+                    v.as_ref()
+                        .map(|s| {
+                            crate::retention::parse_span(s.get_ref())
+                                .map_err(|m| at(Some(s.span()), format!("[restore_test] {m}")))
+                        })
+                        .transpose()
+                };
+                let schedule = match &rt.schedule {
+                    None => None,
+                    Some(expr) => {
+                        let tz = rt.timezone.as_ref().map(|t| t.get_ref().as_str());
+                        Some(
+                            crate::schedule::Schedule::parse(expr.get_ref(), tz).map_err(|m| {
+                                let span = if m.contains("time zone") {
+                                    rt.timezone.as_ref().map(|t| t.span())
+                                } else {
+                                    Some(expr.span())
+                                };
+                                at(span, format!("[restore_test] {m}"))
+                            })?,
+                        )
+                    }
+                };
+                let target = match rt.target.as_ref().map(|t| (t.get_ref().trim(), t.span())) {
+                    None => DrillTargetConfig::Ephemeral,
+                    Some(("ephemeral", _)) => DrillTargetConfig::Ephemeral,
+                    Some((url, sp)) => {
+                        let url = expand_env(url).map_err(|m| at(Some(sp.clone()), m))?;
+                        validate_postgres_url(&url).map_err(|m| {
+                            at(
+                                Some(sp.clone()),
+                                format!("[restore_test] target must be \"ephemeral\" or a staging server URL: {}", m.replace("source url", "the URL")),
+                            )
+                        })?;
+                        DrillTargetConfig::Staging(url)
+                    }
+                };
+                let within = span(&rt.within)?;
+                let pick = match rt.pick.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+                    None | Some(("latest", _)) => DrillPick::Latest,
+                    Some(("random", _)) => {
+                        DrillPick::Random(within.unwrap_or_else(|| chrono::Duration::days(30)))
+                    }
+                    Some((other, sp)) => {
+                        return Err(at(
+                            Some(sp),
+                            format!(
+                                "[restore_test] pick {other:?} is not \"latest\" or \"random\""
+                            ),
+                        ))
+                    }
+                };
+                let jobs = match &rt.jobs {
+                    None => 2,
+                    Some(j) if (1..=64).contains(j.get_ref()) => *j.get_ref(),
+                    Some(j) => {
+                        return Err(at(
+                            Some(j.span()),
+                            "[restore_test] jobs must be between 1 and 64".into(),
+                        ))
+                    }
+                };
+                let mut checks = Vec::new();
+                for c in &rt.checks {
+                    let name = c.name.get_ref().trim().to_string();
+                    if name.is_empty() {
+                        return Err(at(
+                            Some(c.name.span()),
+                            "[[restore_test.checks]] name must not be empty".into(),
+                        ));
+                    }
+                    if checks.iter().any(|k: &SqlCheck| k.name == name) {
+                        return Err(at(
+                            Some(c.name.span()),
+                            format!("[[restore_test.checks]] two checks are named {name:?}; names identify checks in reports"),
+                        ));
+                    }
+                    if c.sql.get_ref().trim().is_empty() {
+                        return Err(at(
+                            Some(c.sql.span()),
+                            format!("[[restore_test.checks]] {name:?} has an empty sql"),
+                        ));
+                    }
+                    let expect = crate::drill::expectation::Expectation::parse(c.expect.get_ref())
+                        .map_err(|m| at(Some(c.expect.span()), m))?;
+                    checks.push(SqlCheck {
+                        name,
+                        sql: c.sql.get_ref().clone(),
+                        expect,
+                    });
+                }
+                let path_of =
+                    |v: &Option<Spanned<String>>| v.as_ref().map(|p| base_dir.join(p.get_ref()));
+                if let (Some(expr), None) = (&rt.schedule, &rt.identity_file) {
+                    return Err(at(
+                        Some(expr.span()),
+                        "[restore_test] a scheduled drill needs identity_file: the agent must decrypt the backup it restores".into(),
+                    ));
+                }
+                Some(RestoreTestConfig {
+                    schedule,
+                    target,
+                    pick,
+                    rto_objective: span(&rt.rto_objective)?,
+                    rpo_objective: span(&rt.rpo_objective)?,
+                    rpo_window: span(&rt.rpo_window)?.unwrap_or_else(|| chrono::Duration::days(30)),
+                    identity_file: path_of(&rt.identity_file),
+                    bin_dir: path_of(&rt.bin_dir),
+                    work_dir: path_of(&rt.work_dir),
+                    allow_source_server: rt.allow_source_server,
+                    jobs,
+                    amcheck: rt.amcheck.unwrap_or(true),
+                    check_timeout: span(&rt.check_timeout)?
+                        .unwrap_or_else(|| chrono::Duration::minutes(10)),
+                    checks,
+                })
+            }
+        };
+
         Ok(Policy {
+            restore_test,
             notify,
             schedule,
             retention,
@@ -741,6 +963,40 @@ mod tests {
         );
         let p = parse(&text).unwrap();
         assert_eq!(p.schedule.unwrap().jitter, chrono::Duration::minutes(5));
+    }
+
+    #[test]
+    fn restore_test_section_parses_and_errors_point_at_values() {
+        let section = "[restore_test]\nschedule = \"0 4 1 * *\"\nidentity_file = \"key.txt\"\npick = \"random\"\nwithin = \"30d\"\nrto_objective = \"1h\"\nrpo_objective = \"24h\"\n[[restore_test.checks]]\nname = \"orders\"\nsql = \"select count(*) from orders\"\nexpect = \"> 0\"\n";
+        let p = parse(&format!("{}{section}", minimal(""))).unwrap();
+        let rt = p.restore_test.unwrap();
+        assert_eq!(rt.target, DrillTargetConfig::Ephemeral);
+        assert_eq!(rt.pick, DrillPick::Random(chrono::Duration::days(30)));
+        assert_eq!(rt.rto_objective, Some(chrono::Duration::hours(1)));
+        assert_eq!(rt.checks.len(), 1);
+        assert_eq!(rt.checks[0].expect.to_string(), "> 0");
+
+        let bad = format!("{}{}", minimal(""), section.replace("> 0", "lots"));
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:18:10: expect \"lots\""), "{err}");
+
+        let no_key = format!(
+            "{}{}",
+            minimal(""),
+            section.replace("identity_file = \"key.txt\"\n", "")
+        );
+        let err = parse(&no_key).unwrap_err().to_string();
+        assert!(
+            err.starts_with("p.toml:9:12:") && err.contains("identity_file"),
+            "{err}"
+        );
+
+        let staging = format!("{}[restore_test]\ntarget = \"mysql://x/y\"\n", minimal(""));
+        let err = parse(&staging).unwrap_err().to_string();
+        assert!(
+            err.starts_with("p.toml:9:10: [restore_test] target"),
+            "{err}"
+        );
     }
 
     #[test]

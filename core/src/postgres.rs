@@ -257,7 +257,9 @@ impl PgTools {
     }
 }
 
-fn candidate_dirs() -> Vec<PathBuf> {
+/// Directories that may hold a PostgreSQL installation's programs: Debian and RHEL
+/// locations, `/usr/local/pgsql`, then PATH.
+pub(crate) fn candidate_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for pattern_root in ["/usr/lib/postgresql", "/usr/local/pgsql"] {
         if let Ok(entries) = std::fs::read_dir(pattern_root) {

@@ -56,6 +56,9 @@ pub struct RestoreOptions {
     pub jobs: u32,
     /// Directory for the spool file (default: the system temp directory).
     pub spool_dir: Option<PathBuf>,
+    /// Spool the verified plaintext to a temp file before restoring even with one job,
+    /// so nothing reaches the target before the whole stream verified.
+    pub spool: bool,
     /// Directory of PostgreSQL client tools, when not discovered automatically.
     pub bin_dir: Option<PathBuf>,
     /// Concurrent ranged GETs while downloading.
@@ -88,6 +91,19 @@ pub struct RestorePlan {
     statements: Vec<GlobalStatement>,
     sidecar: VerificationSidecar,
     options: RestoreOptions,
+}
+
+impl RestorePlan {
+    /// Whether the dump is downloaded and verified into a temp file before pg_restore
+    /// starts (parallel restores and drills), rather than streamed into it.
+    pub fn spools(&self) -> bool {
+        self.jobs > 1 || self.options.spool
+    }
+
+    /// The PostgreSQL client tools the restore uses.
+    pub fn tools(&self) -> &PgTools {
+        &self.tools
+    }
 }
 
 /// One table's check after a restore.
@@ -142,6 +158,18 @@ pub async fn plan(
     identities: &Identities,
     options: RestoreOptions,
 ) -> Result<RestorePlan> {
+    let target = ConnTarget::parse(target_url)?;
+    plan_into(repo, selector, target, identities, options).await
+}
+
+/// [`plan`] with an already parsed target (drills build theirs).
+pub async fn plan_into(
+    repo: &Repository,
+    selector: &str,
+    target: ConnTarget,
+    identities: &Identities,
+    options: RestoreOptions,
+) -> Result<RestorePlan> {
     let manifest = repo.resolve(selector).await?;
     if !identities.matches_any(&manifest.encryption.recipients) {
         return Err(Error::WrongKey {
@@ -149,7 +177,6 @@ pub async fn plan(
             recipients: manifest.encryption.recipients.clone(),
         });
     }
-    let target = ConnTarget::parse(target_url)?;
     let target_database = target.database();
     if target_database.is_empty() {
         return Err(Error::Invalid(format!(
@@ -368,11 +395,42 @@ fn list_or_none(items: &[String]) -> String {
 /// Carry out a plan. Returns a report whose [`RestoreReport::passed`] says whether the
 /// restored database verified and was swapped into place.
 ///
+/// When the plan spools (see [`RestorePlan::spools`]), the whole dump is downloaded and
+/// verified before anything on the target server changes.
+///
 /// `cancel` (Ctrl-C) is honoured until the swap starts: the scratch database is dropped
 /// and the target is untouched. The swap itself (two renames) is never interrupted.
 pub async fn execute(
     repo: &Repository,
     plan: RestorePlan,
+    identities: &Identities,
+    progress: Arc<Progress>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<RestoreReport> {
+    if let TargetAction::Refuse { tables } = plan.action {
+        return Err(Error::TargetNotEmpty {
+            database: plan.target_database.clone(),
+            tables,
+        });
+    }
+    let spool = if plan.spools() {
+        let spooled = tokio::select! {
+            r = spool_dump(repo, &plan, identities, progress.clone()) => r?,
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+        };
+        Some(spooled)
+    } else {
+        None
+    };
+    execute_prepared(repo, plan, spool.as_ref(), identities, progress, cancel).await
+}
+
+/// Carry out a plan whose dump, when it spools, was already fetched by [`spool_dump`].
+/// Drills use this to time the download and the restore as separate phases.
+pub async fn execute_prepared(
+    repo: &Repository,
+    plan: RestorePlan,
+    spool: Option<&SpooledDump>,
     identities: &Identities,
     progress: Arc<Progress>,
     cancel: &tokio_util::sync::CancellationToken,
@@ -405,7 +463,7 @@ pub async fn execute(
 
     let started = Instant::now();
     let restored = tokio::select! {
-        r = restore_dump(repo, &plan, identities, progress) => r,
+        r = restore_dump(repo, &plan, spool, identities, progress) => r,
         _ = cancel.cancelled() => Err(Error::Cancelled),
     };
     let restore_seconds = started.elapsed().as_secs_f64();
@@ -499,6 +557,7 @@ async fn apply_globals(
 async fn restore_dump(
     repo: &Repository,
     plan: &RestorePlan,
+    spool: Option<&SpooledDump>,
     identities: &Identities,
     progress: Arc<Progress>,
 ) -> Result<()> {
@@ -509,7 +568,7 @@ async fn restore_dump(
     let mut cmd = scratch_target.command(&plan.tools.tool("pg_restore"));
     cmd.args(["--exit-on-error", "--no-password"]);
 
-    if plan.jobs <= 1 {
+    if spool.is_none() && plan.jobs <= 1 {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -574,7 +633,43 @@ async fn restore_dump(
         return Ok(());
     }
 
-    // Parallel restore needs a seekable archive: spool the verified plaintext first.
+    let spool = spool
+        .ok_or_else(|| Error::Invalid("a parallel restore needs the dump spooled first".into()))?;
+    cmd.arg(format!("--jobs={}", plan.jobs))
+        .arg(spool.path.as_os_str());
+    tokio::task::spawn_blocking(move || postgres::run_tool("pg_restore", cmd))
+        .await
+        .map_err(|e| Error::Invalid(format!("pg_restore worker failed: {e}")))??;
+    Ok(())
+}
+
+/// The decrypted, verified dump in a temporary file (removed when dropped), for
+/// `pg_restore -j` and for drills that time download and restore separately.
+pub struct SpooledDump {
+    path: tempfile::TempPath,
+    /// Seconds spent downloading, authenticating, decompressing and writing it.
+    pub seconds: f64,
+    /// Plaintext bytes.
+    pub bytes: u64,
+}
+
+impl SpooledDump {
+    /// Where the plaintext dump is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Download the plan's dump, verify every digest and age authentication, and write the
+/// plaintext to a temporary file in the spool directory. Checks free space first.
+pub async fn spool_dump(
+    repo: &Repository,
+    plan: &RestorePlan,
+    identities: &Identities,
+    progress: Arc<Progress>,
+) -> Result<SpooledDump> {
+    let started = Instant::now();
+    let dump = plan.manifest.object(object::DUMP)?;
     let spool_dir = plan
         .options
         .spool_dir
@@ -606,9 +701,9 @@ async fn restore_dump(
         &dump.key,
         &dump.digest,
         Decode::Full(identities),
-        recipients,
+        &plan.manifest.encryption.recipients,
         writer,
-        parallel,
+        plan.options.download_parallelism.max(1),
         progress,
     )
     .await;
@@ -627,15 +722,19 @@ async fn restore_dump(
         .flush()
         .map_err(|e| Error::io(format!("writing spool file {}", path.display()), e))?;
     drop(writer);
-    cmd.arg(format!("--jobs={}", plan.jobs))
-        .arg(path.as_os_str());
-    let spool_path: PathBuf = path.to_path_buf();
-    tokio::task::spawn_blocking(move || postgres::run_tool("pg_restore", cmd))
-        .await
-        .map_err(|e| Error::Invalid(format!("pg_restore worker failed: {e}")))??;
-    drop(path);
-    tracing::debug!(spool = %spool_path.display(), "spool file removed");
-    Ok(())
+    Ok(SpooledDump {
+        path,
+        seconds: started.elapsed().as_secs_f64(),
+        bytes: needed,
+    })
+}
+
+/// The table of contents (`pg_restore --list`) of a spooled dump.
+pub fn spooled_toc(plan: &RestorePlan, spool: &SpooledDump) -> Result<String> {
+    let mut cmd = toc_command(&plan.tools);
+    cmd.arg(spool.path());
+    let out = postgres::run_tool("pg_restore", cmd)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn free_space(dir: &Path) -> Result<u64> {

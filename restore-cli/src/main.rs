@@ -14,7 +14,7 @@ use pgvault_core::keys::Identities;
 use pgvault_core::pipeline::Progress;
 use pgvault_core::policy::Policy;
 use pgvault_core::repository::Repository;
-use pgvault_core::{backup, prune, restore, storage, verify};
+use pgvault_core::{backup, drill, prune, restore, storage, verify};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code when a verification or restore check failed (as opposed to an error).
@@ -89,6 +89,33 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Restore a backup somewhere harmless, check it, and measure RTO and RPO against the
+    /// policy's [restore_test] objectives. Writes a report; exit 0 on PASS, 2 on FAIL.
+    RestoreTest {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// age identity file (default: [restore_test] identity_file).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// Test this backup (id or unique prefix) instead of the configured pick.
+        #[arg(long)]
+        backup: Option<String>,
+        /// Also write the report's JSON, Markdown and HTML to this directory.
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+        /// Keep the restored database on the staging server.
+        #[arg(long)]
+        keep: bool,
+        /// Print the report JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore-test reports: list, show, verify their hash chain.
+    Reports {
+        #[command(subcommand)]
+        action: ReportsAction,
+    },
     /// Restore a backup into a database, verified, without touching the target on failure.
     Restore {
         /// Policy file.
@@ -115,6 +142,37 @@ enum Command {
         /// Directory for the spool file used with --jobs > 1.
         #[arg(long)]
         spool_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportsAction {
+    /// List the policy's restore-test reports, oldest first.
+    List {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one report (Markdown by default).
+    Show {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Report id (or a unique prefix), or "latest".
+        #[arg(default_value = "latest")]
+        id: String,
+        /// Output format.
+        #[arg(long, value_parser = ["md", "json", "html"], default_value = "md")]
+        format: String,
+    },
+    /// Check the reports' hash chain: no report altered, deleted or reordered.
+    Verify {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
     },
 }
 
@@ -264,6 +322,67 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::RestoreTest {
+            policy,
+            identity,
+            backup,
+            report_dir,
+            keep,
+            json,
+        } => {
+            let policy = load_policy(&policy)?;
+            let config = policy
+                .restore_test
+                .clone()
+                .unwrap_or_else(drill::default_config);
+            let identity = identity
+                .or_else(|| config.identity_file.clone())
+                .with_context(|| {
+                    format!(
+                        "policy {} has no [restore_test] identity_file; pass --identity FILE",
+                        policy.name
+                    )
+                })?;
+            let identities = Identities::load(&identity)?;
+            let repo = open_repository(&policy).await?;
+            let progress = Arc::new(Progress::default());
+            let display = output::ProgressDisplay::start(progress.clone(), "restore test");
+            let result = drill::run(
+                &repo,
+                drill::DrillRequest {
+                    policy: &policy,
+                    config: &config,
+                    identities: &identities,
+                    backup,
+                    keep,
+                    progress,
+                },
+                cancel,
+            )
+            .await;
+            display.finish();
+            let outcome = result.context("restore test did not complete")?;
+            if let Some(dir) = &report_dir {
+                write_report_files(dir, &outcome)?;
+            }
+            if json {
+                print!("{}", String::from_utf8_lossy(&outcome.json));
+            } else {
+                print!(
+                    "{}",
+                    output::drill_summary(
+                        &outcome.report,
+                        &drill::store::report_key(&repo, &outcome.report.id, "html"),
+                        report_dir.as_deref()
+                    )
+                );
+            }
+            Ok(match outcome.report.verdict {
+                drill::report::Verdict::Pass => 0,
+                drill::report::Verdict::Fail => EXIT_CHECK_FAILED,
+            })
+        }
+        Command::Reports { action } => run_reports(action).await,
         Command::Keygen { output } => {
             let recipient = pgvault_core::keys::generate_identity_file(&output)?;
             eprintln!(
@@ -324,6 +443,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 force,
                 jobs,
                 spool_dir,
+                spool: false,
                 bin_dir: policy.source.bin_dir.clone(),
                 download_parallelism: policy.repository.parts_in_flight,
             };
@@ -345,6 +465,92 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             } else {
                 EXIT_CHECK_FAILED
             })
+        }
+    }
+}
+
+fn write_report_files(dir: &std::path::Path, outcome: &drill::DrillOutcome) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create report directory {}", dir.display()))?;
+    let id = &outcome.report.id;
+    for (ext, bytes) in [
+        ("json", outcome.json.as_slice()),
+        ("md", outcome.markdown.as_bytes()),
+        ("html", outcome.html.as_bytes()),
+    ] {
+        let path = dir.join(format!("{}-{id}.{ext}", outcome.report.policy));
+        std::fs::write(&path, bytes)
+            .with_context(|| format!("cannot write report file {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn run_reports(action: ReportsAction) -> Result<u8> {
+    match action {
+        ReportsAction::List { policy, json } => {
+            let policy = load_policy(&policy)?;
+            let repo = open_repository(&policy).await?;
+            let mut reports = Vec::new();
+            for id in drill::store::list_ids(&repo).await? {
+                let (report, _) = drill::store::load(&repo, &id).await?;
+                reports.push(report);
+            }
+            if json {
+                let list: Vec<_> = reports.iter().map(output::report_list_entry).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", output::report_table(&reports));
+            }
+            Ok(0)
+        }
+        ReportsAction::Show { policy, id, format } => {
+            let policy = load_policy(&policy)?;
+            let repo = open_repository(&policy).await?;
+            let (report, json) = drill::store::load(&repo, &id).await?;
+            match format.as_str() {
+                "json" => print!("{}", String::from_utf8_lossy(&json)),
+                ext => {
+                    let key = drill::store::report_key(&repo, &report.id, ext);
+                    let bytes = repo
+                        .storage()
+                        .get(&key)
+                        .await
+                        .with_context(|| format!("cannot read {key}"))?;
+                    print!("{}", String::from_utf8_lossy(&bytes));
+                }
+            }
+            Ok(0)
+        }
+        ReportsAction::Verify { policy } => {
+            let policy = load_policy(&policy)?;
+            let repo = open_repository(&policy).await?;
+            let stored = drill::store::read_all(&repo).await?;
+            let findings = drill::store::verify_chain(&stored);
+            let mut broken = 0;
+            for f in &findings {
+                if f.problems.is_empty() {
+                    println!("OK    {}", f.id);
+                } else {
+                    broken += 1;
+                    for p in &f.problems {
+                        println!("FAIL  {}: {p}", f.id);
+                    }
+                }
+            }
+            if broken == 0 {
+                println!(
+                    "report chain intact: {} report(s) of policy {}",
+                    findings.len(),
+                    policy.name
+                );
+                Ok(0)
+            } else {
+                println!(
+                    "report chain BROKEN at {broken} report(s) of policy {}",
+                    policy.name
+                );
+                Ok(EXIT_CHECK_FAILED)
+            }
         }
     }
 }

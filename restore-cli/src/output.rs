@@ -6,7 +6,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::path::Path;
+
 use indicatif::{ProgressBar, ProgressStyle};
+use pgvault_core::drill::report::{human_seconds, DrillReport, ObjectiveResult, Status};
 use pgvault_core::pipeline::Progress;
 use pgvault_core::repository::BackupManifest;
 use pgvault_core::restore::{human_bytes, RestoreReport};
@@ -301,4 +304,138 @@ mod tests {
         assert_eq!(human_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
         assert_eq!(pgvault_core::restore::human_age(90), "90s");
     }
+}
+
+fn objective_line(what: &str, o: &ObjectiveResult) -> String {
+    let measured = o
+        .measured_seconds
+        .map(human_seconds)
+        .unwrap_or_else(|| "not measured".into());
+    match (o.objective_seconds, o.met) {
+        (Some(obj), Some(true)) => {
+            format!("{what} {measured} (objective {}: met)", human_seconds(obj))
+        }
+        (Some(obj), _) => format!(
+            "{what} {measured} (objective {}: NOT MET)",
+            human_seconds(obj)
+        ),
+        (None, _) => format!("{what} {measured} (no objective set)"),
+    }
+}
+
+/// What `restore-test` prints: the verdict, why, the phases, failed checks, RTO/RPO and
+/// where the report is.
+pub fn drill_summary(report: &DrillReport, stored_key: &str, report_dir: Option<&Path>) -> String {
+    let mut out = String::new();
+    let backup = report
+        .backup
+        .as_ref()
+        .map(|b| format!("backup {} ({})", b.id, b.picked))
+        .unwrap_or_else(|| "no backup".into());
+    let target = report
+        .target
+        .as_ref()
+        .map(|t| format!("{} {} database {}", t.kind, t.server, t.database))
+        .unwrap_or_else(|| "no target".into());
+    let _ = writeln!(
+        out,
+        "restore test {} of policy {}: {}",
+        report.id, report.policy, report.verdict
+    );
+    let _ = writeln!(out, "  {backup} restored to {target}");
+    for p in &report.phases {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<12} {:>10}  {}",
+            p.name,
+            p.status.to_string(),
+            p.seconds.map(human_seconds).unwrap_or_else(|| "-".into()),
+            p.detail
+        );
+    }
+    let passed = report
+        .checks
+        .iter()
+        .filter(|c| c.status == Status::Passed)
+        .count();
+    let _ = writeln!(out, "  checks: {passed} of {} passed", report.checks.len());
+    for c in report.checks.iter().filter(|c| c.status != Status::Passed) {
+        let _ = writeln!(
+            out,
+            "    {} {}: expected {}, got {}",
+            c.status, c.name, c.expected, c.actual
+        );
+    }
+    let _ = writeln!(out, "  {}", objective_line("RTO", &report.rto));
+    match &report.rpo {
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "  {} (restored data age {})",
+                objective_line("RPO", &r.objective),
+                human_seconds(r.data_age_seconds)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  RPO not measured");
+        }
+    }
+    for f in &report.failures {
+        let _ = writeln!(out, "  FAIL: {f}");
+    }
+    let _ = writeln!(out, "  report: {stored_key} (and .json, .md)");
+    if let Some(dir) = report_dir {
+        let _ = writeln!(out, "  copies in {}", dir.display());
+    }
+    out
+}
+
+/// One report in `reports list --json`.
+pub fn report_list_entry(r: &DrillReport) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "started_at": r.started_at,
+        "verdict": r.verdict,
+        "backup": r.backup.as_ref().map(|b| b.id.clone()),
+        "target": r.target.as_ref().map(|t| t.kind.clone()),
+        "rto_seconds": r.rto.measured_seconds,
+        "rto_met": r.rto.met,
+        "rpo_seconds": r.rpo.as_ref().and_then(|p| p.objective.measured_seconds),
+        "rpo_met": r.rpo.as_ref().and_then(|p| p.objective.met),
+        "failures": r.failures,
+    })
+}
+
+/// The `reports list` table.
+pub fn report_table(reports: &[DrillReport]) -> String {
+    if reports.is_empty() {
+        return "no restore-test reports\n".into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<26} {:<20} {:<7} {:<26} {:<10} {:>12} {:>12}",
+        "ID", "STARTED (UTC)", "VERDICT", "BACKUP", "TARGET", "RTO", "RPO"
+    );
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "{:<26} {:<20} {:<7} {:<26} {:<10} {:>12} {:>12}",
+            r.id,
+            r.started_at.format("%Y-%m-%d %H:%M:%S"),
+            r.verdict.to_string(),
+            r.backup.as_ref().map(|b| b.id.as_str()).unwrap_or("-"),
+            r.target.as_ref().map(|t| t.kind.as_str()).unwrap_or("-"),
+            r.rto
+                .measured_seconds
+                .map(human_seconds)
+                .unwrap_or_else(|| "-".into()),
+            r.rpo
+                .as_ref()
+                .and_then(|p| p.objective.measured_seconds)
+                .map(human_seconds)
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    out
 }
