@@ -143,6 +143,11 @@ impl Record {
         self.checks.push(check);
     }
 
+    /// A check whose failure is its phase's failure: listed, not reported twice.
+    fn check_of_phase(&mut self, check: CheckResult) {
+        self.checks.push(check);
+    }
+
     fn seconds_of(&self, name: &str) -> Option<f64> {
         self.phases
             .iter()
@@ -603,7 +608,7 @@ async fn restore_phases(
     let (plan, spool, toc) = match verified {
         Ok(v) => v,
         Err(e) => {
-            record.check(digest_check(Status::Failed, e.to_string()));
+            record.check_of_phase(digest_check(Status::Failed, e.to_string()));
             record.phase("verify", Status::Failed, verify_seconds, e.to_string());
             record.not_reached(&["restore", "checks"]);
             return Ok(());
@@ -656,7 +661,7 @@ async fn restore_phases(
     let report = match restored {
         Err(Error::Cancelled) => return Err(Error::Cancelled),
         Err(e) => {
-            record.check(pg_restore_check(Status::Failed, e.to_string()));
+            record.check_of_phase(pg_restore_check(Status::Failed, e.to_string()));
             record.phase("restore", Status::Failed, restore_seconds, e.to_string());
             record.not_reached(&["checks"]);
             return Ok(());
