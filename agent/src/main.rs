@@ -4,6 +4,8 @@
 //! - Scheduled mode (default): every policy with a `[schedule]` runs on its cron
 //!   expression (catching up a missed slot at start), retention runs after each success,
 //!   and `--listen` serves `/healthz`, `/readyz` and `/metrics`.
+//! - Restore tests: a policy with a `[restore_test] schedule` also runs its drill on
+//!   that schedule, notifies the verdict and exports it as metrics.
 //! - `--once`: one backup (and retention) of every policy now, then exit — for cron or a
 //!   Kubernetes CronJob.
 //!
@@ -158,12 +160,17 @@ async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
     if args.once {
         return Ok(run_once_all(policies, shutdown, grace).await);
     }
+    let has_drill_schedule = |p: &Policy| {
+        p.restore_test
+            .as_ref()
+            .is_some_and(|r| r.schedule.is_some())
+    };
     let scheduled: Vec<Policy> = policies
         .into_iter()
-        .filter(|p| p.schedule.is_some())
+        .filter(|p| p.schedule.is_some() || has_drill_schedule(p))
         .collect();
     if scheduled.is_empty() {
-        bail!("no policy has a [schedule] section; add one (e.g. backup = \"0 2 * * *\") or run with --once");
+        bail!("no policy has a [schedule] section or a [restore_test] schedule; add one (e.g. backup = \"0 2 * * *\") or run with --once");
     }
     let statuses: Vec<SharedStatus> = scheduled.iter().map(status_of).collect();
     let ready = Arc::new(AtomicBool::new(false));
@@ -176,6 +183,18 @@ async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
     let mut tasks = tokio::task::JoinSet::new();
     for (policy, status) in scheduled.into_iter().zip(statuses) {
         tracing::info!(policy = %policy.name, schedule = policy.schedule.as_ref().map(|s| s.backup.expression()).unwrap_or_default(), "scheduled");
+        if let Some(expr) = policy
+            .restore_test
+            .as_ref()
+            .and_then(|r| r.schedule.as_ref())
+        {
+            tracing::info!(policy = %policy.name, schedule = expr.expression(), "restore test scheduled");
+            tasks.spawn(runner::run_drill_schedule(
+                policy.clone(),
+                status.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(runner::run_schedule(
             policy,
             status,

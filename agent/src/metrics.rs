@@ -83,6 +83,33 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
         deletions.clone(),
     );
 
+    let drill_at = gauge(
+        &mut registry,
+        "restore_test_last_timestamp_seconds",
+        "When the last restore test started (Unix time)",
+    );
+    let drill_ok = gauge(
+        &mut registry,
+        "restore_test_success",
+        "1 if the last restore test passed, 0 if it failed",
+    );
+    let drill_rto = gauge(
+        &mut registry,
+        "restore_test_rto_seconds",
+        "RTO measured by the last restore test",
+    );
+    let drill_rpo = gauge(
+        &mut registry,
+        "restore_test_rpo_seconds",
+        "RPO measured by the last restore test (worst gap between backups)",
+    );
+    let drill_failures = CounterU::default();
+    registry.register(
+        "restore_test_failures",
+        "Failed restore tests since the agent started",
+        drill_failures.clone(),
+    );
+
     let now = Utc::now();
     for status in statuses {
         let Ok(s) = status.lock() else { continue };
@@ -116,6 +143,27 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
             .get_or_create(&label)
             .set(if s.retention_stale { 1.0 } else { 0.0 });
         failures.get_or_create(&label).inc_by(s.failures_total);
+        if let Some(t) = s.last_drill_at {
+            drill_at
+                .get_or_create(&label)
+                .set(t.timestamp_millis() as f64 / 1000.0);
+        }
+        if let Some(ok) = s.last_drill_passed {
+            drill_ok
+                .get_or_create(&label)
+                .set(if ok { 1.0 } else { 0.0 });
+        }
+        if let Some(v) = s.last_drill_rto_seconds {
+            drill_rto.get_or_create(&label).set(v);
+        }
+        if let Some(v) = s.last_drill_rpo_seconds {
+            drill_rpo.get_or_create(&label).set(v);
+        }
+        if s.last_drill_at.is_some() {
+            drill_failures
+                .get_or_create(&label)
+                .inc_by(s.drill_failures_total);
+        }
         deletions
             .get_or_create(&label)
             .inc_by(s.retention_deletions_total);

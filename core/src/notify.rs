@@ -44,6 +44,10 @@ pub enum EventKind {
     BackupSucceeded,
     /// Retention deleted backups.
     RetentionDeleted,
+    /// A scheduled restore test passed.
+    RestoreTestPassed,
+    /// A scheduled restore test failed (or could not run).
+    RestoreTestFailed,
 }
 
 /// One notification.
@@ -64,6 +68,12 @@ pub struct Event {
     /// Backups deleted, for retention events.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deleted: Vec<String>,
+    /// The restore-test report, for restore-test events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+    /// Why a restore test failed, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
     /// The machine that sent it.
     pub host: String,
 }
@@ -78,6 +88,8 @@ impl Event {
             backup: None,
             error: None,
             deleted: Vec::new(),
+            report: None,
+            failures: Vec::new(),
             host: host_name(),
         }
     }
@@ -94,6 +106,22 @@ impl Event {
                 ":white_check_mark: pgvault backup of *{}* succeeded: {}",
                 self.policy,
                 self.backup.as_deref().unwrap_or("-")
+            ),
+            EventKind::RestoreTestPassed => format!(
+                ":white_check_mark: pgvault restore test of *{}* PASSED (report {})",
+                self.policy,
+                self.report.as_deref().unwrap_or("-")
+            ),
+            EventKind::RestoreTestFailed => format!(
+                ":rotating_light: pgvault restore test of *{}* FAILED on {}: {} (report {})",
+                self.policy,
+                self.host,
+                if self.failures.is_empty() {
+                    self.error.clone().unwrap_or_else(|| "unknown error".into())
+                } else {
+                    self.failures.join("; ")
+                },
+                self.report.as_deref().unwrap_or("-")
             ),
             EventKind::RetentionDeleted => format!(
                 ":wastebasket: pgvault retention of *{}* deleted {} backup(s): {}",
@@ -115,7 +143,8 @@ pub fn host_name() -> String {
 /// Whether `config` wants events of `kind`.
 pub fn wanted(config: &NotifyConfig, kind: EventKind) -> bool {
     match kind {
-        EventKind::BackupFailed => true,
+        EventKind::BackupFailed | EventKind::RestoreTestFailed => true,
+        EventKind::RestoreTestPassed => config.on_success,
         EventKind::BackupSucceeded => config.on_success,
         EventKind::RetentionDeleted => config.on_retention,
     }

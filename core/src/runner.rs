@@ -18,7 +18,9 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::backup;
+use crate::drill::{self, report::DrillReport, report::Verdict};
 use crate::error::{Error, Result};
+use crate::keys::Identities;
 use crate::notify::{Event, EventKind};
 use crate::pipeline::Progress;
 use crate::policy::{Policy, ScheduleConfig};
@@ -57,6 +59,16 @@ pub struct PolicyStatus {
     pub retention_stale: bool,
     /// The last error, one line.
     pub last_error: Option<String>,
+    /// When the last restore test started.
+    pub last_drill_at: Option<DateTime<Utc>>,
+    /// Whether it passed.
+    pub last_drill_passed: Option<bool>,
+    /// Its measured RTO, seconds.
+    pub last_drill_rto_seconds: Option<f64>,
+    /// Its measured RPO, seconds.
+    pub last_drill_rpo_seconds: Option<f64>,
+    /// Failed restore tests since the agent started.
+    pub drill_failures_total: u64,
 }
 
 /// Shared, updatable status of a policy.
@@ -76,7 +88,11 @@ pub enum RunOutcome {
 }
 
 fn lock_key(policy: &str) -> i64 {
-    let digest = Sha256::digest(format!("pgvault:{policy}").as_bytes());
+    lock_key_for("pgvault", policy)
+}
+
+fn lock_key_for(purpose: &str, policy: &str) -> i64 {
+    let digest = Sha256::digest(format!("{purpose}:{policy}").as_bytes());
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
     i64::from_le_bytes(bytes)
@@ -279,6 +295,207 @@ pub async fn run_schedule(
             _ = tokio::time::sleep(wait) => {}
         }
         if run_once(&policy, slot, &status, &shutdown, grace).await == RunOutcome::Cancelled {
+            return;
+        }
+    }
+}
+
+/// Record a finished drill in the status.
+fn record_drill(status: &SharedStatus, report: &DrillReport) {
+    update(status, |s| {
+        s.last_drill_at = Some(report.started_at);
+        s.last_drill_passed = Some(report.verdict == Verdict::Pass);
+        s.last_drill_rto_seconds = report.rto.measured_seconds;
+        s.last_drill_rpo_seconds = report
+            .rpo
+            .as_ref()
+            .and_then(|r| r.objective.measured_seconds);
+    });
+}
+
+/// How a scheduled restore test ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrillOutcomeKind {
+    /// It ran: the verdict, the report id and why it failed (empty on PASS).
+    Ran(Verdict, String, Vec<String>),
+    /// Another agent ran (or is running) this slot.
+    Skipped(String),
+    /// It could not run or store a report (the error).
+    Failed(String),
+    /// Shutdown interrupted it.
+    Cancelled,
+}
+
+/// Run the policy's restore test for `slot`, notify the verdict, record it.
+pub async fn run_drill_once(
+    policy: &Policy,
+    slot: DateTime<Utc>,
+    status: &SharedStatus,
+    shutdown: &CancellationToken,
+) -> DrillOutcomeKind {
+    let result = attempt_drill(policy, slot, status, shutdown).await;
+    let (event, outcome) = match result {
+        Ok(DrillOutcomeKind::Ran(verdict, id, failures)) => {
+            let kind = if verdict == Verdict::Pass {
+                EventKind::RestoreTestPassed
+            } else {
+                EventKind::RestoreTestFailed
+            };
+            (Some(kind), DrillOutcomeKind::Ran(verdict, id, failures))
+        }
+        Ok(other) => (None, other),
+        Err(Error::Cancelled) => (None, DrillOutcomeKind::Cancelled),
+        Err(e) => (
+            Some(EventKind::RestoreTestFailed),
+            DrillOutcomeKind::Failed(e.to_string()),
+        ),
+    };
+    match &outcome {
+        DrillOutcomeKind::Ran(Verdict::Fail, id, _) => {
+            tracing::error!(policy = %policy.name, report = %id, "restore test FAILED")
+        }
+        DrillOutcomeKind::Ran(Verdict::Pass, id, _) => {
+            tracing::info!(policy = %policy.name, report = %id, "restore test passed")
+        }
+        DrillOutcomeKind::Failed(e) => {
+            tracing::error!(policy = %policy.name, error = %e, "restore test could not run")
+        }
+        DrillOutcomeKind::Skipped(why) => tracing::info!(policy = %policy.name, "{why}"),
+        DrillOutcomeKind::Cancelled => {}
+    }
+    if matches!(
+        outcome,
+        DrillOutcomeKind::Failed(_) | DrillOutcomeKind::Ran(Verdict::Fail, _, _)
+    ) {
+        update(status, |s| {
+            s.drill_failures_total += 1;
+            if let DrillOutcomeKind::Failed(_) = outcome {
+                s.last_drill_at = Some(Utc::now());
+                s.last_drill_passed = Some(false);
+            }
+        });
+    }
+    if let (Some(kind), Some(notify)) = (event, &policy.notify) {
+        let mut event = Event::new(kind, &policy.name);
+        match &outcome {
+            DrillOutcomeKind::Ran(_, id, failures) => {
+                event.report = Some(id.clone());
+                event.failures = failures.clone();
+            }
+            DrillOutcomeKind::Failed(e) => event.error = Some(e.clone()),
+            _ => {}
+        }
+        crate::notify::send(notify, &event).await;
+    }
+    outcome
+}
+
+async fn attempt_drill(
+    policy: &Policy,
+    slot: DateTime<Utc>,
+    status: &SharedStatus,
+    shutdown: &CancellationToken,
+) -> Result<DrillOutcomeKind> {
+    let config = policy
+        .restore_test
+        .as_ref()
+        .ok_or_else(|| Error::Invalid(format!("policy {} has no [restore_test]", policy.name)))?;
+    let identity = config.identity_file.as_ref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "policy {} has no [restore_test] identity_file",
+            policy.name
+        ))
+    })?;
+    let identities = Identities::load(identity)?;
+    // The lock keeps two agents from drilling the same slot; a drill still runs when the
+    // source is down (that is when restores matter most).
+    let source = ConnTarget::parse(&policy.source.url)?;
+    let lock_conn = match source.connect().await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            tracing::warn!(policy = %policy.name, error = %e, "source unreachable; running the restore test without the cross-agent lock");
+            None
+        }
+    };
+    if let Some(conn) = &lock_conn {
+        let locked: bool = conn
+            .query_one(
+                "select pg_try_advisory_lock($1)",
+                &[&lock_key_for("pgvault-drill", &policy.name)],
+            )
+            .await
+            .map_err(|e| Error::pg("cannot take the restore test's advisory lock", e))?
+            .get(0);
+        if !locked {
+            return Ok(DrillOutcomeKind::Skipped(
+                "another agent is running this policy's restore test".into(),
+            ));
+        }
+    }
+    let repo = Repository::new(storage::open(&policy.repository).await?, &policy.name);
+    if let Some(last) = drill::store::list_ids(&repo).await?.last() {
+        let (report, _) = drill::store::load(&repo, last).await?;
+        if report.started_at >= slot {
+            return Ok(DrillOutcomeKind::Skipped(format!(
+                "restore test {} already covers this slot",
+                report.id
+            )));
+        }
+    }
+    let outcome = drill::run(
+        &repo,
+        drill::DrillRequest {
+            policy,
+            config,
+            identities: &identities,
+            backup: None,
+            keep: false,
+            progress: Arc::new(Progress::default()),
+        },
+        shutdown,
+    )
+    .await?;
+    record_drill(status, &outcome.report);
+    drop(lock_conn);
+    Ok(DrillOutcomeKind::Ran(
+        outcome.report.verdict,
+        outcome.report.id,
+        outcome.report.failures,
+    ))
+}
+
+/// Run the policy's restore test on `[restore_test] schedule` until `shutdown`. The
+/// status is seeded from the newest stored report, so metrics survive restarts.
+pub async fn run_drill_schedule(policy: Policy, status: SharedStatus, shutdown: CancellationToken) {
+    let Some(schedule) = policy
+        .restore_test
+        .as_ref()
+        .and_then(|r| r.schedule.clone())
+    else {
+        return;
+    };
+    match storage::open(&policy.repository).await {
+        Ok(storage) => {
+            let repo = Repository::new(storage, &policy.name);
+            if let Ok((report, _)) = drill::store::load(&repo, "latest").await {
+                record_drill(&status, &report);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(policy = %policy.name, error = %e, "cannot read restore-test reports at start")
+        }
+    }
+    loop {
+        let Some(slot) = schedule.next_after(Utc::now()) else {
+            tracing::warn!(policy = %policy.name, "the restore-test schedule has no future slot; stopping");
+            return;
+        };
+        let wait = (slot - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if run_drill_once(&policy, slot, &status, &shutdown).await == DrillOutcomeKind::Cancelled {
             return;
         }
     }

@@ -284,3 +284,79 @@ fn sigterm_lets_a_running_upload_finish_within_the_grace_period() {
         "the running backup did not complete within the grace period"
     );
 }
+
+#[test]
+fn scheduled_restore_test_notifies_a_fail_and_exports_its_figures() {
+    let drill_dir = tempfile::Builder::new()
+        .prefix("pgvault-test-drill-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        drill_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let receiver = pgvault_integration::WebhookReceiver::start();
+    let Some(f) = Fixture::start(
+        "create table t as select g from generate_series(1, 1000) g",
+        "",
+    ) else {
+        return;
+    };
+    let mut backup = pgvault(None);
+    backup.args(["backup", "--policy"]).arg(&f.policy);
+    run_ok(backup);
+    // A drill every 3 seconds whose SQL check cannot pass.
+    let mut text = std::fs::read_to_string(&f.policy).unwrap();
+    text.push_str(&format!(
+        "[restore_test]\nschedule = \"*/3 * * * * *\"\nidentity_file = \"{}\"\nwork_dir = \"{}\"\n\
+         [[restore_test.checks]]\nname = \"a thousand and one rows\"\nsql = \"select count(*) from t\"\nexpect = \"= 1001\"\n\
+         [notify]\nwebhook = \"http://127.0.0.1:{}/hook\"\n",
+        f.key.identity.display(),
+        drill_dir.path().display(),
+        receiver.port
+    ));
+    std::fs::write(&f.policy, text).unwrap();
+
+    let port = free_port();
+    let agent = start_agent(&f.policy, port, &[]);
+    let body = receiver
+        .next_body(90)
+        .expect("no restore-test notification arrived");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["event"], "restore_test_failed", "{body}");
+    assert!(
+        v["failures"]
+            .to_string()
+            .contains("a thousand and one rows"),
+        "{body}"
+    );
+    let report = v["report"].as_str().unwrap().to_string();
+    wait_until("the restore-test metrics", 30, || {
+        http_get(port, "/metrics")
+            .and_then(|m| metric(&m, "pgvault_restore_test_success", "app"))
+            .is_some()
+    });
+    let scrape = http_get(port, "/metrics").unwrap();
+    let out = terminate(agent);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        metric(&scrape, "pgvault_restore_test_success", "app"),
+        Some(0.0),
+        "{scrape}"
+    );
+    assert!(metric(&scrape, "pgvault_restore_test_rto_seconds", "app").unwrap() > 0.0);
+    assert!(metric(&scrape, "pgvault_restore_test_rpo_seconds", "app").unwrap() > 0.0);
+    assert!(metric(&scrape, "pgvault_restore_test_failures_total", "app").unwrap() >= 1.0);
+    // The notified report is stored and the chain holds.
+    assert!(f.repo.join(format!("app/reports/{report}.html")).is_file());
+    let mut verify = pgvault(None);
+    verify
+        .args(["reports", "verify", "--policy"])
+        .arg(&f.policy);
+    assert!(run_ok(verify).contains("report chain intact"));
+}

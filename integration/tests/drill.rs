@@ -102,12 +102,22 @@ fn ephemeral_drill_passes_and_writes_three_report_files() {
     assert_eq!(report["verdict"], "PASS");
     assert_eq!(report["target"]["kind"], "ephemeral");
     for name in ["setup", "verify", "restore", "checks", "cleanup"] {
-        assert_eq!(phase(&report, name)["status"], "passed", "{name}: {report:#}");
+        assert_eq!(
+            phase(&report, name)["status"],
+            "passed",
+            "{name}: {report:#}"
+        );
     }
-    assert_eq!(check(&report, "row count public.orders")["expected"], "= 2000");
+    assert_eq!(
+        check(&report, "row count public.orders")["expected"],
+        "= 2000"
+    );
     assert_eq!(check(&report, "row count public.orders")["actual"], "2000");
     assert_eq!(check(&report, "recent orders exist")["actual"], "2000");
-    assert_eq!(check(&report, "every order has a customer")["actual"], "0 row(s)");
+    assert_eq!(
+        check(&report, "every order has a customer")["actual"],
+        "0 row(s)"
+    );
     assert_eq!(check(&report, "sequences present")["actual"], "2 present");
     assert_eq!(check(&report, "amcheck B-tree indexes")["status"], "passed");
     let rto = report["rto"]["measured_seconds"].as_f64().unwrap();
@@ -115,7 +125,10 @@ fn ephemeral_drill_passes_and_writes_three_report_files() {
         .iter()
         .map(|p| phase(&report, p)["seconds"].as_f64().unwrap())
         .sum();
-    assert!((rto - phases).abs() < 1e-6, "RTO {rto} is not the sum of its phases {phases}");
+    assert!(
+        (rto - phases).abs() < 1e-6,
+        "RTO {rto} is not the sum of its phases {phases}"
+    );
     assert_eq!(report["rto"]["met"], true);
     assert_eq!(report["rpo"]["met"], true);
     assert_eq!(report["rpo"]["backups_in_window"], 1);
@@ -124,7 +137,10 @@ fn ephemeral_drill_passes_and_writes_three_report_files() {
     for ext in ["json", "md", "html"] {
         let stored = reports_dir(&fx).join(format!("{id}.{ext}"));
         assert!(stored.is_file(), "{} missing", stored.display());
-        assert!(copies.join(format!("app-{id}.{ext}")).is_file(), "copy of {ext} missing");
+        assert!(
+            copies.join(format!("app-{id}.{ext}")).is_file(),
+            "copy of {ext} missing"
+        );
     }
     let html = std::fs::read_to_string(reports_dir(&fx).join(format!("{id}.html"))).unwrap();
     assert!(html.contains("PASS") && html.contains("<svg"), "{html}");
@@ -149,7 +165,11 @@ fn staging_drill_cleans_up_its_scratch_database_and_refuses_the_source() {
     assert_eq!(report["target"]["kind"], "staging");
     let db = report["target"]["database"].as_str().unwrap();
     assert!(db.starts_with("pgvault_drill_"), "{db}");
-    assert_eq!(staging.databases(), before, "the drill left a database behind");
+    assert_eq!(
+        staging.databases(),
+        before,
+        "the drill left a database behind"
+    );
 
     // --keep leaves the restored database for inspection.
     let (out, report) = restore_test(&fx, &["--keep"]);
@@ -250,7 +270,12 @@ fn corrupted_backup_fails_at_verification_without_restoring() {
         return;
     };
     let backups = fx.repo.join("app").join("backups");
-    let id = std::fs::read_dir(&backups).unwrap().flatten().next().unwrap().path();
+    let id = std::fs::read_dir(&backups)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
     let dump = id.join("dump.pgdump.zst.age");
     let mut bytes = std::fs::read(&dump).unwrap();
     let middle = bytes.len() / 2;
@@ -264,9 +289,18 @@ fn corrupted_backup_fails_at_verification_without_restoring() {
     assert_eq!(phase(&report, "restore")["status"], "not_reached");
     assert_eq!(phase(&report, "checks")["status"], "not_reached");
     assert_eq!(phase(&report, "cleanup")["status"], "passed");
-    assert_eq!(check(&report, "stream digests and age authentication")["status"], "failed");
+    assert_eq!(
+        check(&report, "stream digests and age authentication")["status"],
+        "failed"
+    );
     assert!(report["rto"]["measured_seconds"].is_null());
-    assert!(report["failures"][0].as_str().unwrap().starts_with("verify: "), "{report:#}");
+    assert!(
+        report["failures"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("verify: "),
+        "{report:#}"
+    );
     let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().flatten().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
@@ -296,14 +330,21 @@ fn tampering_with_an_older_report_breaks_the_chain_and_names_it() {
     };
     let out = verify(&fx);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("report chain intact: 4 report(s)"), "{}", text(&out));
+    assert!(
+        text(&out).contains("report chain intact: 4 report(s)"),
+        "{}",
+        text(&out)
+    );
 
     let mut list = pgvault(None);
-    list.args(["reports", "list", "--json", "--policy"]).arg(&fx.policy);
+    list.args(["reports", "list", "--json", "--policy"])
+        .arg(&fx.policy);
     let listed: Value = serde_json::from_str(&run_ok(list)).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 4);
     let mut show = pgvault(None);
-    show.args(["reports", "show", "--policy"]).arg(&fx.policy).arg(&ids[1]);
+    show.args(["reports", "show", "--policy"])
+        .arg(&fx.policy)
+        .arg(&ids[1]);
     assert!(run_ok(show).contains(&ids[1]));
 
     // Turn an old FAIL into a PASS... or here, a PASS into a FAIL: any edit is caught.
@@ -323,5 +364,8 @@ fn tampering_with_an_older_report_breaks_the_chain_and_names_it() {
     // Deleting a report is caught too, by the report after it.
     std::fs::remove_file(reports_dir(&fx).join(format!("{}.json", ids[0]))).unwrap();
     let said = text(&verify(&fx));
-    assert!(said.contains(&format!("the report before it, {}, is missing", ids[0])), "{said}");
+    assert!(
+        said.contains(&format!("the report before it, {}, is missing", ids[0])),
+        "{said}"
+    );
 }
