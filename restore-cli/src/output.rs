@@ -288,24 +288,6 @@ impl ProgressDisplay {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn causes_are_joined_once() {
-        let e = anyhow::anyhow!("inner problem").context("outer step");
-        assert_eq!(one_line(&e), "outer step: inner problem");
-    }
-
-    #[test]
-    fn bytes_are_human() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
-        assert_eq!(pgvault_core::restore::human_age(90), "90s");
-    }
-}
-
 fn objective_line(what: &str, o: &ObjectiveResult) -> String {
     let measured = o
         .measured_seconds
@@ -438,4 +420,22 @@ pub fn report_table(reports: &[DrillReport]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_joined_once() {
+        let e = anyhow::anyhow!("inner problem").context("outer step");
+        assert_eq!(one_line(&e), "outer step: inner problem");
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(pgvault_core::restore::human_age(90), "90s");
+    }
 }
