@@ -203,12 +203,13 @@ fn failing_sql_check_fails_the_drill_and_names_the_check() {
     let checks = format!(
         "{CHECKS}[[restore_test.checks]]\nname = \"exactly 999 customers\"\nsql = \"select count(*) from customers\"\nexpect = \"= 999\"\n"
     );
-    let Some(fx) = fixture("", work.path(), &checks) else {
+    let Some(fx) = fixture("pick = \"random\"\nwithin = \"7d\"", work.path(), &checks) else {
         return;
     };
     let (out, report) = restore_test(&fx, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert_eq!(report["verdict"], "FAIL");
+    assert_eq!(report["backup"]["picked"], "random within 7d");
     let failed = check(&report, "exactly 999 customers");
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["actual"], "200");
@@ -368,4 +369,58 @@ fn tampering_with_an_older_report_breaks_the_chain_and_names_it() {
         said.contains(&format!("the report before it, {}, is missing", ids[0])),
         "{said}"
     );
+}
+
+#[test]
+fn drill_reports_live_in_an_s3_repository_too() {
+    let Some(server) = pgvault_integration::S3Server::from_env() else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (bucket, prefix) = runtime.block_on(server.fresh_location());
+    let work = drill_work_dir();
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = pgvault_integration::keygen(dir.path(), "ops");
+    source.psql("postgres", "create database app");
+    source.psql_script("app", DATA);
+    let policy = pgvault_integration::write_policy(
+        dir.path(),
+        "app",
+        &source.url("app"),
+        &pgvault_integration::RepoSpec::S3 {
+            server: &server,
+            bucket: &bucket,
+            prefix: &prefix,
+        },
+        &key.recipient,
+        &format!(
+            "[restore_test]\nwork_dir = \"{}\"\n{CHECKS}",
+            work.path().display()
+        ),
+    );
+    let cli = |args: &[&str]| {
+        let mut cmd = pgvault(Some(&server));
+        cmd.args(args).arg("--policy").arg(&policy);
+        cmd
+    };
+    run_ok(cli(&["backup"]));
+    for _ in 0..2 {
+        let mut drill = cli(&["restore-test"]);
+        drill.arg("--identity").arg(&key.identity);
+        let out = run(drill);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let verify = run(cli(&["reports", "verify"]));
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("report chain intact: 2 report(s)"),
+        "{}",
+        text(&verify)
+    );
+    let keys = runtime.block_on(server.list_keys(&bucket, &prefix));
+    let reports: Vec<_> = keys.iter().filter(|k| k.contains("app/reports/")).collect();
+    assert_eq!(reports.len(), 6, "{keys:?}");
 }

@@ -300,3 +300,55 @@ fn free_port() -> Result<u16> {
         .map(|a| a.port())
         .map_err(|e| Error::io("cannot find a free port for the ephemeral cluster", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A bin directory whose `postgres --version` claims `major`.
+    fn fake_bin(major: u32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for tool in ["initdb", "pg_ctl", "postgres"] {
+            let path = dir.path().join(tool);
+            std::fs::write(
+                &path,
+                format!("#!/bin/sh\necho 'postgres (PostgreSQL) {major}.3'\n"),
+            )
+            .unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn an_older_server_than_the_backup_is_refused_by_name() {
+        let bin = fake_bin(13);
+        let err = ServerBinaries::discover(Some(bin.path()), 16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the backup is from PostgreSQL 16")
+                && err.contains("found: 13 in")
+                && err.contains("install postgresql-16 or set [restore_test] bin_dir"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_same_or_a_newer_server_is_accepted() {
+        let bin = fake_bin(16);
+        assert_eq!(
+            ServerBinaries::discover(Some(bin.path()), 16)
+                .unwrap()
+                .major,
+            16
+        );
+        assert_eq!(
+            ServerBinaries::discover(Some(bin.path()), 14)
+                .unwrap()
+                .major,
+            16
+        );
+    }
+}

@@ -346,23 +346,26 @@ fn pick_backup(
                 .collect();
             recent
                 .choose(&mut rand::thread_rng())
-                .map(|m| {
-                    (
-                        (*m).clone(),
-                        format!(
-                            "random within {}",
-                            crate::restore::human_age(within.num_seconds())
-                        ),
-                    )
-                })
+                .map(|m| ((*m).clone(), format!("random within {}", span_text(within))))
                 .ok_or_else(|| {
                     format!(
                         "policy {} has no logical backup from the last {} to test",
                         request.policy.name,
-                        crate::restore::human_age(within.num_seconds())
+                        span_text(within)
                     )
                 })
         }
+    }
+}
+
+/// A policy span as written in policies: `30d`, `36h`, `90m`.
+fn span_text(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 

@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 
 use super::report::{
-    ChainLink, CheckResult, DrillReport, DrillTarget, HistoryPoint, ObjectiveResult, Phase,
-    RpoResult, Status, TestedBackup, ToolVersions, Verdict,
+    human_seconds, ChainLink, CheckResult, DrillReport, DrillTarget, HistoryPoint, ObjectiveResult,
+    Phase, RpoResult, Status, TestedBackup, ToolVersions, Verdict,
 };
 use crate::restore::human_bytes;
 
@@ -69,31 +69,6 @@ pub fn html(report: &DrillReport) -> String {
 // ---------------------------------------------------------------------------------------
 // Text shared by both renders (plain, unescaped)
 // ---------------------------------------------------------------------------------------
-
-/// `seconds` the way people say durations: "4.2s", "45s", "1m 23s", "4h 05m", "2d 03h".
-fn human_seconds(seconds: f64) -> String {
-    if !seconds.is_finite() {
-        return "n/a".to_string();
-    }
-    if seconds < 0.0 {
-        return format!("-{}", human_seconds(-seconds));
-    }
-    if seconds < 10.0 {
-        return format!("{seconds:.1}s");
-    }
-    let total = seconds.round() as u64;
-    let (days, hours) = (total / 86_400, total / 3_600 % 24);
-    let (minutes, secs) = (total / 60 % 60, total % 60);
-    if total < 60 {
-        format!("{secs}s")
-    } else if total < 3_600 {
-        format!("{minutes}m {secs:02}s")
-    } else if total < 86_400 {
-        format!("{hours}h {minutes:02}m")
-    } else {
-        format!("{days}d {hours:02}h")
-    }
-}
 
 /// The recorded seconds, for readers who want the exact figure: "83.2 s", "14700 s".
 fn raw_seconds(seconds: f64) -> String {

@@ -285,19 +285,27 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Seconds for people: `0.42s`, `12.3s`, `4m 05s`, `3h 07m`, `2d 04h`.
+/// `seconds` the way people say durations: "4.2s", "45s", "1m 23s", "4h 05m", "2d 03h".
 pub fn human_seconds(seconds: f64) -> String {
-    let s = seconds.max(0.0);
-    if s < 10.0 {
-        return format!("{s:.2}s");
+    if !seconds.is_finite() {
+        return "n/a".to_string();
     }
-    if s < 60.0 {
-        return format!("{s:.1}s");
+    if seconds < 0.0 {
+        return format!("-{}", human_seconds(-seconds));
     }
-    let whole = s.round() as u64;
-    match whole {
-        0..=3599 => format!("{}m {:02}s", whole / 60, whole % 60),
-        3600..=172_799 => format!("{}h {:02}m", whole / 3600, (whole % 3600) / 60),
-        _ => format!("{}d {:02}h", whole / 86400, (whole % 86400) / 3600),
+    if seconds < 10.0 {
+        return format!("{seconds:.1}s");
+    }
+    let total = seconds.round() as u64;
+    let (days, hours) = (total / 86_400, total / 3_600 % 24);
+    let (minutes, secs) = (total / 60 % 60, total % 60);
+    if total < 60 {
+        format!("{secs}s")
+    } else if total < 3_600 {
+        format!("{minutes}m {secs:02}s")
+    } else if total < 86_400 {
+        format!("{hours}h {minutes:02}m")
+    } else {
+        format!("{days}d {hours:02}h")
     }
 }
