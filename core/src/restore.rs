@@ -730,10 +730,12 @@ pub async fn spool_dump(
 }
 
 /// The table of contents (`pg_restore --list`) of a spooled dump.
-pub fn spooled_toc(plan: &RestorePlan, spool: &SpooledDump) -> Result<String> {
+pub async fn spooled_toc(plan: &RestorePlan, spool: &SpooledDump) -> Result<String> {
     let mut cmd = toc_command(&plan.tools);
     cmd.arg(spool.path());
-    let out = postgres::run_tool("pg_restore", cmd)?;
+    let out = tokio::task::spawn_blocking(move || postgres::run_tool("pg_restore", cmd))
+        .await
+        .map_err(|e| Error::Invalid(format!("pg_restore --list worker failed: {e}")))??;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 

@@ -793,11 +793,7 @@ async fn verify_phase(
     }
     let spool =
         restore::spool_dump(repo, &plan, request.identities, request.progress.clone()).await?;
-    let toc = {
-        let plan_ref = &plan;
-        let spool_ref = &spool;
-        tokio::task::block_in_place(|| restore::spooled_toc(plan_ref, spool_ref))?
-    };
+    let toc = restore::spooled_toc(&plan, &spool).await?;
     Ok((plan, spool, toc))
 }
 
