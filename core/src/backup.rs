@@ -175,7 +175,7 @@ pub async fn run_logical_backup(
         consistent_at,
         &info,
         &tools,
-        objects,
+        objects.into(),
     );
     repo.write_manifest(&manifest).await?;
     tracing::info!(
@@ -189,8 +189,10 @@ pub async fn run_logical_backup(
     Ok(manifest)
 }
 
+/// The manifest of a backup whose objects are stored (logical by default; physical
+/// backups adjust kind, database and WAL positions).
 #[allow(clippy::too_many_arguments)]
-fn build_manifest(
+pub(crate) fn build_manifest(
     policy: &Policy,
     recipients: &Recipients,
     id: &str,
@@ -198,7 +200,7 @@ fn build_manifest(
     consistent_at: chrono::DateTime<Utc>,
     info: &postgres::ServerInfo,
     tools: &PgTools,
-    objects: [(&str, String, pipeline::ObjectDigest); 3],
+    objects: Vec<(&str, String, pipeline::ObjectDigest)>,
 ) -> BackupManifest {
     BackupManifest {
         format_version: FORMAT_VERSION,
@@ -227,11 +229,12 @@ fn build_manifest(
             .into_iter()
             .map(|(role, key, digest)| (role.to_string(), StoredObject { key, digest }))
             .collect(),
+        physical: None,
     }
 }
 
 /// Best-effort removal of a failed backup's objects (its manifest was never written).
-async fn discard_objects(repo: &Repository, id: &str) {
+pub(crate) async fn discard_objects(repo: &Repository, id: &str) {
     let prefix = repo.object_key(id, "");
     match repo.storage().list(&prefix).await {
         Ok(objects) => {

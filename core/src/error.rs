@@ -60,6 +60,26 @@ pub enum Error {
         key: String,
     },
 
+    /// A WAL file is not in the archive (normal at the end of recovery).
+    #[error("WAL file {name} is not in the archive of policy {policy}")]
+    WalNotFound {
+        /// The WAL file name.
+        name: String,
+        /// The policy.
+        policy: String,
+    },
+
+    /// The archive already holds different content under a WAL file's name.
+    #[error("WAL file {name} is already archived with different content ({existing}); refusing to overwrite it. Two clusters may be archiving into policy {policy}: give each its own policy")]
+    WalConflict {
+        /// The WAL file name.
+        name: String,
+        /// The object already stored.
+        existing: String,
+        /// The policy.
+        policy: String,
+    },
+
     /// The named backup has no manifest in the repository.
     #[error("backup {id} not found in policy {policy}; run `pgvault list --policy …` to see the backups")]
     BackupNotFound {

@@ -13,12 +13,14 @@
 //! Errors are typed ([`Error`]) and carry which backup, object or table they concern.
 
 pub mod backup;
+pub mod basebackup;
 pub mod drill;
 pub mod error;
 pub mod globals;
 pub mod keys;
 pub mod notify;
 pub mod pipeline;
+pub mod pitr;
 pub mod policy;
 pub mod postgres;
 pub mod prune;
@@ -29,6 +31,7 @@ pub mod runner;
 pub mod schedule;
 pub mod storage;
 pub mod verify;
+pub mod wal;
 
 pub use error::{Error, Result};
 

@@ -358,6 +358,34 @@ async fn drive_upload(
     Ok(digest)
 }
 
+/// Decrypt and decompress a small stored object held in memory (a WAL segment) on a
+/// blocking thread. Returns the plaintext and its sha256 (hex); the caller compares the
+/// digest with what it expects.
+pub async fn decode_bytes(
+    stored: Bytes,
+    object: &str,
+    identities: &Identities,
+    recipients: &[String],
+) -> Result<(Vec<u8>, String)> {
+    let object = object.to_string();
+    let identities = identities.clone();
+    let recipients = recipients.to_vec();
+    let decoded = tokio::task::spawn_blocking(move || {
+        decode(
+            io::Cursor::new(stored),
+            &object,
+            &Decode::Full(&identities),
+            &recipients,
+            Vec::new(),
+            Arc::new(Progress::default()),
+        )
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("decoder thread failed: {e}")))??;
+    let (_, sha256) = decoded.raw.unwrap_or_default();
+    Ok((decoded.sink, sha256))
+}
+
 /// Which decoding a download performs.
 pub enum Decode<'a> {
     /// Check the stored bytes only (no key needed); the sink receives the stored bytes.
@@ -415,8 +443,8 @@ struct Decoded<W> {
     raw: Option<(u64, String)>,
 }
 
-fn decode<W: Write>(
-    reader: ChannelReader,
+fn decode<R: Read, W: Write>(
+    reader: R,
     object: &str,
     decode: &Decode<'_>,
     recipients: &[String],

@@ -329,6 +329,7 @@ pub struct ChildReader {
     stdout: ChildStdout,
     stderr: Option<JoinHandle<String>>,
     finished: bool,
+    kept_stderr: Option<std::sync::Arc<std::sync::Mutex<String>>>,
 }
 
 /// Handle that can kill a [`ChildReader`]'s process from another task.
@@ -395,9 +396,18 @@ impl ChildReader {
                 stdout,
                 stderr,
                 finished: false,
+                kept_stderr: None,
             },
             killer,
         ))
+    }
+
+    /// Keep the tool's stderr of a successful run (e.g. `pg_basebackup -v` reports its
+    /// WAL positions there); filled when the stream ends.
+    pub fn keep_stderr(&mut self) -> std::sync::Arc<std::sync::Mutex<String>> {
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        self.kept_stderr = Some(kept.clone());
+        kept
     }
 
     fn finish(&mut self) -> io::Result<()> {
@@ -411,6 +421,9 @@ impl ChildReader {
         if status.success() {
             if !stderr.trim().is_empty() {
                 tracing::debug!(tool = %self.tool, stderr = %stderr.trim(), "tool stderr");
+            }
+            if let Some(Ok(mut kept)) = self.kept_stderr.as_ref().map(|k| k.lock()) {
+                *kept = stderr;
             }
             return Ok(());
         }

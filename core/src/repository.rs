@@ -49,6 +49,34 @@ pub fn new_backup_id(started: DateTime<Utc>) -> String {
 pub enum BackupKind {
     /// A `pg_dump` of one database.
     Logical,
+    /// A `pg_basebackup` of the whole cluster, restored with archived WAL.
+    Physical,
+}
+
+impl std::fmt::Display for BackupKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackupKind::Logical => "logical",
+            BackupKind::Physical => "physical",
+        })
+    }
+}
+
+/// Where a physical base backup starts and ends in the WAL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhysicalInfo {
+    /// The backup's start LSN (`0/2000028`): replay begins here.
+    pub start_lsn: String,
+    /// Its end LSN: the copy is consistent once replay passes it.
+    pub stop_lsn: String,
+    /// The timeline at the start.
+    pub timeline: u32,
+    /// `wal_segment_size` of the cluster, bytes.
+    pub wal_segment_size: u64,
+    /// The WAL segment holding the start LSN.
+    pub start_wal: String,
+    /// The WAL segment holding the end LSN.
+    pub stop_wal: String,
 }
 
 /// Compression settings recorded in the manifest.
@@ -115,8 +143,12 @@ pub struct BackupManifest {
     pub compression: CompressionInfo,
     /// age settings.
     pub encryption: EncryptionInfo,
-    /// The stored objects by role: `dump`, `globals`, `verification`.
+    /// The stored objects by role: `dump`, `globals`, `verification` (logical) or
+    /// `base` (physical).
     pub objects: BTreeMap<String, StoredObject>,
+    /// WAL positions of a physical backup (absent for logical ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalInfo>,
 }
 
 /// Object roles inside a logical backup.
@@ -127,6 +159,8 @@ pub mod object {
     pub const GLOBALS: &str = "globals";
     /// The verification sidecar (row counts).
     pub const VERIFICATION: &str = "verification";
+    /// The `pg_basebackup` tar of a physical backup.
+    pub const BASE: &str = "base";
 }
 
 impl BackupManifest {
@@ -241,12 +275,23 @@ impl Repository {
         Ok(manifests)
     }
 
-    /// Resolve `latest` or an id (a unique prefix of one is accepted) to a manifest.
-    pub async fn resolve(&self, selector: &str) -> Result<BackupManifest> {
-        let all = self.list_backups().await?;
+    /// Resolve `latest` or an id (a unique prefix of one is accepted) to a manifest, of
+    /// the given kind when one is named.
+    pub async fn resolve(
+        &self,
+        selector: &str,
+        kind: Option<BackupKind>,
+    ) -> Result<BackupManifest> {
+        let all: Vec<BackupManifest> = self
+            .list_backups()
+            .await?
+            .into_iter()
+            .filter(|m| kind.is_none_or(|k| m.kind == k))
+            .collect();
+        let kind_text = kind.map(|k| format!(" ({k})")).unwrap_or_default();
         if selector == "latest" {
             return all.into_iter().next().ok_or_else(|| Error::NoBackups {
-                policy: self.policy.clone(),
+                policy: format!("{}{kind_text}", self.policy),
             });
         }
         let matches: Vec<BackupManifest> = all
@@ -256,7 +301,7 @@ impl Repository {
         match matches.len() {
             0 => Err(Error::BackupNotFound {
                 policy: self.policy.clone(),
-                id: selector.to_string(),
+                id: format!("{selector}{kind_text}"),
             }),
             1 => Ok(matches.into_iter().next().ok_or_else(|| Error::NoBackups {
                 policy: self.policy.clone(),

@@ -26,7 +26,7 @@ use crate::globals::{self, GlobalStatement};
 use crate::keys::Identities;
 use crate::pipeline::{self, Decode, Progress};
 use crate::postgres::{self, quote_ident, quote_literal, ConnTarget, PgTools};
-use crate::repository::{object, BackupManifest, Repository};
+use crate::repository::{object, BackupKind, BackupManifest, Repository};
 
 /// What the restore will do with the target database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +170,7 @@ pub async fn plan_into(
     identities: &Identities,
     options: RestoreOptions,
 ) -> Result<RestorePlan> {
-    let manifest = repo.resolve(selector).await?;
+    let manifest = repo.resolve(selector, Some(BackupKind::Logical)).await?;
     if !identities.matches_any(&manifest.encryption.recipients) {
         return Err(Error::WrongKey {
             identity_file: identities.path().to_path_buf(),

@@ -104,6 +104,23 @@ pub async fn verify_backup(
                 let source_major = (manifest.server_version_num / 10000) as u32;
                 deep_check_dump(repo, stored, ids, recipients, bin_dir, source_major).await
             }
+            Some(ids) if role == object::BASE => pipeline::download_stream(
+                repo.storage(),
+                &stored.key,
+                &stored.digest,
+                Decode::Full(ids),
+                recipients,
+                io::sink(),
+                4,
+                Arc::new(Progress::default()),
+            )
+            .await
+            .map(|_| {
+                format!(
+                    "decrypts and verifies ({} bytes of base backup tar)",
+                    stored.digest.raw_size
+                )
+            }),
             Some(ids) => {
                 match pipeline::download_bytes(
                     repo.storage(),

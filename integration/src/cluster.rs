@@ -17,7 +17,8 @@ pub struct PgCluster {
     pub port: u16,
 }
 
-fn is_root() -> bool {
+/// Whether the tests run as root (then servers run as the `postgres` OS user).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -242,6 +243,35 @@ impl PgCluster {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Set server parameters with `ALTER SYSTEM` and restart the server so they apply.
+    pub fn configure_and_restart(&self, settings: &[(&str, &str)]) {
+        for (name, value) in settings {
+            self.psql(
+                "postgres",
+                &format!("alter system set {name} = '{}'", value.replace('\'', "''")),
+            );
+        }
+        check(
+            "pg_ctl restart",
+            Self::as_pg(is_root(), &self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "fast", "-w", "restart"])
+                .arg("-l")
+                .arg(self.dir.path().join("server.log"))
+                .output(),
+        );
+    }
+
+    /// Stop a server running on another data directory (one a test restored), if any.
+    pub fn stop_data_dir(&self, data: &Path) {
+        let _ = Self::as_pg(is_root(), &self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
     }
 
     /// Names of all databases.

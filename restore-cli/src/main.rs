@@ -14,7 +14,7 @@ use pgvault_core::keys::Identities;
 use pgvault_core::pipeline::Progress;
 use pgvault_core::policy::Policy;
 use pgvault_core::repository::Repository;
-use pgvault_core::{backup, drill, prune, restore, storage, verify};
+use pgvault_core::{backup, basebackup, drill, pitr, prune, restore, storage, verify, wal};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code when a verification or restore check failed (as opposed to an error).
@@ -36,6 +36,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Take a logical backup of the policy's database.
@@ -43,9 +45,45 @@ enum Command {
         /// Policy file.
         #[arg(long)]
         policy: PathBuf,
+        /// `logical` (pg_dump of the database) or `physical` (pg_basebackup of the
+        /// cluster, for point-in-time recovery with archived WAL).
+        #[arg(long, value_parser = ["logical", "physical"], default_value = "logical")]
+        kind: String,
         /// Print the manifest and peak memory as JSON on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// archive_command: store one WAL file (`%p`) in the policy's archive. Exits 0 only
+    /// once it is durably stored; the same file again is success, different content
+    /// under the same name is refused.
+    WalPush {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// The WAL file (`%p`).
+        path: PathBuf,
+    },
+    /// restore_command: fetch one WAL file (`%f`) to `%p`, verified, atomically. Exits
+    /// non-zero when the archive does not have it, so recovery ends there.
+    WalFetch {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// age identity file able to decrypt the archive.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Segments to download ahead in parallel for the next calls.
+        #[arg(long, default_value_t = 4)]
+        prefetch: usize,
+        /// The WAL file name (`%f`).
+        name: String,
+        /// Where PostgreSQL wants it (`%p`).
+        dest: PathBuf,
+    },
+    /// WAL archiving settings of the source server.
+    Archive {
+        #[command(subcommand)]
+        action: ArchiveAction,
     },
     /// List backups, newest first.
     List {
@@ -124,9 +162,46 @@ enum Command {
         /// Backup id (or a unique prefix), or "latest".
         #[arg(default_value = "latest")]
         backup: String,
-        /// Target database URL, e.g. postgres://postgres@127.0.0.1:5432/app_restored.
+        /// Target database URL, e.g. postgres://postgres@127.0.0.1:5432/app_restored
+        /// (logical restore).
+        #[arg(long, conflicts_with = "pgdata", required_unless_present = "pgdata")]
+        target: Option<String>,
+        /// Data directory for a point-in-time restore from a physical base backup and
+        /// archived WAL (with one of --to-time, --to-lsn, --to-xid, --to-name, --to-latest).
         #[arg(long)]
-        target: String,
+        pgdata: Option<PathBuf>,
+        /// Recover to this time, e.g. "2026-11-24 13:04:59+00".
+        #[arg(long, requires = "pgdata", group = "point")]
+        to_time: Option<String>,
+        /// Recover to this LSN, e.g. 0/3000028.
+        #[arg(long, requires = "pgdata", group = "point")]
+        to_lsn: Option<String>,
+        /// Recover to just after this transaction id.
+        #[arg(long, requires = "pgdata", group = "point")]
+        to_xid: Option<String>,
+        /// Recover to this named restore point.
+        #[arg(long, requires = "pgdata", group = "point")]
+        to_name: Option<String>,
+        /// Recover to the end of the archived WAL.
+        #[arg(long, requires = "pgdata", group = "point")]
+        to_latest: bool,
+        /// What the server does at the target: promote, pause or shutdown.
+        #[arg(long, default_value = "promote", requires = "pgdata")]
+        target_action: String,
+        /// Start the server and wait until recovery reaches the target.
+        #[arg(long, requires = "pgdata")]
+        start: bool,
+        /// Port to start the restored server on (with --start).
+        #[arg(long, requires = "start")]
+        port: Option<u16>,
+        /// WAL segments restore_command prefetches in parallel.
+        #[arg(long, default_value_t = 4, requires = "pgdata")]
+        prefetch: usize,
+        /// `preserve`: the restored server keeps the backup's archive settings (after
+        /// promotion it archives into the policy on a new timeline, as a new primary
+        /// should); `off`: no archiving, for inspection copies.
+        #[arg(long, value_parser = ["preserve", "off"], default_value = "preserve", requires = "pgdata")]
+        archive_mode: String,
         /// age identity file able to decrypt the backup.
         #[arg(long)]
         identity: PathBuf,
@@ -142,6 +217,23 @@ enum Command {
         /// Directory for the spool file used with --jobs > 1.
         #[arg(long)]
         spool_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveAction {
+    /// Print (or with --apply, set via ALTER SYSTEM) wal_level, archive_mode,
+    /// archive_command and archive_timeout for archiving into the policy.
+    Setup {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Apply the settings to the source server (needs a superuser) and reload.
+        #[arg(long)]
+        apply: bool,
+        /// archive_timeout in seconds: the longest a quiet server waits to archive (the RPO bound).
+        #[arg(long, default_value_t = 60)]
+        timeout: u32,
     },
 }
 
@@ -261,12 +353,16 @@ async fn open_repository(policy: &Policy) -> Result<Repository> {
 
 async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
     match command {
-        Command::Backup { policy, json } => {
+        Command::Backup { policy, kind, json } => {
             let policy = load_policy(&policy)?;
             let progress = Arc::new(Progress::default());
             let display = output::ProgressDisplay::start(progress.clone(), "backing up");
             let started = Instant::now();
-            let result = backup::run_logical_backup(&policy, progress, cancel).await;
+            let result = if kind == "physical" {
+                basebackup::run_physical_backup(&policy, progress, cancel).await
+            } else {
+                backup::run_logical_backup(&policy, progress, cancel).await
+            };
             display.finish();
             let manifest =
                 result.with_context(|| format!("backup of policy {} failed", policy.name))?;
@@ -383,6 +479,80 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             })
         }
         Command::Reports { action } => run_reports(action).await,
+        Command::WalPush { policy, path } => {
+            let policy = load_policy(&policy)?;
+            let repo = open_repository(&policy).await?;
+            let outcome = wal::push(
+                &repo,
+                &path,
+                &policy.recipients,
+                backup::encode_settings(&policy),
+                cancel,
+            )
+            .await
+            .with_context(|| format!("cannot archive {}", path.display()))?;
+            if let wal::PushOutcome::AlreadyArchived(key) = outcome {
+                eprintln!("pgvault: {} was already archived as {key}", path.display());
+            }
+            Ok(0)
+        }
+        Command::WalFetch {
+            policy,
+            identity,
+            prefetch,
+            name,
+            dest,
+        } => {
+            let policy = load_policy(&policy)?;
+            let identities = Identities::load(&identity)?;
+            let repo = open_repository(&policy).await?;
+            let recipients = policy.recipients.fingerprints();
+            wal::fetch(&repo, &name, &dest, &identities, &recipients, prefetch).await?;
+            Ok(0)
+        }
+        Command::Archive {
+            action:
+                ArchiveAction::Setup {
+                    policy: policy_path,
+                    apply,
+                    timeout,
+                },
+        } => {
+            let policy = load_policy(&policy_path)?;
+            let exe = std::env::current_exe().context("cannot find the pgvault executable")?;
+            let policy_abs = std::fs::canonicalize(&policy_path)
+                .with_context(|| format!("cannot resolve {}", policy_path.display()))?;
+            let settings = wal::archive_settings(&exe, &policy_abs, timeout);
+            if !apply {
+                println!("# settings to archive WAL into policy {} (apply with --apply, or put them in postgresql.conf):", policy.name);
+                for (name, value) in &settings {
+                    println!("{name} = {}", pgvault_core::postgres::quote_literal(value));
+                }
+                return Ok(0);
+            }
+            let source = pgvault_core::postgres::ConnTarget::parse(&policy.source.url)?;
+            let client = source.connect().await?;
+            let applied = wal::apply_archive_settings(&client, &settings).await?;
+            let mut restart = false;
+            for a in &applied {
+                println!(
+                    "{:<16} {} -> {}{}",
+                    a.name,
+                    a.before,
+                    a.after,
+                    if a.needs_restart {
+                        "  (restart needed)"
+                    } else {
+                        ""
+                    }
+                );
+                restart |= a.needs_restart;
+            }
+            if restart {
+                println!("restart the server for wal_level/archive_mode to take effect");
+            }
+            Ok(0)
+        }
         Command::Keygen { output } => {
             let recipient = pgvault_core::keys::generate_identity_file(&output)?;
             eprintln!(
@@ -411,7 +581,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             let policy = load_policy(&policy)?;
             let repo = open_repository(&policy).await?;
             let identities = identity.as_deref().map(Identities::load).transpose()?;
-            let manifest = repo.resolve(&backup).await?;
+            let manifest = repo.resolve(&backup, None).await?;
             let report = verify::verify_backup(
                 &repo,
                 &manifest,
@@ -427,16 +597,52 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             })
         }
         Command::Restore {
-            policy,
+            policy: policy_path,
             backup,
             target,
+            pgdata,
+            to_time,
+            to_lsn,
+            to_xid,
+            to_name,
+            to_latest,
+            target_action,
+            start,
+            port,
+            prefetch,
+            archive_mode,
             identity,
             dry_run,
             force,
             jobs,
             spool_dir,
         } => {
-            let policy = load_policy(&policy)?;
+            let policy = load_policy(&policy_path)?;
+            if let Some(pgdata) = pgdata {
+                let point = match (to_time, to_lsn, to_xid, to_name, to_latest) {
+                    (Some(t), ..) => pitr::RecoveryTarget::Time(pitr::parse_target_time(&t)?),
+                    (_, Some(l), ..) => pitr::RecoveryTarget::Lsn(wal::parse_lsn(&l)?),
+                    (_, _, Some(x), ..) => pitr::RecoveryTarget::Xid(x),
+                    (_, _, _, Some(n), _) => pitr::RecoveryTarget::Name(n),
+                    (.., true) => pitr::RecoveryTarget::Latest,
+                    _ => anyhow::bail!(
+                        "a point-in-time restore needs one of --to-time, --to-lsn, --to-xid, --to-name or --to-latest"
+                    ),
+                };
+                let mut options = pitr_options(
+                    &policy_path,
+                    &identity,
+                    &target_action,
+                    force,
+                    start,
+                    port,
+                    prefetch,
+                    &policy,
+                )?;
+                options.keep_archiving = archive_mode == "preserve";
+                return run_pitr(&policy, point, &pgdata, &identity, options, dry_run).await;
+            }
+            let target = target.context("--target or --pgdata is required")?;
             let repo = open_repository(&policy).await?;
             let identities = Identities::load(&identity)?;
             let options = restore::RestoreOptions {
@@ -467,6 +673,91 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             })
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pitr_options(
+    policy_path: &std::path::Path,
+    identity: &std::path::Path,
+    target_action: &str,
+    force: bool,
+    start: bool,
+    port: Option<u16>,
+    prefetch: usize,
+    policy: &Policy,
+) -> Result<pitr::PitrOptions> {
+    let exe = std::env::current_exe().context("cannot find the pgvault executable")?;
+    let absolute = |p: &std::path::Path| {
+        std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))
+    };
+    let restore_command = format!(
+        "{} wal-fetch --policy {} --identity {} --prefetch {prefetch} %f %p",
+        wal::shell_quote(&exe.display().to_string()),
+        wal::shell_quote(&absolute(policy_path)?.display().to_string()),
+        wal::shell_quote(&absolute(identity)?.display().to_string()),
+    );
+    Ok(pitr::PitrOptions {
+        force,
+        action: pitr::RecoveryAction::parse(target_action)?,
+        restore_command,
+        start,
+        port,
+        bin_dir: policy.source.bin_dir.clone(),
+        download_parallelism: policy.repository.parts_in_flight,
+        keep_archiving: true,
+    })
+}
+
+async fn run_pitr(
+    policy: &Policy,
+    point: pitr::RecoveryTarget,
+    pgdata: &std::path::Path,
+    identity: &std::path::Path,
+    options: pitr::PitrOptions,
+    dry_run: bool,
+) -> Result<u8> {
+    let identities = Identities::load(identity)?;
+    let repo = open_repository(policy).await?;
+    let plan = pitr::plan(&repo, point, pgdata, &identities)
+        .await
+        .context("cannot plan the point-in-time restore")?;
+    print!("{plan}");
+    if dry_run {
+        println!("dry run: nothing was written");
+        return Ok(0);
+    }
+    let progress = Arc::new(Progress::default());
+    let display = output::ProgressDisplay::start(progress.clone(), "restoring base backup");
+    let result = pitr::execute(&repo, &plan, &identities, &options, progress).await;
+    display.finish();
+    let report = result.context("point-in-time restore failed")?;
+    println!(
+        "base backup {} extracted into {} in {:.1}s; recovery.signal and restore_command written",
+        plan.base.id,
+        pgdata.display(),
+        report.extract_seconds
+    );
+    match report.replay_seconds {
+        Some(seconds) => {
+            println!(
+                "recovery reached the target in {seconds:.1}s (server log: {})",
+                report
+                    .log
+                    .as_ref()
+                    .map(|l| l.display().to_string())
+                    .unwrap_or_default()
+            );
+            for line in &report.reached {
+                println!("  {line}");
+            }
+        }
+        None => println!(
+            "start the server on {} to replay WAL to {} (or re-run with --start)",
+            pgdata.display(),
+            plan.target
+        ),
+    }
+    Ok(0)
 }
 
 fn write_report_files(dir: &std::path::Path, outcome: &drill::DrillOutcome) -> Result<()> {

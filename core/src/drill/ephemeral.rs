@@ -65,6 +65,11 @@ impl ServerBinaries {
     fn tool(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// Path of a server program (`pg_ctl`, `initdb`) in this installation.
+    pub fn tool_path(&self, name: &str) -> PathBuf {
+        self.tool(name)
+    }
 }
 
 fn probe(dir: &Path) -> Option<ServerBinaries> {
@@ -263,7 +268,7 @@ impl Drop for EphemeralCluster {
 
 /// The OS user the server must run as: `None` for the current user, `postgres` when
 /// running as root (the directory is handed to it).
-fn server_user(dir: &Path) -> Result<Option<String>> {
+pub(crate) fn server_user(dir: &Path) -> Result<Option<String>> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
@@ -280,7 +285,7 @@ fn server_user(dir: &Path) -> Result<Option<String>> {
     Ok(Some("postgres".into()))
 }
 
-fn chown_to(path: &Path, user: Option<&str>) -> Result<()> {
+pub(crate) fn chown_to(path: &Path, user: Option<&str>) -> Result<()> {
     let Some(user) = user else { return Ok(()) };
     let account = nix::unistd::User::from_name(user)
         .ok()

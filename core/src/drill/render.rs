@@ -1396,7 +1396,7 @@ fn svg_x_labels(svg: &mut String, points: &[HistoryPoint], current_id: &str) {
     for (i, point) in points.iter().enumerate() {
         let x = x_position(i, count);
         let is_current = point.id == current_id;
-        if is_current || (count - 1 - i) % stride == 0 {
+        if is_current || (count - 1 - i).is_multiple_of(stride) {
             let _ = writeln!(
                 svg,
                 "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#57606a\">{}</text>",

@@ -1,0 +1,269 @@
+//! Physical base backups: `pg_basebackup` of the whole cluster as one tar stream
+//! (`-Ft -D - -X none`, fast checkpoint) through the same sha256 → zstd → age pipeline,
+//! for point-in-time recovery together with the archived WAL (see [`crate::wal`]).
+//!
+//! The WAL the backup needs is not in the tar (`-X none`): it comes from the archive, so
+//! the source must archive with `pgvault wal-push` (see `pgvault archive setup`). The
+//! backup's start and end LSN, timeline and WAL segment size go into the manifest, so a
+//! restore can plan which segments it needs before it downloads anything.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{build_manifest, discard_objects, encode_settings};
+use crate::error::{Error, Result};
+use crate::pipeline::{self, Progress};
+use crate::policy::Policy;
+use crate::postgres::{self, ChildReader, ConnTarget, PgTools};
+use crate::repository::{self, object, BackupKind, BackupManifest, PhysicalInfo, Repository};
+use crate::storage;
+use crate::wal::{self, parse_lsn};
+
+/// File name of a physical backup's tar object.
+pub(crate) const BASE_FILE: &str = "base.tar.zst.age";
+
+/// Passes a stream through while a copy goes to a thread that reads the tar entries and
+/// keeps `backup_manifest`: its `WAL-Ranges` are the backup's start and end LSN (with
+/// `-D -`, pg_basebackup reports them nowhere else).
+struct ManifestSniffer<R> {
+    inner: R,
+    copy: Option<std::io::PipeWriter>,
+}
+
+impl<R: Read> Read for ManifestSniffer<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            self.copy = None; // end of input for the parser
+        } else if let Some(copy) = self.copy.as_mut() {
+            if copy.write_all(&buf[..n]).is_err() {
+                self.copy = None;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Read a tar stream to its end, returning the content of `backup_manifest`.
+fn read_manifest_entry(reader: std::io::PipeReader) -> Option<String> {
+    let mut archive = tar::Archive::new(reader);
+    let mut found = None;
+    if let Ok(entries) = archive.entries() {
+        for entry in entries {
+            let Ok(mut entry) = entry else { break };
+            let is_manifest = entry
+                .path()
+                .map(|p| p.as_os_str() == "backup_manifest")
+                .unwrap_or(false);
+            if is_manifest {
+                let mut text = String::new();
+                if entry.read_to_string(&mut text).is_ok() {
+                    found = Some(text);
+                }
+            }
+        }
+    }
+    // Drain what follows the archive so the writer never blocks.
+    let _ = std::io::copy(&mut archive.into_inner(), &mut std::io::sink());
+    found
+}
+
+/// The start LSN, its timeline and the end LSN from a backup manifest's `WAL-Ranges`.
+fn positions(manifest: &str) -> Option<(u64, u32, u64)> {
+    let value: serde_json::Value = serde_json::from_str(manifest).ok()?;
+    let ranges = value.get("WAL-Ranges")?.as_array()?;
+    let first = ranges.first()?;
+    let last = ranges.last()?;
+    let timeline = u32::try_from(first.get("Timeline")?.as_u64()?).ok()?;
+    let start = parse_lsn(first.get("Start-LSN")?.as_str()?).ok()?;
+    let end = parse_lsn(last.get("End-LSN")?.as_str()?).ok()?;
+    Some((start, timeline, end))
+}
+
+/// Take a physical base backup of the policy's source cluster.
+pub async fn run_physical_backup(
+    policy: &Policy,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<BackupManifest> {
+    let storage = storage::open(&policy.repository).await?;
+    let repo = Repository::new(storage, &policy.name);
+    let source = ConnTarget::parse(&policy.source.url)?;
+    let client = source.connect().await?;
+    let info = postgres::server_info(&client).await?;
+    let tools = PgTools::discover(policy.source.bin_dir.as_deref(), info.major())?;
+
+    if info.version_num < 130000 {
+        return Err(Error::Invalid(format!(
+            "physical backups need PostgreSQL 13 or newer (the source is {}); use a logical backup",
+            info.version
+        )));
+    }
+    let tablespaces: Vec<String> = client
+        .query(
+            "select spcname::text from pg_tablespace where spcname not in ('pg_default', 'pg_global') order by 1",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::pg("cannot list tablespaces", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !tablespaces.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the cluster has tablespaces outside the data directory ({}); physical backups of them are not supported yet — use a logical backup for this policy",
+            tablespaces.join(", ")
+        )));
+    }
+    let archive_mode: String = client
+        .query_one("select current_setting('archive_mode')", &[])
+        .await
+        .map_err(|e| Error::pg("cannot read archive_mode", e))?
+        .get(0);
+    if archive_mode == "off" {
+        return Err(Error::Invalid(
+            "archive_mode is off on the source: a physical backup is useless without its archived WAL; run `pgvault archive setup --policy … --apply` and restart the server".into(),
+        ));
+    }
+    let segment_size: i64 = client
+        .query_one(
+            "select setting::bigint from pg_settings where name = 'wal_segment_size'",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::pg("cannot read wal_segment_size", e))?
+        .get(0);
+    let segment_size = segment_size as u64;
+
+    let started_at = Utc::now();
+    let id = repository::new_backup_id(started_at);
+    tracing::info!(policy = %policy.name, backup = %id, server = %info.version, "physical backup started");
+    let mut cmd = source.command(&tools.tool("pg_basebackup"));
+    cmd.args([
+        "--pgdata=-",
+        "--format=tar",
+        "--wal-method=none",
+        "--checkpoint=fast",
+        "--verbose",
+        "--no-password",
+    ]);
+    let (reader, _killer) = ChildReader::spawn("pg_basebackup", cmd)?;
+    let (pipe_reader, pipe_writer) =
+        std::io::pipe().map_err(|e| Error::io("cannot create a pipe", e))?;
+    let sniffer = std::thread::spawn(move || read_manifest_entry(pipe_reader));
+    let source = ManifestSniffer {
+        inner: reader,
+        copy: Some(pipe_writer),
+    };
+    let key = repo.object_key(&id, BASE_FILE);
+    let uploaded = pipeline::upload_stream(
+        repo.storage(),
+        &key,
+        source,
+        "pg_basebackup",
+        &policy.recipients,
+        encode_settings(policy),
+        progress,
+        cancel,
+    )
+    .await;
+    let digest = match uploaded {
+        Ok(d) => d,
+        Err(e) => {
+            discard_objects(&repo, &id).await;
+            return Err(e);
+        }
+    };
+    let backup_manifest = sniffer.join().ok().flatten().unwrap_or_default();
+    let Some((start_lsn, timeline, stop_lsn)) = positions(&backup_manifest) else {
+        discard_objects(&repo, &id).await;
+        return Err(Error::Tool {
+            tool: "pg_basebackup".into(),
+            message: "the backup stream has no backup_manifest with WAL-Ranges (PostgreSQL 13 or newer is needed for physical backups)".into(),
+        });
+    };
+    // Close the end segment now, so the archive holds everything the backup needs
+    // without waiting for archive_timeout. Needs the right to call pg_switch_wal().
+    let consistent_at: chrono::DateTime<Utc> = match client
+        .query_one("select now() from (select pg_switch_wal()) s", &[])
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot switch WAL after the backup; its end segment is archived when it fills or at archive_timeout");
+            Utc::now()
+        }
+    };
+
+    let mut manifest = build_manifest(
+        policy,
+        &policy.recipients,
+        &id,
+        started_at,
+        consistent_at,
+        &info,
+        &tools,
+        vec![(object::BASE, key, digest)],
+    );
+    manifest.kind = BackupKind::Physical;
+    manifest.database = "(all databases)".into();
+    manifest.database_encoding = String::new();
+    manifest.physical = Some(PhysicalInfo {
+        start_lsn: wal::format_lsn(start_lsn),
+        stop_lsn: wal::format_lsn(stop_lsn),
+        timeline,
+        wal_segment_size: segment_size,
+        start_wal: wal::segment_name(timeline, start_lsn / segment_size, segment_size),
+        stop_wal: wal::segment_name(timeline, stop_lsn / segment_size, segment_size),
+    });
+    repo.write_manifest(&manifest).await?;
+    tracing::info!(policy = %policy.name, backup = %id, start = %wal::format_lsn(start_lsn), stop = %wal::format_lsn(stop_lsn), "physical backup complete");
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_positions_are_read_from_the_backup_manifest() {
+        let manifest = r#"{ "PostgreSQL-Backup-Manifest-Version": 1,
+            "Files": [],
+            "WAL-Ranges": [ { "Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100" } ],
+            "Manifest-Checksum": "x" }"#;
+        assert_eq!(positions(manifest), Some((0x2000028, 1, 0x2000100)));
+        assert_eq!(positions("{}"), None);
+    }
+
+    #[test]
+    fn the_sniffer_passes_bytes_through_and_finds_the_manifest() {
+        let mut tar_bytes = Vec::new();
+        {
+            let mut builder = tar::Builder::new(&mut tar_bytes);
+            for (name, body) in [("PG_VERSION", "15\n"), ("backup_manifest", "{\"x\": 1}")] {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(body.len() as u64);
+                header.set_mode(0o600);
+                header.set_cksum();
+                builder
+                    .append_data(&mut header, name, body.as_bytes())
+                    .unwrap();
+            }
+            builder.finish().unwrap();
+        }
+        let (r, w) = std::io::pipe().unwrap();
+        let parser = std::thread::spawn(move || read_manifest_entry(r));
+        let mut sniffer = ManifestSniffer {
+            inner: std::io::Cursor::new(tar_bytes.clone()),
+            copy: Some(w),
+        };
+        let mut out = Vec::new();
+        sniffer.read_to_end(&mut out).unwrap();
+        drop(sniffer);
+        assert_eq!(out, tar_bytes);
+        assert_eq!(parser.join().unwrap().as_deref(), Some("{\"x\": 1}"));
+    }
+}

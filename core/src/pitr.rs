@@ -1,0 +1,658 @@
+//! Point-in-time recovery: a physical base backup plus archived WAL, replayed to a
+//! time, LSN, transaction id, named restore point, or the end of the archive.
+//!
+//! [`plan`] decides everything before a byte is written: the newest base backup that
+//! ends before the target, the timeline to follow (through `.history` files), and every
+//! WAL segment replay needs from the backup's start. A missing segment refuses the
+//! restore and names the segment. [`execute`] extracts the base backup (every digest and
+//! age authentication checked), writes `recovery.signal` and the recovery settings with
+//! `restore_command` pointing at `pgvault wal-fetch`, and optionally starts the server
+//! and waits until recovery reaches the target.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+use crate::keys::Identities;
+use crate::pipeline::{self, Decode, Progress};
+use crate::repository::{object, BackupKind, BackupManifest, PhysicalInfo, Repository};
+use crate::restore::human_bytes;
+use crate::wal::{self, parse_lsn, ArchivedWal, WalFileKind};
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// Just before the first transaction committed after this time.
+    Time(DateTime<Utc>),
+    /// At this LSN.
+    Lsn(u64),
+    /// After this transaction id.
+    Xid(String),
+    /// At this named restore point (`pg_create_restore_point`).
+    Name(String),
+    /// The end of the archived WAL.
+    Latest,
+}
+
+impl fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryTarget::Time(t) => write!(f, "time {}", t.format("%Y-%m-%d %H:%M:%S%.6f UTC")),
+            RecoveryTarget::Lsn(l) => write!(f, "LSN {}", wal::format_lsn(*l)),
+            RecoveryTarget::Xid(x) => write!(f, "transaction {x}"),
+            RecoveryTarget::Name(n) => write!(f, "restore point {n:?}"),
+            RecoveryTarget::Latest => f.write_str("the end of the archived WAL"),
+        }
+    }
+}
+
+/// What the server does when recovery reaches the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryAction {
+    /// End recovery and accept writes (a new timeline begins).
+    Promote,
+    /// Stay in recovery, paused, for inspection.
+    Pause,
+    /// Stop the server.
+    Shutdown,
+}
+
+impl RecoveryAction {
+    fn setting(self) -> &'static str {
+        match self {
+            RecoveryAction::Promote => "promote",
+            RecoveryAction::Pause => "pause",
+            RecoveryAction::Shutdown => "shutdown",
+        }
+    }
+
+    /// Parse `promote`, `pause` or `shutdown`.
+    pub fn parse(text: &str) -> Result<RecoveryAction> {
+        match text {
+            "promote" => Ok(RecoveryAction::Promote),
+            "pause" => Ok(RecoveryAction::Pause),
+            "shutdown" => Ok(RecoveryAction::Shutdown),
+            other => Err(Error::Invalid(format!(
+                "--target-action {other:?} is not promote, pause or shutdown"
+            ))),
+        }
+    }
+}
+
+/// A point-in-time restore, decided but not started.
+pub struct PitrPlan {
+    /// The base backup replay starts from.
+    pub base: BackupManifest,
+    /// Its WAL positions.
+    pub physical: PhysicalInfo,
+    /// Where recovery stops.
+    pub target: RecoveryTarget,
+    /// The timeline recovery ends on.
+    pub timeline: u32,
+    /// Segments replay needs, in order (all present in the archive).
+    pub segments: Vec<String>,
+    /// Their stored bytes.
+    pub segments_stored_bytes: u64,
+    /// The newest archived segment on the path.
+    pub newest_segment: Option<String>,
+    /// The data directory to restore into.
+    pub pgdata: PathBuf,
+    /// Entries in it now (0: absent or empty).
+    pub pgdata_entries: usize,
+}
+
+/// Choose the base backup for `target` among `backups` (any order): the newest one
+/// whose end lies before the target.
+pub fn choose_base<'a>(
+    backups: &'a [BackupManifest],
+    target: &RecoveryTarget,
+) -> Result<&'a BackupManifest> {
+    let mut physical: Vec<&BackupManifest> = backups
+        .iter()
+        .filter(|m| m.kind == BackupKind::Physical && m.physical.is_some())
+        .collect();
+    physical.sort_by_key(|m| std::cmp::Reverse(m.consistent_at));
+    let stop = |m: &BackupManifest| {
+        m.physical
+            .as_ref()
+            .and_then(|p| parse_lsn(&p.stop_lsn).ok())
+            .unwrap_or(u64::MAX)
+    };
+    let chosen = match target {
+        RecoveryTarget::Time(t) => physical.iter().find(|m| m.consistent_at <= *t),
+        RecoveryTarget::Lsn(l) => physical.iter().find(|m| stop(m) <= *l),
+        _ => physical.first(),
+    };
+    chosen.copied().ok_or_else(|| {
+        let oldest = physical
+            .last()
+            .map(|m| {
+                format!(
+                    "; the oldest base backup, {}, ends at {}",
+                    m.id,
+                    m.consistent_at.format("%Y-%m-%d %H:%M:%S UTC")
+                )
+            })
+            .unwrap_or_else(|| "; take one with `pgvault backup --kind physical`".into());
+        Error::Invalid(format!(
+            "no physical base backup ends before {target}{oldest}"
+        ))
+    })
+}
+
+fn entries_in(dir: &Path) -> Result<usize> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.count()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io(format!("cannot read {}", dir.display()), e)),
+    }
+}
+
+/// Decide a point-in-time restore into `pgdata`. Reads the repository (and the
+/// `.history` files, hence the identity); writes nothing.
+pub async fn plan(
+    repo: &Repository,
+    target: RecoveryTarget,
+    pgdata: &Path,
+    identities: &Identities,
+) -> Result<PitrPlan> {
+    let backups = repo.list_backups().await?;
+    let base = choose_base(&backups, &target)?.clone();
+    let physical = base.physical.clone().ok_or_else(|| Error::Manifest {
+        key: base.id.clone(),
+        message: "a physical backup without WAL positions".into(),
+    })?;
+    let seg_size = physical.wal_segment_size;
+    let start_lsn = parse_lsn(&physical.start_lsn)?;
+    let stop_lsn = parse_lsn(&physical.stop_lsn)?;
+    let archive = wal::list_archive(repo).await?;
+
+    // Follow the newest timeline that descends from the backup's (as
+    // recovery_target_timeline = 'latest' does).
+    let mut timeline = physical.timeline;
+    let mut switches = Vec::new();
+    let mut histories: Vec<&ArchivedWal> = archive
+        .iter()
+        .filter(|a| a.file.kind == WalFileKind::History && a.file.timeline > physical.timeline)
+        .collect();
+    histories.sort_by_key(|a| std::cmp::Reverse(a.file.timeline));
+    for history in histories {
+        let stored = repo.storage().get(&history.key).await?;
+        let (plain, _) = pipeline::decode_bytes(
+            stored,
+            &history.key,
+            identities,
+            &base.encryption.recipients,
+        )
+        .await?;
+        let parsed = wal::parse_history(&String::from_utf8_lossy(&plain))?;
+        let descends = parsed
+            .iter()
+            .any(|s| s.timeline == physical.timeline && s.switch_lsn >= start_lsn);
+        if descends {
+            timeline = history.file.timeline;
+            switches = parsed;
+            break;
+        }
+    }
+
+    let present = |name: &str| {
+        archive
+            .iter()
+            .find(|a| a.file.kind == WalFileKind::Segment && a.file.name == name)
+    };
+    let newest_on_timeline = archive
+        .iter()
+        .filter(|a| a.file.kind == WalFileKind::Segment && a.file.timeline == timeline)
+        .filter_map(|a| a.file.segno_for(seg_size))
+        .max();
+    let end_lsn = match &target {
+        RecoveryTarget::Lsn(l) => *l,
+        _ => newest_on_timeline
+            .map(|segno| (segno + 1) * seg_size - 1)
+            .unwrap_or(stop_lsn)
+            .max(stop_lsn),
+    };
+    let needed = wal::needed_segments(
+        physical.timeline,
+        start_lsn,
+        &switches,
+        timeline,
+        end_lsn,
+        seg_size,
+    );
+    let missing: Vec<&String> = needed.iter().filter(|n| present(n).is_none()).collect();
+    if let Some(first) = missing.first() {
+        let stop_segment = wal::segment_name(physical.timeline, stop_lsn / seg_size, seg_size);
+        let why = if needed.iter().position(|n| n == *first)
+            <= needed.iter().position(|n| *n == stop_segment)
+        {
+            format!("the base backup {} cannot become consistent without it (it ends in {stop_segment})", base.id)
+        } else {
+            format!(
+                "replay from base backup {} cannot pass it to reach {target}",
+                base.id
+            )
+        };
+        return Err(Error::Invalid(format!(
+            "WAL segment {first} is missing from the archive ({} of {} needed segments missing); {why}. Check archiving with `pgvault check`",
+            missing.len(),
+            needed.len()
+        )));
+    }
+    let segments_stored_bytes = needed
+        .iter()
+        .filter_map(|n| present(n))
+        .map(|a| a.stored_size)
+        .sum();
+    let newest_segment = needed.last().cloned();
+    Ok(PitrPlan {
+        pgdata_entries: entries_in(pgdata)?,
+        pgdata: pgdata.to_path_buf(),
+        base,
+        physical,
+        target,
+        timeline,
+        segments: needed,
+        segments_stored_bytes,
+        newest_segment,
+    })
+}
+
+impl fmt::Display for PitrPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let base_size = self.base.stored_size();
+        writeln!(f, "Point-in-time restore plan")?;
+        writeln!(f, "  target:      {}", self.target)?;
+        writeln!(
+            f,
+            "  base backup: {} (ended {}, WAL {} .. {}, timeline {}, {} stored)",
+            self.base.id,
+            self.base.consistent_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            self.physical.start_lsn,
+            self.physical.stop_lsn,
+            self.physical.timeline,
+            human_bytes(base_size)
+        )?;
+        writeln!(
+            f,
+            "  WAL:         {} segment(s), {} .. {}, {} stored, continuous{}",
+            self.segments.len(),
+            self.segments.first().map(String::as_str).unwrap_or("-"),
+            self.newest_segment.as_deref().unwrap_or("-"),
+            human_bytes(self.segments_stored_bytes),
+            if self.timeline != self.physical.timeline {
+                format!(
+                    " across timelines {} -> {}",
+                    self.physical.timeline, self.timeline
+                )
+            } else {
+                String::new()
+            }
+        )?;
+        writeln!(
+            f,
+            "  download:    about {} (base backup + WAL)",
+            human_bytes(base_size + self.segments_stored_bytes)
+        )?;
+        writeln!(
+            f,
+            "  data dir:    {} ({})",
+            self.pgdata.display(),
+            if self.pgdata_entries == 0 {
+                "empty or absent".to_string()
+            } else {
+                format!(
+                    "NOT EMPTY: {} entries; --force replaces them",
+                    self.pgdata_entries
+                )
+            }
+        )
+    }
+}
+
+/// Options of [`execute`].
+pub struct PitrOptions {
+    /// Replace a non-empty data directory.
+    pub force: bool,
+    /// What the server does at the target.
+    pub action: RecoveryAction,
+    /// The `restore_command` to write (a `pgvault wal-fetch …` line).
+    pub restore_command: String,
+    /// Start the server and wait for recovery to reach the target.
+    pub start: bool,
+    /// Port to start it on (default: its configuration's).
+    pub port: Option<u16>,
+    /// Server binaries directory for `--start` (default: discovered).
+    pub bin_dir: Option<PathBuf>,
+    /// Parallel ranged GETs for the base backup.
+    pub download_parallelism: usize,
+    /// Keep the backup's archive settings (the restored server archives into the
+    /// policy after promotion, on a new timeline); false turns archiving off, for copies
+    /// that must not write to the production archive.
+    pub keep_archiving: bool,
+}
+
+/// The outcome of [`execute`].
+#[derive(Debug, Clone, Default)]
+pub struct PitrReport {
+    /// Seconds downloading, verifying and extracting the base backup.
+    pub extract_seconds: f64,
+    /// Seconds from server start to the target (with `--start`).
+    pub replay_seconds: Option<f64>,
+    /// What the server logged about where recovery stopped.
+    pub reached: Vec<String>,
+    /// Where the server's log is.
+    pub log: Option<PathBuf>,
+}
+
+/// Carry out a plan: extract, configure recovery, optionally start and wait.
+pub async fn execute(
+    repo: &Repository,
+    plan: &PitrPlan,
+    identities: &Identities,
+    options: &PitrOptions,
+    progress: Arc<Progress>,
+) -> Result<PitrReport> {
+    let pgdata = &plan.pgdata;
+    if pgdata.join("postmaster.pid").exists() {
+        return Err(Error::Invalid(format!(
+            "{} has a postmaster.pid: a server may be running there; stop it first",
+            pgdata.display()
+        )));
+    }
+    let entries = entries_in(pgdata)?;
+    if entries > 0 && !options.force {
+        return Err(Error::Invalid(format!(
+            "data directory {} is not empty ({entries} entries); re-run with --force to replace its contents",
+            pgdata.display()
+        )));
+    }
+    if entries > 0 {
+        clear_dir(pgdata)?;
+    }
+    std::fs::create_dir_all(pgdata)
+        .map_err(|e| Error::io(format!("cannot create {}", pgdata.display()), e))?;
+    set_mode(pgdata, 0o700)?;
+
+    let started = Instant::now();
+    if let Err(e) = extract_base(repo, plan, identities, options, progress).await {
+        let _ = clear_dir(pgdata);
+        return Err(e);
+    }
+    let extract_seconds = started.elapsed().as_secs_f64();
+    write_recovery_settings(plan, options)?;
+    let owner = crate::drill::ephemeral::server_user(pgdata)?;
+    if owner.is_some() {
+        chown_tree(pgdata, owner.as_deref())?;
+    }
+    let mut report = PitrReport {
+        extract_seconds,
+        ..Default::default()
+    };
+    if options.start {
+        let replay_started = Instant::now();
+        let (reached, log) = start_and_wait(plan, options, owner.as_deref()).await?;
+        report.replay_seconds = Some(replay_started.elapsed().as_secs_f64());
+        report.reached = reached;
+        report.log = Some(log);
+    }
+    Ok(report)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("cannot set the mode of {}", path.display()), e))
+}
+
+fn clear_dir(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io(format!("cannot remove {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+fn chown_tree(root: &Path, user: Option<&str>) -> Result<()> {
+    crate::drill::ephemeral::chown_to(root, user)?;
+    if root.is_dir() && !root.is_symlink() {
+        let entries = std::fs::read_dir(root)
+            .map_err(|e| Error::io(format!("cannot read {}", root.display()), e))?;
+        for entry in entries.flatten() {
+            chown_tree(&entry.path(), user)?;
+        }
+    }
+    Ok(())
+}
+
+/// Stream the base backup through the verifying decoder into a tar extractor.
+async fn extract_base(
+    repo: &Repository,
+    plan: &PitrPlan,
+    identities: &Identities,
+    options: &PitrOptions,
+    progress: Arc<Progress>,
+) -> Result<()> {
+    let base = plan.base.object(object::BASE)?;
+    let (reader, writer) = std::io::pipe().map_err(|e| Error::io("cannot create a pipe", e))?;
+    let dest = plan.pgdata.clone();
+    let extractor = tokio::task::spawn_blocking(move || {
+        let mut archive = tar::Archive::new(reader);
+        archive.set_preserve_permissions(true);
+        archive.set_overwrite(true);
+        archive.unpack(&dest).map_err(|e| {
+            Error::io(
+                format!("cannot extract the base backup into {}", dest.display()),
+                e,
+            )
+        })
+    });
+    let streamed = pipeline::download_stream(
+        repo.storage(),
+        &base.key,
+        &base.digest,
+        Decode::Full(identities),
+        &plan.base.encryption.recipients,
+        writer,
+        options.download_parallelism.max(1),
+        progress,
+    )
+    .await;
+    // Dropping the writer ends the extractor's input either way.
+    let streamed = streamed.map(drop);
+    let extracted = extractor
+        .await
+        .map_err(|e| Error::Invalid(format!("extractor thread failed: {e}")))?;
+    streamed?;
+    extracted
+}
+
+/// `recovery.signal` and the recovery settings, appended to `postgresql.auto.conf`
+/// (which the server reads last, so they win).
+fn write_recovery_settings(plan: &PitrPlan, options: &PitrOptions) -> Result<()> {
+    let pgdata = &plan.pgdata;
+    for stale in ["postmaster.pid", "postmaster.opts", "standby.signal"] {
+        let _ = std::fs::remove_file(pgdata.join(stale));
+    }
+    std::fs::create_dir_all(pgdata.join("pg_wal/archive_status"))
+        .map_err(|e| Error::io("cannot create pg_wal", e))?;
+    let quote = crate::postgres::quote_literal;
+    let mut lines = vec![
+        String::new(),
+        format!(
+            "# Added by pgvault restore at {}: recovery from base backup {}",
+            Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+            plan.base.id
+        ),
+        format!("restore_command = {}", quote(&options.restore_command)),
+        "recovery_target_timeline = 'latest'".to_string(),
+    ];
+    match &plan.target {
+        RecoveryTarget::Time(t) => lines.push(format!(
+            "recovery_target_time = {}",
+            quote(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+        )),
+        RecoveryTarget::Lsn(l) => lines.push(format!(
+            "recovery_target_lsn = {}",
+            quote(&wal::format_lsn(*l))
+        )),
+        RecoveryTarget::Xid(x) => lines.push(format!("recovery_target_xid = {}", quote(x))),
+        RecoveryTarget::Name(n) => lines.push(format!("recovery_target_name = {}", quote(n))),
+        RecoveryTarget::Latest => {}
+    }
+    if plan.target != RecoveryTarget::Latest {
+        lines.push(format!(
+            "recovery_target_action = {}",
+            quote(options.action.setting())
+        ));
+    }
+    lines.push(String::new());
+    let auto = pgdata.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text.push_str(&lines.join("\n"));
+    std::fs::write(&auto, text)
+        .map_err(|e| Error::io(format!("cannot write {}", auto.display()), e))?;
+    std::fs::write(pgdata.join("recovery.signal"), b"")
+        .map_err(|e| Error::io("cannot write recovery.signal", e))?;
+    Ok(())
+}
+
+/// Start the server on the restored directory and wait until its log says recovery
+/// reached the target (or failed). Returns the log lines that say where it stopped.
+async fn start_and_wait(
+    plan: &PitrPlan,
+    options: &PitrOptions,
+    owner: Option<&str>,
+) -> Result<(Vec<String>, PathBuf)> {
+    let major = (plan.base.server_version_num / 10000) as u32;
+    let bin = crate::drill::ephemeral::ServerBinaries::discover(options.bin_dir.as_deref(), major)?;
+    let log = plan.pgdata.join("pgvault-recovery.log");
+    let mut cmd = match owner {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(bin.tool_path("pg_ctl"));
+            c
+        }
+        None => Command::new(bin.tool_path("pg_ctl")),
+    };
+    cmd.arg("-D")
+        .arg(&plan.pgdata)
+        .arg("-l")
+        .arg(&log)
+        .arg("start");
+    if let Some(port) = options.port {
+        cmd.arg("-o").arg(format!("-p {port}"));
+    }
+    let pg_ctl = tokio::task::spawn_blocking(move || crate::postgres::run_tool("pg_ctl", cmd));
+    pg_ctl
+        .await
+        .map_err(|e| Error::Invalid(format!("pg_ctl worker failed: {e}")))??;
+    let done = match options.action {
+        _ if plan.target == RecoveryTarget::Latest => {
+            "database system is ready to accept connections"
+        }
+        RecoveryAction::Promote => "database system is ready to accept connections",
+        RecoveryAction::Pause => "recovery has paused",
+        RecoveryAction::Shutdown => "database system is shut down",
+    };
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| {
+            l.contains("FATAL:")
+                && (l.contains("recovery ended before") || l.contains("recovery target"))
+        }) {
+            return Err(Error::Invalid(format!(
+                "recovery failed: {}; the server log is {}",
+                line.trim(),
+                log.display()
+            )));
+        }
+        if text.lines().any(|l| l.contains(done)) {
+            let reached = text
+                .lines()
+                .filter(|l| {
+                    l.contains("recovery stopping")
+                        || l.contains("redo done at")
+                        || l.contains("last completed transaction")
+                        || l.contains("selected new timeline")
+                        || l.contains("consistent recovery state reached")
+                })
+                .map(|l| l.trim().to_string())
+                .collect();
+            return Ok((reached, log));
+        }
+        if text
+            .lines()
+            .any(|l| l.contains("database system is shut down"))
+        {
+            return Err(Error::Invalid(format!(
+                "the server stopped before recovery reached the target; see {}",
+                log.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Parse `--to-time`: RFC 3339 or `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM]]` (UTC when no
+/// offset is given).
+pub fn parse_target_time(text: &str) -> Result<DateTime<Utc>> {
+    let t = text.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(dt.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
+        if let Ok(dt) = DateTime::parse_from_str(t, format) {
+            return Ok(dt.with_timezone(&Utc));
+        }
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M:%S"] {
+        if let Ok(naive) = chrono::NaiveDateTime::parse_from_str(t, format) {
+            return Ok(naive.and_utc());
+        }
+    }
+    Err(Error::Invalid(format!(
+        "--to-time {t:?} is not a time such as \"2026-11-24 13:04:59+00\""
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn target_times_parse_with_and_without_offsets() {
+        let want = Utc.with_ymd_and_hms(2026, 11, 24, 13, 4, 59).unwrap();
+        assert_eq!(parse_target_time("2026-11-24 13:04:59+00").unwrap(), want);
+        assert_eq!(
+            parse_target_time("2026-11-24 14:04:59+01:00").unwrap(),
+            want
+        );
+        assert_eq!(parse_target_time("2026-11-24T13:04:59Z").unwrap(), want);
+        assert_eq!(parse_target_time("2026-11-24 13:04:59").unwrap(), want);
+        assert!(parse_target_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn actions_parse() {
+        assert_eq!(
+            RecoveryAction::parse("pause").unwrap(),
+            RecoveryAction::Pause
+        );
+        assert!(RecoveryAction::parse("explode").is_err());
+    }
+}

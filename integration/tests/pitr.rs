@@ -1,0 +1,468 @@
+//! Point-in-time recovery end to end: a real PostgreSQL archiving through
+//! `pgvault wal-push` into Garage, physical base backups, and restores to a time, an LSN,
+//! a named restore point and the end of the archive across a timeline switch.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pgvault_integration::cluster::{is_root, PgCluster};
+use pgvault_integration::{
+    free_port, keygen, pgvault, pgvault_bin, run, run_ok, text, write_policy, RepoSpec, S3Server,
+    TestKey,
+};
+
+/// A source cluster archiving into a fresh S3 prefix, with one table of events.
+struct Archiving {
+    server: S3Server,
+    bucket: String,
+    prefix: String,
+    source: PgCluster,
+    work: tempfile::TempDir,
+    key: TestKey,
+    policy: PathBuf,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Archiving {
+    fn start() -> Option<Archiving> {
+        let server = S3Server::from_env()?;
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (bucket, prefix) = runtime.block_on(server.fresh_location());
+        let source = PgCluster::start()?;
+        // The server's OS user runs archive_command and restore_command: it must read
+        // the policy and the key, and restored data directories live here too.
+        let work = tempfile::Builder::new()
+            .prefix("pgvault-test-pitr-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let key = keygen(work.path(), "ops");
+        let policy = write_policy(
+            work.path(),
+            "app",
+            &source.url("postgres"),
+            &RepoSpec::S3 {
+                server: &server,
+                bucket: &bucket,
+                prefix: &prefix,
+            },
+            &key.recipient,
+            "",
+        );
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:"])
+                .arg(&key.identity)
+                .arg(&policy)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let archive_command = format!(
+            "env AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_REGION={} AWS_EC2_METADATA_DISABLED=true {} wal-push --policy {} %p",
+            server.access_key_id,
+            server.secret_access_key,
+            server.region,
+            pgvault_bin().display(),
+            policy.display()
+        );
+        source.configure_and_restart(&[
+            ("wal_level", "replica"),
+            ("archive_mode", "on"),
+            ("archive_command", &archive_command),
+        ]);
+        source.psql(
+            "postgres",
+            "create table ev (id serial primary key, at timestamptz default clock_timestamp(), note text)",
+        );
+        Some(Archiving {
+            server,
+            bucket,
+            prefix,
+            source,
+            work,
+            key,
+            policy,
+            runtime,
+        })
+    }
+
+    fn cli(&self, args: &[&str]) -> Command {
+        let mut cmd = pgvault(Some(&self.server));
+        cmd.args(args).arg("--policy").arg(&self.policy);
+        cmd
+    }
+
+    fn identity(&self) -> &str {
+        self.key.identity.to_str().unwrap()
+    }
+
+    fn insert(&self, note: &str) {
+        self.source.psql(
+            "postgres",
+            &format!("insert into ev (note) values ('{note}')"),
+        );
+    }
+
+    /// Close the current segment and wait until the archiver has stored it.
+    fn switch_and_archive(&self) {
+        let segment = self
+            .source
+            .psql("postgres", "select pg_walfile_name(pg_switch_wal())");
+        pgvault_integration::wait_until("the archiver to store the switched segment", 60, || {
+            self.source.psql(
+                "postgres",
+                &format!("select coalesce(last_archived_wal >= '{segment}', false) from pg_stat_archiver"),
+            ) == "t"
+        });
+    }
+
+    /// `pgvault restore --pgdata DIR --start` with `target`; returns the output and the
+    /// port the restored server listens on.
+    fn restore(&self, dir: &Path, target: &[&str]) -> (std::process::Output, u16) {
+        let port = free_port().to_string();
+        let mut args = vec!["restore", "--identity", self.identity(), "--pgdata"];
+        args.push(dir.to_str().unwrap());
+        args.extend_from_slice(target);
+        args.extend_from_slice(&["--start", "--port", &port]);
+        (run(self.cli(&args)), port.parse().unwrap())
+    }
+
+    fn notes_at(&self, port: u16) -> Vec<String> {
+        let out = Command::new(self.source.tool("psql"))
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-c")
+            .arg("select note from ev order by id")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn wal_keys(&self) -> Vec<String> {
+        self.runtime
+            .block_on(self.server.list_keys(&self.bucket, &self.prefix))
+            .into_iter()
+            .filter(|k| k.contains("app/wal/"))
+            .collect()
+    }
+}
+
+/// A restored data directory whose server is stopped when the test ends.
+struct Restored<'a> {
+    source: &'a PgCluster,
+    dir: PathBuf,
+}
+
+impl Drop for Restored<'_> {
+    fn drop(&mut self) {
+        self.source.stop_data_dir(&self.dir);
+    }
+}
+
+#[test]
+fn restore_to_a_time_an_lsn_and_a_named_point_gives_exactly_the_rows_before_it() {
+    let Some(a) = Archiving::start() else {
+        return;
+    };
+    a.insert("before backup");
+    run_ok(a.cli(&["backup", "--kind", "physical"]));
+    a.insert("a");
+    let lsn_after_a = a
+        .source
+        .psql("postgres", "select pg_current_wal_insert_lsn()");
+    let time_after_a = a.source.psql("postgres", "select clock_timestamp()");
+    a.insert("b");
+    a.source
+        .psql("postgres", "select pg_create_restore_point('after b')");
+    a.insert("c");
+    a.switch_and_archive();
+
+    let dir = a.work.path().join("to-time");
+    let _guard = Restored {
+        source: &a.source,
+        dir: dir.clone(),
+    };
+    let (out, port) = a.restore(&dir, &["--to-time", &time_after_a]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("recovery stopping before commit"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(a.notes_at(port), ["before backup", "a"]);
+
+    let dir = a.work.path().join("to-lsn");
+    let _guard = Restored {
+        source: &a.source,
+        dir: dir.clone(),
+    };
+    let (out, port) = a.restore(&dir, &["--to-lsn", &lsn_after_a]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(a.notes_at(port), ["before backup", "a"]);
+
+    let dir = a.work.path().join("to-name");
+    let _guard = Restored {
+        source: &a.source,
+        dir: dir.clone(),
+    };
+    // An inspection copy that must not archive into the policy.
+    let (out, port) = a.restore(&dir, &["--to-name", "after b", "--archive-mode", "off"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(a.notes_at(port), ["before backup", "a", "b"]);
+
+    // A non-empty data directory is refused without --force.
+    let (out, _) = a.restore(&dir, &["--to-latest"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--force"), "{}", text(&out));
+}
+
+#[test]
+fn restore_follows_a_timeline_switch_to_the_end_of_the_archive() {
+    let Some(a) = Archiving::start() else {
+        return;
+    };
+    a.insert("before backup");
+    run_ok(a.cli(&["backup", "--kind", "physical"]));
+    a.insert("a");
+    let time_after_a = a.source.psql("postgres", "select clock_timestamp()");
+    a.insert("b");
+    a.switch_and_archive();
+
+    // Restore to "a" and promote: timeline 2 begins and archives into the same policy.
+    let promoted = a.work.path().join("promoted");
+    let _first = Restored {
+        source: &a.source,
+        dir: promoted.clone(),
+    };
+    let (out, port) = a.restore(&promoted, &["--to-time", &time_after_a]);
+    assert!(out.status.success(), "{}", text(&out));
+    let psql = |sql: &str| {
+        let out = Command::new(a.source.tool("psql"))
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    psql("insert into ev (note) values ('on timeline 2')");
+    let segment = psql("select pg_walfile_name(pg_switch_wal())");
+    pgvault_integration::wait_until("timeline 2 to be archived", 60, || {
+        psql(&format!(
+            "select coalesce(last_archived_wal >= '{segment}', false) from pg_stat_archiver"
+        )) == "t"
+    });
+    assert!(
+        a.wal_keys()
+            .iter()
+            .any(|k| k.contains("/00000002.history.")),
+        "{:?}",
+        a.wal_keys()
+    );
+
+    let latest = a.work.path().join("latest");
+    let _second = Restored {
+        source: &a.source,
+        dir: latest.clone(),
+    };
+    let plan = run_ok(a.cli(&[
+        "restore",
+        "--identity",
+        a.identity(),
+        "--pgdata",
+        latest.to_str().unwrap(),
+        "--to-latest",
+        "--dry-run",
+    ]));
+    assert!(plan.contains("across timelines 1 -> 2"), "{plan}");
+    assert!(!latest.exists(), "a dry run wrote {}", latest.display());
+    let (out, port) = a.restore(&latest, &["--to-latest"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(a.notes_at(port), ["before backup", "a", "on timeline 2"]);
+}
+
+#[test]
+fn a_missing_wal_segment_refuses_the_plan_and_names_it() {
+    let Some(a) = Archiving::start() else {
+        return;
+    };
+    run_ok(a.cli(&["backup", "--kind", "physical"]));
+    for i in 0..3 {
+        a.insert(&format!("row {i}"));
+        a.switch_and_archive();
+    }
+    let mut segments: Vec<String> = a
+        .wal_keys()
+        .into_iter()
+        .filter(|k| {
+            let name = k.rsplit('/').next().unwrap();
+            name.len() > 24 && name.as_bytes()[24] == b'.' && !name.contains(".backup.")
+        })
+        .collect();
+    segments.sort();
+    // Drop a segment in the middle of what replay needs.
+    let victim = segments[segments.len() - 2].clone();
+    let name = victim.rsplit('/').next().unwrap()[..24].to_string();
+    let client = a.runtime.block_on(a.server.client());
+    a.runtime
+        .block_on(client.delete_object().bucket(&a.bucket).key(&victim).send())
+        .unwrap();
+
+    let never = a.work.path().join("never");
+    let out = run(a.cli(&[
+        "restore",
+        "--identity",
+        a.identity(),
+        "--pgdata",
+        never.to_str().unwrap(),
+        "--to-latest",
+        "--dry-run",
+    ]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!("WAL segment {name} is missing from the archive")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn wal_push_is_idempotent_refuses_different_content_and_fetch_prefetches() {
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "ops");
+    let repo = work.path().join("repo");
+    let policy = write_policy(
+        work.path(),
+        "app",
+        "postgres://postgres@127.0.0.1:1/postgres",
+        &RepoSpec::Filesystem(&repo),
+        &key.recipient,
+        "",
+    );
+    let wal_dir = work.path().join("pg_wal");
+    std::fs::create_dir(&wal_dir).unwrap();
+    let segment = |n: u32, fill: u8| {
+        let path = wal_dir.join(format!("0000000100000000000000{n:02X}"));
+        let body: Vec<u8> = (0..16 * 1024 * 1024u32)
+            .map(|i| (i % 251) as u8 ^ fill)
+            .collect();
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let push = |path: &Path| {
+        let mut cmd = pgvault(None);
+        cmd.args(["wal-push", "--policy"]).arg(&policy).arg(path);
+        run(cmd)
+    };
+    let first = segment(0x10, 0);
+    let original = std::fs::read(&first).unwrap();
+    assert!(push(&first).status.success());
+    let again = push(&first);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("already archived"),
+        "{}",
+        text(&again)
+    );
+
+    std::fs::write(&first, vec![7u8; 16 * 1024 * 1024]).unwrap();
+    let conflict = push(&first);
+    assert_eq!(conflict.status.code(), Some(1), "{}", text(&conflict));
+    assert!(
+        text(&conflict).contains("different content"),
+        "{}",
+        text(&conflict)
+    );
+
+    for n in [0x11, 0x12, 0x13] {
+        assert!(push(&segment(n, n as u8)).status.success());
+    }
+    let restore_dir = work.path().join("restored_wal");
+    std::fs::create_dir(&restore_dir).unwrap();
+    let fetch = |name: &str, prefetch: &str| {
+        let mut cmd = pgvault(None);
+        cmd.args(["wal-fetch", "--policy"])
+            .arg(&policy)
+            .arg("--identity")
+            .arg(&key.identity)
+            .args(["--prefetch", prefetch, name])
+            .arg(restore_dir.join("RECOVERYXLOG"));
+        run(cmd)
+    };
+    let out = fetch("000000010000000000000010", "2");
+    assert!(out.status.success(), "{}", text(&out));
+    // The original content, not the refused one.
+    assert_eq!(
+        std::fs::read(restore_dir.join("RECOVERYXLOG")).unwrap(),
+        original
+    );
+    let prefetched = restore_dir.join(".pgvault-prefetch");
+    let mut waiting: Vec<String> = std::fs::read_dir(&prefetched)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    waiting.sort();
+    assert_eq!(
+        waiting,
+        ["000000010000000000000011", "000000010000000000000012"]
+    );
+    let out = fetch("000000010000000000000011", "0");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!prefetched.join("000000010000000000000011").exists());
+    assert_eq!(
+        std::fs::read(restore_dir.join("RECOVERYXLOG")).unwrap(),
+        std::fs::read(wal_dir.join("000000010000000000000011")).unwrap()
+    );
+    // Nothing half-written is left beside the target.
+    let leftovers: Vec<_> = std::fs::read_dir(&restore_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "RECOVERYXLOG" && n != ".pgvault-prefetch")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let missing = fetch("000000010000000000000099", "0");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing).contains("is not in the archive"),
+        "{}",
+        text(&missing)
+    );
+}
