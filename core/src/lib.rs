@@ -12,6 +12,7 @@
 //!
 //! Errors are typed ([`Error`]) and carry which backup, object or table they concern.
 
+pub mod archive_check;
 pub mod backup;
 pub mod basebackup;
 pub mod drill;

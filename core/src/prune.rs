@@ -13,7 +13,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::error::Result;
 use crate::policy::RetentionConfig;
-use crate::repository::{Repository, MANIFEST};
+use crate::repository::{BackupKind, Repository, MANIFEST};
 use crate::retention::{self, BackupRef, RetentionPlan};
 use crate::storage::PendingUpload;
 
@@ -56,14 +56,40 @@ pub async fn plan(
     now: DateTime<Utc>,
 ) -> Result<PrunePlan> {
     let manifests = repo.list_backups().await?;
-    let refs: Vec<BackupRef> = manifests
-        .iter()
-        .map(|m| BackupRef {
-            id: m.id.clone(),
-            time: m.started_at,
-        })
-        .collect();
-    let retention = retention::plan(&refs, &config.rules, now, config.max_age)?;
+    // Logical and physical backups serve different restores: the rules apply to each
+    // kind on its own, so nightly dumps never push out the last base backup.
+    let mut retention = RetentionPlan {
+        entries: Vec::new(),
+        stale: None,
+    };
+    for kind in [BackupKind::Logical, BackupKind::Physical] {
+        let refs: Vec<BackupRef> = manifests
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(|m| BackupRef {
+                id: m.id.clone(),
+                time: m.started_at,
+            })
+            .collect();
+        if refs.is_empty() {
+            continue;
+        }
+        let part = retention::plan(&refs, &config.rules, now, config.max_age)?;
+        retention.entries.extend(part.entries);
+        if let Some(stale) = part.stale {
+            let text = format!("{kind} backups: {stale}");
+            retention.stale = Some(match retention.stale.take() {
+                Some(before) => format!("{before}; {text}"),
+                None => text,
+            });
+        }
+    }
+    retention.entries.sort_by(|a, b| {
+        b.backup
+            .time
+            .cmp(&a.backup.time)
+            .then(b.backup.id.cmp(&a.backup.id))
+    });
 
     let prefix = repo.backups_prefix();
     let mut dirs: BTreeMap<String, Vec<String>> = BTreeMap::new();

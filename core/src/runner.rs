@@ -192,7 +192,12 @@ async fn attempt_run(
         return Ok(RunOutcome::Skipped(why));
     }
     let repo = Repository::new(storage::open(&policy.repository).await?, &policy.name);
-    if let Some(newest) = repo.list_backups().await?.first() {
+    let newest_logical = repo
+        .list_backups()
+        .await?
+        .into_iter()
+        .find(|m| m.kind == crate::repository::BackupKind::Logical);
+    if let Some(newest) = newest_logical {
         if newest.started_at >= slot {
             let why = format!("backup {} already covers this slot", newest.id);
             tracing::info!(policy = %policy.name, "{why}; skipping");

@@ -337,6 +337,13 @@ fn a_missing_wal_segment_refuses_the_plan_and_names_it() {
         })
         .collect();
     segments.sort();
+    let healthy = run(a.cli(&["check"]));
+    assert_eq!(healthy.status.code(), Some(0), "{}", text(&healthy));
+    assert!(
+        text(&healthy).contains("OK    base backup"),
+        "{}",
+        text(&healthy)
+    );
     // Drop a segment in the middle of what replay needs.
     let victim = segments[segments.len() - 2].clone();
     let name = victim.rsplit('/').next().unwrap()[..24].to_string();
@@ -345,6 +352,13 @@ fn a_missing_wal_segment_refuses_the_plan_and_names_it() {
         .block_on(client.delete_object().bucket(&a.bucket).key(&victim).send())
         .unwrap();
 
+    let checked = run(a.cli(&["check"]));
+    assert_eq!(checked.status.code(), Some(2), "{}", text(&checked));
+    assert!(
+        text(&checked).contains("1 of") && text(&checked).contains(&format!("first {name}")),
+        "{}",
+        text(&checked)
+    );
     let never = a.work.path().join("never");
     let out = run(a.cli(&[
         "restore",

@@ -80,6 +80,14 @@ enum Command {
         /// Where PostgreSQL wants it (`%p`).
         dest: PathBuf,
     },
+    /// Validate the policy, probe its database and repository, and report WAL continuity
+    /// from every physical base backup and the archiver's lag (the RPO of PITR now).
+    /// Exit 2 when a gap is found or archiving is failing.
+    Check {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+    },
     /// WAL archiving settings of the source server.
     Archive {
         #[command(subcommand)]
@@ -479,6 +487,22 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             })
         }
         Command::Reports { action } => run_reports(action).await,
+        Command::Check { policy } => {
+            let policy = load_policy(&policy)?;
+            let repo = open_repository(&policy).await?;
+            let found = pgvault_core::archive_check::check(&repo, &policy.source.url)
+                .await
+                .with_context(|| format!("cannot read the repository of policy {}", policy.name))?;
+            print!(
+                "{}",
+                output::archive_check(&policy.name, &found, chrono::Utc::now())
+            );
+            Ok(if found.healthy() {
+                0
+            } else {
+                EXIT_CHECK_FAILED
+            })
+        }
         Command::WalPush { policy, path } => {
             let policy = load_policy(&policy)?;
             let repo = open_repository(&policy).await?;

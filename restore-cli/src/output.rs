@@ -422,6 +422,86 @@ pub fn report_table(reports: &[DrillReport]) -> String {
     out
 }
 
+/// What `pgvault check` prints.
+pub fn archive_check(
+    policy: &str,
+    found: &pgvault_core::archive_check::ArchiveCheck,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "policy {policy}: repository reachable; {} archived WAL file(s) on timeline(s) {}",
+        found.files,
+        if found.timelines.is_empty() {
+            "none".to_string()
+        } else {
+            found
+                .timelines
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    if found.backups.is_empty() {
+        let _ = writeln!(
+            out,
+            "  no physical base backups (take one with `pgvault backup --kind physical`)"
+        );
+    }
+    for b in &found.backups {
+        if b.missing.is_empty() {
+            let _ = writeln!(
+                out,
+                "  OK    base backup {}: WAL continuous from {} to {} ({} segments)",
+                b.backup,
+                b.from,
+                b.to.as_deref().unwrap_or("-"),
+                b.segments
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "  GAP   base backup {}: {} of {} segments missing, first {}; point-in-time recovery from it stops there",
+                b.backup,
+                b.missing.len(),
+                b.segments,
+                b.missing[0]
+            );
+        }
+    }
+    match &found.archiver {
+        Ok(a) => {
+            let lag = a
+                .last_archived_at
+                .map(|t| human_seconds((now - t).num_milliseconds() as f64 / 1000.0))
+                .unwrap_or_else(|| "never".into());
+            let _ = writeln!(
+                out,
+                "  {} source archiver: last archived {} ({lag} ago), writing {}, {} failure(s){}",
+                if a.failing() { "FAIL " } else { "OK   " },
+                a.last_archived_wal.as_deref().unwrap_or("nothing yet"),
+                if a.current_wal.is_empty() {
+                    "-"
+                } else {
+                    &a.current_wal
+                },
+                a.failed_count,
+                match (&a.last_failed_wal, a.failing()) {
+                    (Some(w), true) =>
+                        format!("; the last attempt failed on {w}: see the server log"),
+                    _ => String::new(),
+                }
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "  FAIL  source archiver: cannot read it: {e}");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

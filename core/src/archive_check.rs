@@ -1,0 +1,157 @@
+//! `pgvault check`: is point-in-time recovery possible right now?
+//!
+//! For every physical base backup, the WAL from its start to the newest archived
+//! segment on its timeline must be continuous in the repository; and the source's
+//! archiver must be keeping up (`pg_stat_archiver`): the time since the last archived
+//! segment is the RPO of point-in-time recovery at this moment. Runs without a key.
+
+use chrono::{DateTime, Utc};
+
+use crate::error::Result;
+use crate::postgres::ConnTarget;
+use crate::repository::{BackupKind, Repository};
+use crate::wal::{self, parse_lsn, ArchivedWal, WalFileKind};
+
+/// WAL continuity from one base backup.
+#[derive(Debug, Clone)]
+pub struct BackupContinuity {
+    /// The base backup.
+    pub backup: String,
+    /// Its timeline.
+    pub timeline: u32,
+    /// The segment replay starts with.
+    pub from: String,
+    /// The newest archived segment of that timeline.
+    pub to: Option<String>,
+    /// Segments from `from` to `to`.
+    pub segments: usize,
+    /// Segments in that range not in the archive.
+    pub missing: Vec<String>,
+}
+
+/// The source's archiver, from `pg_stat_archiver`.
+#[derive(Debug, Clone)]
+pub struct ArchiverStatus {
+    /// The last segment archived successfully.
+    pub last_archived_wal: Option<String>,
+    /// When.
+    pub last_archived_at: Option<DateTime<Utc>>,
+    /// Failed attempts since the statistics were reset.
+    pub failed_count: i64,
+    /// The last segment that failed.
+    pub last_failed_wal: Option<String>,
+    /// When.
+    pub last_failed_at: Option<DateTime<Utc>>,
+    /// The segment the server is writing now.
+    pub current_wal: String,
+}
+
+impl ArchiverStatus {
+    /// Whether the last attempt failed (a failure newer than the last success).
+    pub fn failing(&self) -> bool {
+        match (self.last_failed_at, self.last_archived_at) {
+            (Some(failed), Some(ok)) => failed > ok,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Everything `pgvault check` found.
+#[derive(Debug, Clone)]
+pub struct ArchiveCheck {
+    /// Archived WAL files (all kinds).
+    pub files: usize,
+    /// Timelines present.
+    pub timelines: Vec<u32>,
+    /// Continuity per physical backup, newest first.
+    pub backups: Vec<BackupContinuity>,
+    /// The source's archiver, or why it could not be read.
+    pub archiver: std::result::Result<ArchiverStatus, String>,
+}
+
+impl ArchiveCheck {
+    /// Whether everything is in order: no gap, archiver not failing.
+    pub fn healthy(&self) -> bool {
+        self.backups.iter().all(|b| b.missing.is_empty())
+            && self
+                .archiver
+                .as_ref()
+                .map(|a| !a.failing())
+                .unwrap_or(false)
+    }
+}
+
+/// Check the policy's archive and its source's archiver.
+pub async fn check(repo: &Repository, source_url: &str) -> Result<ArchiveCheck> {
+    let archive = wal::list_archive(repo).await?;
+    let mut timelines: Vec<u32> = archive.iter().map(|a| a.file.timeline).collect();
+    timelines.dedup();
+    let mut backups = Vec::new();
+    for m in repo.list_backups().await? {
+        let (BackupKind::Physical, Some(p)) = (m.kind, m.physical.as_ref()) else {
+            continue;
+        };
+        backups.push(continuity(&m.id, p, &archive)?);
+    }
+    let archiver = match archiver_status(source_url).await {
+        Ok(a) => Ok(a),
+        Err(e) => Err(e.to_string()),
+    };
+    Ok(ArchiveCheck {
+        files: archive.len(),
+        timelines,
+        backups,
+        archiver,
+    })
+}
+
+fn continuity(
+    id: &str,
+    p: &crate::repository::PhysicalInfo,
+    archive: &[ArchivedWal],
+) -> Result<BackupContinuity> {
+    let size = p.wal_segment_size;
+    let start = parse_lsn(&p.start_lsn)? / size;
+    let on_timeline: Vec<u64> = archive
+        .iter()
+        .filter(|a| a.file.kind == WalFileKind::Segment && a.file.timeline == p.timeline)
+        .filter_map(|a| a.file.segno_for(size))
+        .collect();
+    let newest = on_timeline.iter().copied().max().filter(|n| *n >= start);
+    let stop = parse_lsn(&p.stop_lsn)? / size;
+    let end = newest.unwrap_or(stop).max(stop);
+    let missing = (start..=end)
+        .filter(|segno| !on_timeline.contains(segno))
+        .map(|segno| wal::segment_name(p.timeline, segno, size))
+        .collect();
+    Ok(BackupContinuity {
+        backup: id.into(),
+        timeline: p.timeline,
+        from: p.start_wal.clone(),
+        to: newest.map(|n| wal::segment_name(p.timeline, n, size)),
+        segments: (end - start + 1) as usize,
+        missing,
+    })
+}
+
+async fn archiver_status(source_url: &str) -> Result<ArchiverStatus> {
+    let client = ConnTarget::parse(source_url)?.connect().await?;
+    let row = client
+        .query_one(
+            "select last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time, \
+             case when pg_is_in_recovery() then '' else pg_walfile_name(pg_current_wal_lsn()) end \
+             from pg_stat_archiver",
+            &[],
+        )
+        .await
+        .map_err(|e| crate::error::Error::pg("cannot read pg_stat_archiver", e))?;
+    Ok(ArchiverStatus {
+        last_archived_wal: row.get(0),
+        last_archived_at: row.get(1),
+        failed_count: row.get(2),
+        last_failed_wal: row.get(3),
+        last_failed_at: row.get(4),
+        current_wal: row.get(5),
+    })
+}
