@@ -39,6 +39,8 @@ pub struct PrunePlan {
     pub stale_uploads: Vec<PendingUpload>,
     /// Orphans and uploads left alone because they are recent (maybe a running backup).
     pub recent_leftovers: usize,
+    /// Archived WAL files no retained base backup needs (see [`crate::wal::wal_not_needed`]).
+    pub wal_to_delete: Vec<String>,
 }
 
 /// The start time encoded in a backup id (`YYYYMMDDTHHMMSSZ-…`).
@@ -123,11 +125,32 @@ pub async fn plan(
             recent_leftovers += 1;
         }
     }
+    let deleted: Vec<&str> = retention
+        .to_delete()
+        .iter()
+        .map(|b| b.id.as_str())
+        .collect();
+    let mut retained_starts = Vec::new();
+    for m in &manifests {
+        if let (Some(p), false) = (&m.physical, deleted.contains(&m.id.as_str())) {
+            retained_starts.push((crate::wal::parse_lsn(&p.start_lsn)?, p.wal_segment_size));
+        }
+    }
+    let wal_to_delete = if retained_starts.is_empty() {
+        Vec::new()
+    } else {
+        let archive = crate::wal::list_archive(repo).await?;
+        crate::wal::wal_not_needed(&archive, &retained_starts)
+            .into_iter()
+            .map(|a| a.key.clone())
+            .collect()
+    };
     Ok(PrunePlan {
         retention,
         orphans,
         stale_uploads,
         recent_leftovers,
+        wal_to_delete,
     })
 }
 
@@ -140,10 +163,12 @@ pub struct PruneOutcome {
     pub removed_orphans: usize,
     /// Pending uploads aborted.
     pub aborted_uploads: usize,
+    /// Archived WAL files deleted.
+    pub deleted_wal: usize,
 }
 
-/// Carry out a plan: delete each given-up backup (manifest first), then orphans and
-/// stale uploads.
+/// Carry out a plan: delete each given-up backup (manifest first), then orphans,
+/// stale uploads, and WAL no retained base backup needs.
 pub async fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneOutcome> {
     let mut outcome = PruneOutcome::default();
     for backup in plan.retention.to_delete() {
@@ -169,6 +194,11 @@ pub async fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneOutcome
     for upload in &plan.stale_uploads {
         repo.storage().abort_pending(upload).await?;
         outcome.aborted_uploads += 1;
+    }
+    // WAL last: it was planned against the backups kept above.
+    for key in &plan.wal_to_delete {
+        repo.storage().delete(key).await?;
+        outcome.deleted_wal += 1;
     }
     Ok(outcome)
 }

@@ -479,6 +479,38 @@ pub fn needed_segments(
     names
 }
 
+/// WAL retention: the archived files no retained base backup needs. LSNs are shared by
+/// all timelines, so a file whose segment ends before the oldest retained backup's
+/// start LSN is needed by none of them. `.history` files are always kept (they are tiny
+/// and recovery needs them to follow timelines). With no retained base backup nothing
+/// is deleted: the WAL may be waiting for the first one.
+pub fn wal_not_needed<'a>(
+    archive: &'a [ArchivedWal],
+    retained_starts: &[(u64, u64)],
+) -> Vec<&'a ArchivedWal> {
+    let Some(oldest_start) = retained_starts
+        .iter()
+        .map(|(lsn, size)| lsn / size.max(&1) * size)
+        .min()
+    else {
+        return Vec::new();
+    };
+    let segment_size = retained_starts
+        .iter()
+        .map(|(_, size)| *size)
+        .max()
+        .unwrap_or(DEFAULT_SEGMENT_SIZE);
+    archive
+        .iter()
+        .filter(|a| a.file.kind != WalFileKind::History)
+        .filter(|a| {
+            a.file
+                .segno_for(segment_size)
+                .is_some_and(|segno| (segno + 1) * segment_size <= oldest_start)
+        })
+        .collect()
+}
+
 /// Quote a word for the shell that runs `archive_command` / `restore_command`.
 pub fn shell_quote(word: &str) -> String {
     if !word.is_empty()
@@ -584,6 +616,72 @@ mod tests {
             settings[2].1,
             "/bin/pgvault wal-push --policy /etc/p.toml %p"
         );
+    }
+
+    fn archived(name: &str) -> ArchivedWal {
+        ArchivedWal {
+            file: WalFileName::parse(name).unwrap(),
+            key: format!("app/wal/x/{name}"),
+            sha256: "0".repeat(64),
+            stored_size: 1,
+        }
+    }
+
+    #[test]
+    fn wal_older_than_the_oldest_base_backup_goes_history_stays() {
+        let archive: Vec<ArchivedWal> = [
+            "00000001.history",
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000002.00000028.backup",
+            "000000010000000000000003",
+            "000000020000000000000003",
+            "00000002.history",
+        ]
+        .into_iter()
+        .map(archived)
+        .collect();
+        // The oldest retained backup starts inside segment 3.
+        let gone: Vec<&str> = wal_not_needed(&archive, &[(0x3000028, SEG), (0x9000000, SEG)])
+            .into_iter()
+            .map(|a| a.file.name.as_str())
+            .collect();
+        assert_eq!(
+            gone,
+            [
+                "000000010000000000000001",
+                "000000010000000000000002",
+                "000000010000000000000002.00000028.backup"
+            ]
+        );
+        assert!(wal_not_needed(&archive, &[]).is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn retention_keeps_every_segment_a_retained_backup_needs(
+            starts in proptest::collection::vec(0u64..200, 0..5),
+            segments in proptest::collection::btree_set(0u64..220, 0..60),
+            timeline in 1u32..4,
+        ) {
+            let archive: Vec<ArchivedWal> = segments
+                .iter()
+                .map(|s| archived(&segment_name(timeline, *s, SEG)))
+                .collect();
+            let retained: Vec<(u64, u64)> = starts.iter().map(|s| (s * SEG + 0x28, SEG)).collect();
+            let gone = wal_not_needed(&archive, &retained);
+            for a in &archive {
+                let segno = a.file.segno_for(SEG).unwrap();
+                let deleted = gone.iter().any(|g| g.file.name == a.file.name);
+                // Needed by some retained backup (replay from its start on): never deleted.
+                let needed = starts.iter().any(|s| segno >= *s);
+                proptest::prop_assert!(!(deleted && needed), "{} deleted but needed", a.file.name);
+                // Older than every retained backup: deleted.
+                if !starts.is_empty() && !needed {
+                    proptest::prop_assert!(deleted, "{} kept but not needed", a.file.name);
+                }
+            }
+        }
     }
 
     #[test]

@@ -27,6 +27,10 @@ struct Archiving {
 
 impl Archiving {
     fn start() -> Option<Archiving> {
+        Self::start_with("")
+    }
+
+    fn start_with(extra_policy: &str) -> Option<Archiving> {
         let server = S3Server::from_env()?;
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let (bucket, prefix) = runtime.block_on(server.fresh_location());
@@ -49,7 +53,7 @@ impl Archiving {
                 prefix: &prefix,
             },
             &key.recipient,
-            "",
+            extra_policy,
         );
         if is_root() {
             let status = Command::new("chown")
@@ -478,5 +482,51 @@ fn wal_push_is_idempotent_refuses_different_content_and_fetch_prefetches() {
         text(&missing).contains("is not in the archive"),
         "{}",
         text(&missing)
+    );
+}
+
+#[test]
+fn retention_deletes_wal_no_retained_base_backup_needs() {
+    let Some(a) = Archiving::start_with("[retention]\nkeep_last = 1\n") else {
+        return;
+    };
+    run_ok(a.cli(&["backup", "--kind", "physical"]));
+    for i in 0..2 {
+        a.insert(&format!("row {i}"));
+        a.switch_and_archive();
+    }
+    let second = run_ok(a.cli(&["backup", "--kind", "physical", "--json"]));
+    let manifest: serde_json::Value = serde_json::from_str(&second).unwrap();
+    let start_wal = manifest["manifest"]["physical"]["start_wal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.insert("after the second backup");
+    a.switch_and_archive();
+    let segment_of = |k: &String| k.rsplit('/').next().unwrap()[..24].to_string();
+    let before: Vec<String> = a.wal_keys().iter().map(segment_of).collect();
+    assert!(before.iter().any(|s| *s < start_wal), "{before:?}");
+
+    let out = run_ok(a.cli(&["prune"]));
+    assert!(out.contains("deleted 1 backup(s)"), "{out}");
+    let after: Vec<String> = a.wal_keys().iter().map(segment_of).collect();
+    assert!(
+        after
+            .iter()
+            .all(|s| *s >= start_wal || s.ends_with("history")),
+        "{after:?}"
+    );
+    assert!(after.contains(&start_wal), "{after:?}");
+    // What is left still restores.
+    let dir = a.work.path().join("after-prune");
+    let _guard = Restored {
+        source: &a.source,
+        dir: dir.clone(),
+    };
+    let (out, port) = a.restore(&dir, &["--to-latest", "--archive-mode", "off"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        a.notes_at(port),
+        ["row 0", "row 1", "after the second backup"]
     );
 }

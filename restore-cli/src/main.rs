@@ -407,10 +407,11 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 .await
                 .context("prune failed part-way; re-run it to finish")?;
             println!(
-                "deleted {} backup(s), removed {} orphan(s), aborted {} stale upload(s)",
+                "deleted {} backup(s), removed {} orphan(s), aborted {} stale upload(s), deleted {} WAL file(s)",
                 done.deleted_backups.len(),
                 done.removed_orphans,
-                done.aborted_uploads
+                done.aborted_uploads,
+                done.deleted_wal
             );
             Ok(0)
         }

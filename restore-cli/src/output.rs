@@ -147,6 +147,15 @@ pub fn prune_plan(plan: &pgvault_core::prune::PrunePlan) -> String {
             plan.recent_leftovers
         );
     }
+    if !plan.wal_to_delete.is_empty() {
+        let _ = writeln!(
+            out,
+            "WAL: {} archived file(s) older than the oldest retained base backup: DELETE ({} .. {})",
+            plan.wal_to_delete.len(),
+            plan.wal_to_delete.first().and_then(|k| k.rsplit('/').next()).unwrap_or("-"),
+            plan.wal_to_delete.last().and_then(|k| k.rsplit('/').next()).unwrap_or("-"),
+        );
+    }
     out
 }
 
