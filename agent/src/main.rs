@@ -25,6 +25,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
 use pgvault_core::policy::Policy;
+use pgvault_core::repository::BackupKind;
 use pgvault_core::runner::{self, PolicyStatus, RunOutcome, SharedStatus};
 use tokio_util::sync::CancellationToken;
 
@@ -92,12 +93,26 @@ async fn run_once_all(
             return false;
         }
         let status = status_of(policy);
-        match runner::run_once(policy, chrono::Utc::now(), &status, &shutdown, grace).await {
-            RunOutcome::BackedUp(id) => {
-                tracing::info!(policy = %policy.name, backup = %id, "backup succeeded")
+        let mut kinds = vec![BackupKind::Logical];
+        if policy
+            .schedule
+            .as_ref()
+            .is_some_and(|s| s.physical.is_some())
+        {
+            kinds.push(BackupKind::Physical);
+        }
+        for kind in kinds {
+            match runner::run_once(policy, kind, chrono::Utc::now(), &status, &shutdown, grace)
+                .await
+            {
+                RunOutcome::BackedUp(id) => {
+                    tracing::info!(policy = %policy.name, backup = %id, %kind, "backup succeeded")
+                }
+                RunOutcome::Skipped(why) => {
+                    tracing::info!(policy = %policy.name, %kind, "skipped: {why}")
+                }
+                RunOutcome::Failed(_) | RunOutcome::Cancelled => all_ok = false,
             }
-            RunOutcome::Skipped(why) => tracing::info!(policy = %policy.name, "skipped: {why}"),
-            RunOutcome::Failed(_) | RunOutcome::Cancelled => all_ok = false,
         }
     }
     all_ok
@@ -195,8 +210,22 @@ async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
                 shutdown.clone(),
             ));
         }
+        if policy
+            .schedule
+            .as_ref()
+            .is_some_and(|s| s.physical.is_some())
+        {
+            tasks.spawn(runner::run_schedule(
+                policy.clone(),
+                BackupKind::Physical,
+                status.clone(),
+                shutdown.clone(),
+                grace,
+            ));
+        }
         tasks.spawn(runner::run_schedule(
             policy,
+            BackupKind::Logical,
             status,
             shutdown.clone(),
             grace,

@@ -83,6 +83,16 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
         deletions.clone(),
     );
 
+    let physical_success = gauge(
+        &mut registry,
+        "physical_last_success_timestamp_seconds",
+        "When the last physical base backup finished (Unix time)",
+    );
+    let physical_ok = gauge(
+        &mut registry,
+        "physical_last_attempt_success",
+        "1 if the last scheduled physical backup succeeded, 0 if it failed",
+    );
     let drill_at = gauge(
         &mut registry,
         "restore_test_last_timestamp_seconds",
@@ -143,6 +153,16 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
             .get_or_create(&label)
             .set(if s.retention_stale { 1.0 } else { 0.0 });
         failures.get_or_create(&label).inc_by(s.failures_total);
+        if let Some(t) = s.last_physical_success {
+            physical_success
+                .get_or_create(&label)
+                .set(t.timestamp_millis() as f64 / 1000.0);
+        }
+        if let Some(ok) = s.last_physical_ok {
+            physical_ok
+                .get_or_create(&label)
+                .set(if ok { 1.0 } else { 0.0 });
+        }
         if let Some(t) = s.last_drill_at {
             drill_at
                 .get_or_create(&label)

@@ -88,6 +88,7 @@ struct RawNotify {
 #[serde(deny_unknown_fields)]
 struct RawSchedule {
     backup: Spanned<String>,
+    physical: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
     jitter: Option<Spanned<String>>,
     retries: Option<u32>,
@@ -244,8 +245,10 @@ pub struct RestoreTestConfig {
 /// The `[schedule]` section: when the agent backs the policy up.
 #[derive(Debug, Clone)]
 pub struct ScheduleConfig {
-    /// The backup schedule.
+    /// The (logical) backup schedule.
     pub backup: crate::schedule::Schedule,
+    /// The physical base backup schedule, for point-in-time recovery.
+    pub physical: Option<crate::schedule::Schedule>,
     /// Upper bound of the random start delay of each run.
     pub jitter: chrono::Duration,
     /// Attempts after the first failure before a run is reported failed.
@@ -539,8 +542,17 @@ impl Policy {
                             .map_err(|m| at(Some(s.span()), m)),
                     }
                 };
+                let physical = sch
+                    .physical
+                    .as_ref()
+                    .map(|expr| {
+                        crate::schedule::Schedule::parse(expr.get_ref(), timezone)
+                            .map_err(|m| at(Some(expr.span()), format!("[schedule] physical: {m}")))
+                    })
+                    .transpose()?;
                 Some(ScheduleConfig {
                     backup,
+                    physical,
                     jitter: span_of(&sch.jitter, chrono::Duration::zero())?,
                     retries: sch.retries.unwrap_or(2),
                     retry_backoff: span_of(&sch.retry_backoff, chrono::Duration::seconds(30))?,

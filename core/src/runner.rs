@@ -26,6 +26,7 @@ use crate::pipeline::Progress;
 use crate::policy::{Policy, ScheduleConfig};
 use crate::postgres::ConnTarget;
 use crate::prune;
+use crate::repository::BackupKind;
 use crate::repository::Repository;
 use crate::schedule;
 use crate::storage;
@@ -59,6 +60,10 @@ pub struct PolicyStatus {
     pub retention_stale: bool,
     /// The last error, one line.
     pub last_error: Option<String>,
+    /// When the last physical base backup finished.
+    pub last_physical_success: Option<DateTime<Utc>>,
+    /// Whether the last scheduled physical backup succeeded.
+    pub last_physical_ok: Option<bool>,
     /// When the last restore test started.
     pub last_drill_at: Option<DateTime<Utc>>,
     /// Whether it passed.
@@ -85,10 +90,6 @@ pub enum RunOutcome {
     Failed(String),
     /// Shutdown interrupted the run.
     Cancelled,
-}
-
-fn lock_key(policy: &str) -> i64 {
-    lock_key_for("pgvault", policy)
 }
 
 fn lock_key_for(purpose: &str, policy: &str) -> i64 {
@@ -119,9 +120,10 @@ pub async fn seed_status(policy: &Policy, status: &SharedStatus) -> Result<Optio
     Ok(backups.first().map(|m| m.started_at))
 }
 
-/// Perform the run for `slot`: lock, dedupe, back up with retries, retention.
+/// Perform the run for `slot`: lock, dedupe, back up (of `kind`) with retries, retention.
 pub async fn run_once(
     policy: &Policy,
+    kind: BackupKind,
     slot: DateTime<Utc>,
     status: &SharedStatus,
     shutdown: &CancellationToken,
@@ -136,7 +138,7 @@ pub async fn run_once(
     update(status, |s| s.last_attempt = Some(Utc::now()));
     let mut attempt = 0;
     loop {
-        let result = attempt_run(policy, slot, status, shutdown, grace).await;
+        let result = attempt_run(policy, kind, slot, status, shutdown, grace).await;
         match result {
             Ok(outcome) => return outcome,
             Err(Error::Cancelled) => return RunOutcome::Cancelled,
@@ -152,15 +154,18 @@ pub async fn run_once(
             }
             Err(e) => {
                 let message = e.to_string();
-                tracing::error!(policy = %policy.name, error = %message, "backup failed");
+                tracing::error!(policy = %policy.name, %kind, error = %message, "backup failed");
                 update(status, |s| {
-                    s.last_attempt_ok = Some(false);
+                    match kind {
+                        BackupKind::Logical => s.last_attempt_ok = Some(false),
+                        BackupKind::Physical => s.last_physical_ok = Some(false),
+                    }
                     s.failures_total += 1;
                     s.last_error = Some(message.clone());
                 });
                 if let Some(notify) = &policy.notify {
                     let mut event = Event::new(EventKind::BackupFailed, &policy.name);
-                    event.error = Some(message.clone());
+                    event.error = Some(format!("{kind} backup: {message}"));
                     crate::notify::send(notify, &event).await;
                 }
                 return RunOutcome::Failed(message);
@@ -171,6 +176,7 @@ pub async fn run_once(
 
 async fn attempt_run(
     policy: &Policy,
+    kind: BackupKind,
     slot: DateTime<Utc>,
     status: &SharedStatus,
     shutdown: &CancellationToken,
@@ -178,10 +184,14 @@ async fn attempt_run(
 ) -> Result<RunOutcome> {
     let source = ConnTarget::parse(&policy.source.url)?;
     let lock_conn = source.connect().await?;
+    let purpose = match kind {
+        BackupKind::Logical => "pgvault",
+        BackupKind::Physical => "pgvault-physical",
+    };
     let locked: bool = lock_conn
         .query_one(
             "select pg_try_advisory_lock($1)",
-            &[&lock_key(&policy.name)],
+            &[&lock_key_for(purpose, &policy.name)],
         )
         .await
         .map_err(|e| Error::pg("cannot take the policy's advisory lock", e))?
@@ -192,12 +202,12 @@ async fn attempt_run(
         return Ok(RunOutcome::Skipped(why));
     }
     let repo = Repository::new(storage::open(&policy.repository).await?, &policy.name);
-    let newest_logical = repo
+    let newest_of_kind = repo
         .list_backups()
         .await?
         .into_iter()
-        .find(|m| m.kind == crate::repository::BackupKind::Logical);
-    if let Some(newest) = newest_logical {
+        .find(|m| m.kind == kind);
+    if let Some(newest) = newest_of_kind {
         if newest.started_at >= slot {
             let why = format!("backup {} already covers this slot", newest.id);
             tracing::info!(policy = %policy.name, "{why}; skipping");
@@ -217,18 +227,28 @@ async fn attempt_run(
             backup_cancel.cancel();
         })
     };
-    let result =
-        backup::run_logical_backup(policy, Arc::new(Progress::default()), &backup_cancel).await;
+    let progress = Arc::new(Progress::default());
+    let result = match kind {
+        BackupKind::Logical => backup::run_logical_backup(policy, progress, &backup_cancel).await,
+        BackupKind::Physical => {
+            crate::basebackup::run_physical_backup(policy, progress, &backup_cancel).await
+        }
+    };
     watcher.abort();
     let manifest = result?;
     update(status, |s| {
+        s.last_error = None;
+        if kind == BackupKind::Physical {
+            s.last_physical_ok = Some(true);
+            s.last_physical_success = Some(manifest.finished_at);
+            return;
+        }
         s.last_attempt_ok = Some(true);
         s.last_success = Some(manifest.finished_at);
         s.newest_backup_at = Some(manifest.consistent_at);
         s.last_duration_seconds = manifest.duration_seconds();
         s.last_raw_bytes = manifest.raw_size();
         s.last_stored_bytes = manifest.stored_size();
-        s.last_error = None;
     });
     if let Some(notify) = &policy.notify {
         let mut event = Event::new(EventKind::BackupSucceeded, &policy.name);
@@ -262,10 +282,11 @@ async fn attempt_run(
     Ok(RunOutcome::BackedUp(manifest.id))
 }
 
-/// Run `policy` on its schedule until `shutdown`: catch up first if a slot was missed,
-/// then wait for each slot (plus jitter) and run it.
+/// Run `policy`'s backups of `kind` on their schedule until `shutdown`: catch up first if
+/// a slot was missed, then wait for each slot (plus jitter) and run it.
 pub async fn run_schedule(
     policy: Policy,
+    kind: BackupKind,
     status: SharedStatus,
     shutdown: CancellationToken,
     grace: Duration,
@@ -273,24 +294,31 @@ pub async fn run_schedule(
     let Some(config): Option<ScheduleConfig> = policy.schedule.clone() else {
         return;
     };
+    let schedule = match kind {
+        BackupKind::Logical => config.backup.clone(),
+        BackupKind::Physical => match config.physical.clone() {
+            Some(s) => s,
+            None => return,
+        },
+    };
     let last = match seed_status(&policy, &status).await {
-        Ok(last) => last,
+        Ok(_) => newest_started(&policy, kind).await,
         Err(e) => {
             tracing::warn!(policy = %policy.name, error = %e, "cannot read the repository at start");
             None
         }
     };
     let now = Utc::now();
-    if config.backup.catch_up_due(last, now) && !shutdown.is_cancelled() {
-        let slot = config.backup.previous_at_or_before(now).unwrap_or(now);
-        tracing::info!(policy = %policy.name, "the last scheduled backup was missed; running now");
-        if run_once(&policy, slot, &status, &shutdown, grace).await == RunOutcome::Cancelled {
+    if schedule.catch_up_due(last, now) && !shutdown.is_cancelled() {
+        let slot = schedule.previous_at_or_before(now).unwrap_or(now);
+        tracing::info!(policy = %policy.name, %kind, "the last scheduled backup was missed; running now");
+        if run_once(&policy, kind, slot, &status, &shutdown, grace).await == RunOutcome::Cancelled {
             return;
         }
     }
     loop {
-        let Some(slot) = config.backup.next_after(Utc::now()) else {
-            tracing::warn!(policy = %policy.name, "the schedule has no future slot; stopping");
+        let Some(slot) = schedule.next_after(Utc::now()) else {
+            tracing::warn!(policy = %policy.name, %kind, "the schedule has no future slot; stopping");
             return;
         };
         let start = slot + schedule::jitter(&policy.name, slot, config.jitter);
@@ -299,10 +327,21 @@ pub async fn run_schedule(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        if run_once(&policy, slot, &status, &shutdown, grace).await == RunOutcome::Cancelled {
+        if run_once(&policy, kind, slot, &status, &shutdown, grace).await == RunOutcome::Cancelled {
             return;
         }
     }
+}
+
+/// Start time of the newest backup of `kind` (None when none or unreadable).
+async fn newest_started(policy: &Policy, kind: BackupKind) -> Option<DateTime<Utc>> {
+    let repo = Repository::new(storage::open(&policy.repository).await.ok()?, &policy.name);
+    repo.list_backups()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|m| m.kind == kind)
+        .map(|m| m.started_at)
 }
 
 /// Record a finished drill in the status.
@@ -512,7 +551,17 @@ mod tests {
 
     #[test]
     fn lock_keys_differ_per_policy_and_are_stable() {
-        assert_eq!(lock_key("app"), lock_key("app"));
-        assert_ne!(lock_key("app"), lock_key("app2"));
+        assert_eq!(
+            lock_key_for("pgvault", "app"),
+            lock_key_for("pgvault", "app")
+        );
+        assert_ne!(
+            lock_key_for("pgvault", "app"),
+            lock_key_for("pgvault", "app2")
+        );
+        assert_ne!(
+            lock_key_for("pgvault", "app"),
+            lock_key_for("pgvault-physical", "app")
+        );
     }
 }

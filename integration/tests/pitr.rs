@@ -530,3 +530,51 @@ fn retention_deletes_wal_no_retained_base_backup_needs() {
         ["row 0", "row 1", "after the second backup"]
     );
 }
+
+#[test]
+fn the_agent_takes_physical_backups_on_their_own_schedule() {
+    let Some(a) =
+        Archiving::start_with("[schedule]\nbackup = \"0 3 * * *\"\nphysical = \"*/3 * * * * *\"\n")
+    else {
+        return;
+    };
+    let port = free_port();
+    let mut agent = Command::new(pgvault_integration::agent_bin());
+    agent
+        .arg("--policy")
+        .arg(&a.policy)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("AWS_ACCESS_KEY_ID", &a.server.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &a.server.secret_access_key)
+        .env("AWS_REGION", &a.server.region)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = agent.spawn().unwrap();
+    pgvault_integration::wait_until("a scheduled physical backup", 90, || {
+        pgvault_integration::http_get(port, "/metrics").and_then(|m| {
+            pgvault_integration::metric(&m, "pgvault_physical_last_attempt_success", "app")
+        }) == Some(1.0)
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&run_ok(a.cli(&["list", "--json"]))).unwrap();
+    let kinds: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"physical"), "{kinds:?}");
+    // The missed logical slot was caught up at start, on its own schedule.
+    assert!(kinds.contains(&"logical"), "{kinds:?}");
+}
