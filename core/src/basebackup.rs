@@ -208,6 +208,7 @@ pub async fn run_physical_backup(
         &tools,
         vec![(object::BASE, key, digest)],
     );
+    manifest.format_version = repository::PHYSICAL_FORMAT_VERSION;
     manifest.kind = BackupKind::Physical;
     manifest.database = "(all databases)".into();
     manifest.database_encoding = String::new();

@@ -25,8 +25,12 @@ use crate::error::{Error, Result};
 use crate::pipeline::ObjectDigest;
 use crate::storage::Storage;
 
-/// The manifest format this version writes and reads.
+/// The manifest format of logical backups (unchanged since version 1, so older readers
+/// keep reading them).
 pub const FORMAT_VERSION: u32 = 1;
+/// The manifest format of physical backups: version 2 adds `kind = "physical"` and the
+/// `physical` member (docs/FORMAT.md §15).
+pub const PHYSICAL_FORMAT_VERSION: u32 = 2;
 
 /// Name of the manifest object inside a backup's directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -323,11 +327,11 @@ pub fn parse_manifest(key: &str, bytes: &[u8]) -> Result<BackupManifest> {
         key: key.into(),
         message: e.to_string(),
     })?;
-    if version.format_version != FORMAT_VERSION {
+    if !(FORMAT_VERSION..=PHYSICAL_FORMAT_VERSION).contains(&version.format_version) {
         return Err(Error::Manifest {
             key: key.into(),
             message: format!(
-                "format_version {} is not supported by {} (it reads version {FORMAT_VERSION}); upgrade pgvault",
+                "format_version {} is not supported by {} (it reads versions {FORMAT_VERSION} to {PHYSICAL_FORMAT_VERSION}); upgrade pgvault",
                 version.format_version,
                 crate::TOOL_VERSION
             ),

@@ -578,3 +578,123 @@ fn the_agent_takes_physical_backups_on_their_own_schedule() {
     // The missed logical slot was caught up at start, on its own schedule.
     assert!(kinds.contains(&"logical"), "{kinds:?}");
 }
+
+#[test]
+fn killing_wal_push_mid_upload_makes_postgres_retry_and_the_archive_ends_complete() {
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
+    let work = tempfile::Builder::new()
+        .prefix("pgvault-test-kill-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = keygen(work.path(), "ops");
+    let repo = work.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let policy = write_policy(
+        work.path(),
+        "app",
+        &source.url("postgres"),
+        &RepoSpec::Filesystem(&repo),
+        &key.recipient,
+        "",
+    );
+    // Slow compression keeps each upload open long enough to be killed inside it.
+    pgvault_integration::slow_down_compression(&policy);
+    let marker = work.path().join("killed-once");
+    let script = work.path().join("archive.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             if [ ! -e {marker} ]; then\n\
+               touch {marker}\n\
+               {bin} wal-push --policy {policy} \"$1\" &\n\
+               pid=$!\n\
+               until ls {repo}/.uploads/*.key >/dev/null 2>&1; do\n\
+                 kill -0 $pid 2>/dev/null || exit 1\n\
+                 sleep 0.05\n\
+               done\n\
+               kill -9 $pid\n\
+               echo killed > {marker}\n\
+               exit 1\n\
+             fi\n\
+             exec {bin} wal-push --policy {policy} \"$1\"\n",
+            marker = marker.display(),
+            bin = pgvault_bin().display(),
+            policy = policy.display(),
+            repo = repo.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:"])
+            .arg(work.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    source.configure_and_restart(&[
+        ("wal_level", "replica"),
+        ("archive_mode", "on"),
+        ("archive_command", &format!("{} %p", script.display())),
+    ]);
+    // Segments completed before archiving was on are never archived.
+    let first_archived = source.psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())");
+    source.psql(
+        "postgres",
+        "create table t as select g from generate_series(1, 10000) g",
+    );
+    let segment = source.psql("postgres", "select pg_walfile_name(pg_switch_wal())");
+    pgvault_integration::wait_until(
+        "the archiver to store the segment after a retry",
+        120,
+        || {
+            source.psql(
+            "postgres",
+            &format!("select coalesce(last_archived_wal >= '{segment}', false) from pg_stat_archiver"),
+        ) == "t"
+        },
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "killed",
+        "wal-push was not killed mid-upload"
+    );
+    assert!(
+        source
+            .psql("postgres", "select failed_count from pg_stat_archiver")
+            .parse::<i64>()
+            .unwrap()
+            >= 1
+    );
+    // Every segment up to the switched one is archived exactly once and fetches verified.
+    let wal_dir = repo.join("app/wal/00000001");
+    let names: Vec<String> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy()[..24].to_string())
+        .collect();
+    let first = u32::from_str_radix(&first_archived[16..], 16).unwrap();
+    let last = u32::from_str_radix(&segment[16..], 16).unwrap();
+    for n in first..=last {
+        let name = format!("{}{:08X}", &segment[..16], n);
+        assert_eq!(
+            names.iter().filter(|x| **x == name).count(),
+            1,
+            "{name} in {names:?}"
+        );
+        let dest = work.path().join("fetched");
+        let mut fetch = pgvault(None);
+        fetch
+            .args(["wal-fetch", "--prefetch", "0", "--policy"])
+            .arg(&policy)
+            .arg("--identity")
+            .arg(&key.identity)
+            .arg(&name)
+            .arg(&dest);
+        run_ok(fetch);
+    }
+}
