@@ -51,6 +51,10 @@ struct Args {
     /// How long a running upload may continue after SIGTERM before it is aborted.
     #[arg(long, default_value = "5m")]
     grace: String,
+    /// How often policies with a physical schedule check their WAL archive
+    /// (continuity, archiver lag) for the metrics.
+    #[arg(long, default_value = "1m")]
+    archive_check_every: String,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -167,6 +171,11 @@ async fn serve(
 async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
     let grace = pgvault_core::retention::parse_span(&args.grace)
         .map_err(|m| anyhow::anyhow!("--grace: {m}"))?;
+    let archive_every = pgvault_core::retention::parse_span(&args.archive_check_every)
+        .map_err(|m| anyhow::anyhow!("--archive-check-every: {m}"))?
+        .to_std()
+        .unwrap_or(std::time::Duration::from_secs(60))
+        .max(std::time::Duration::from_secs(1));
     // Validate every policy before running any, so a typo fails fast and whole.
     let policies = policy_files(&args)?
         .iter()
@@ -215,6 +224,12 @@ async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
             .as_ref()
             .is_some_and(|s| s.physical.is_some())
         {
+            tasks.spawn(runner::run_archive_watch(
+                policy.clone(),
+                status.clone(),
+                shutdown.clone(),
+                archive_every,
+            ));
             tasks.spawn(runner::run_schedule(
                 policy.clone(),
                 BackupKind::Physical,

@@ -93,6 +93,21 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
         "physical_last_attempt_success",
         "1 if the last scheduled physical backup succeeded, 0 if it failed",
     );
+    let archive_lag = gauge(
+        &mut registry,
+        "wal_archive_lag_seconds",
+        "Seconds since the source last archived a WAL segment (the RPO of point-in-time recovery now)",
+    );
+    let archive_gaps = gauge(
+        &mut registry,
+        "wal_archive_gaps",
+        "Physical base backups whose WAL is not continuous in the archive",
+    );
+    let archiver_failing = gauge(
+        &mut registry,
+        "wal_archiver_failing",
+        "1 if the source's last archive attempt failed",
+    );
     let drill_at = gauge(
         &mut registry,
         "restore_test_last_timestamp_seconds",
@@ -162,6 +177,17 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
             physical_ok
                 .get_or_create(&label)
                 .set(if ok { 1.0 } else { 0.0 });
+        }
+        if let Some(v) = s.wal_archive_lag_seconds {
+            archive_lag.get_or_create(&label).set(v);
+        }
+        if let Some(v) = s.wal_archive_gaps {
+            archive_gaps.get_or_create(&label).set(v as f64);
+        }
+        if let Some(v) = s.wal_archiver_failing {
+            archiver_failing
+                .get_or_create(&label)
+                .set(if v { 1.0 } else { 0.0 });
         }
         if let Some(t) = s.last_drill_at {
             drill_at

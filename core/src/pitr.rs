@@ -336,6 +336,8 @@ pub struct PitrOptions {
     /// policy after promotion, on a new timeline); false turns archiving off, for copies
     /// that must not write to the production archive.
     pub keep_archiving: bool,
+    /// Extra `-c name=value` settings for `--start` (drills pin the server to loopback).
+    pub server_settings: Vec<String>,
 }
 
 /// The outcome of [`execute`].
@@ -553,8 +555,16 @@ async fn start_and_wait(
         .arg("-l")
         .arg(&log)
         .arg("start");
+    let mut server_options: Vec<String> = options
+        .server_settings
+        .iter()
+        .map(|s| format!("-c {s}"))
+        .collect();
     if let Some(port) = options.port {
-        cmd.arg("-o").arg(format!("-p {port}"));
+        server_options.push(format!("-p {port}"));
+    }
+    if !server_options.is_empty() {
+        cmd.arg("-o").arg(server_options.join(" "));
     }
     let pg_ctl = tokio::task::spawn_blocking(move || crate::postgres::run_tool("pg_ctl", cmd));
     pg_ctl
@@ -565,7 +575,7 @@ async fn start_and_wait(
             "database system is ready to accept connections"
         }
         RecoveryAction::Promote => "database system is ready to accept connections",
-        RecoveryAction::Pause => "recovery has paused",
+        RecoveryAction::Pause => "pausing at the end of recovery",
         RecoveryAction::Shutdown => "database system is shut down",
     };
     loop {
@@ -604,6 +614,43 @@ async fn start_and_wait(
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Stop a server started by [`execute`] (immediate shutdown: drills throw it away).
+pub fn stop_server(pgdata: &Path, major: u32, bin_dir: Option<&Path>) -> Result<()> {
+    let bin = crate::drill::ephemeral::ServerBinaries::discover(bin_dir, major)?;
+    let owner = if nix::unistd::geteuid().is_root() {
+        Some("postgres")
+    } else {
+        None
+    };
+    let mut cmd = match owner {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(bin.tool_path("pg_ctl"));
+            c
+        }
+        None => Command::new(bin.tool_path("pg_ctl")),
+    };
+    cmd.arg("-D")
+        .arg(pgdata)
+        .args(["-m", "immediate", "-w", "stop"]);
+    crate::postgres::run_tool("pg_ctl", cmd).map(|_| ())
+}
+
+/// The `pgvault` program for `restore_command`: this executable when it is `pgvault`,
+/// else `pgvault` beside it (the agent), else `pgvault` from PATH.
+pub fn pgvault_program() -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    match exe {
+        Some(e) if e.file_name().is_some_and(|n| n == "pgvault") => e,
+        Some(e) => e
+            .parent()
+            .map(|d| d.join("pgvault"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("pgvault")),
+        None => PathBuf::from("pgvault"),
     }
 }
 

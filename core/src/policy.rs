@@ -44,6 +44,7 @@ struct RawPolicy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRestoreTest {
+    kind: Option<Spanned<String>>,
     schedule: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
     target: Option<Spanned<String>>,
@@ -188,6 +189,15 @@ pub enum DrillTargetConfig {
     Staging(String),
 }
 
+/// What a restore test restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillKind {
+    /// A logical backup, into a database.
+    Logical,
+    /// A physical base backup plus archived WAL, to a random point in time.
+    Pitr,
+}
+
 /// Which backup a restore test restores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrillPick {
@@ -212,6 +222,8 @@ pub struct SqlCheck {
 /// `pgvault restore-test` runs on demand.
 #[derive(Debug, Clone)]
 pub struct RestoreTestConfig {
+    /// Logical or point-in-time.
+    pub kind: DrillKind,
     /// When the agent runs the drill (none: only on demand).
     pub schedule: Option<crate::schedule::Schedule>,
     /// Where to restore.
@@ -645,6 +657,24 @@ impl Policy {
                         DrillTargetConfig::Staging(url)
                     }
                 };
+                let kind = match rt.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+                    None | Some(("logical", _)) => DrillKind::Logical,
+                    Some(("pitr", sp)) => {
+                        if target != DrillTargetConfig::Ephemeral {
+                            return Err(at(
+                                Some(sp),
+                                "[restore_test] kind = \"pitr\" restores a whole cluster: it needs target = \"ephemeral\"".into(),
+                            ));
+                        }
+                        DrillKind::Pitr
+                    }
+                    Some((other, sp)) => {
+                        return Err(at(
+                            Some(sp),
+                            format!("[restore_test] kind {other:?} is not \"logical\" or \"pitr\""),
+                        ))
+                    }
+                };
                 let within = span(&rt.within)?;
                 let pick = match rt.pick.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
                     None | Some(("latest", _)) => DrillPick::Latest,
@@ -708,6 +738,7 @@ impl Policy {
                     ));
                 }
                 Some(RestoreTestConfig {
+                    kind,
                     schedule,
                     target,
                     pick,

@@ -64,6 +64,12 @@ pub struct PolicyStatus {
     pub last_physical_success: Option<DateTime<Utc>>,
     /// Whether the last scheduled physical backup succeeded.
     pub last_physical_ok: Option<bool>,
+    /// Seconds since the source last archived a WAL segment (PITR's RPO now).
+    pub wal_archive_lag_seconds: Option<f64>,
+    /// Physical base backups whose WAL is not continuous in the archive.
+    pub wal_archive_gaps: Option<u64>,
+    /// Whether the source's archiver's last attempt failed.
+    pub wal_archiver_failing: Option<bool>,
     /// When the last restore test started.
     pub last_drill_at: Option<DateTime<Utc>>,
     /// Whether it passed.
@@ -342,6 +348,57 @@ async fn newest_started(policy: &Policy, kind: BackupKind) -> Option<DateTime<Ut
         .into_iter()
         .find(|m| m.kind == kind)
         .map(|m| m.started_at)
+}
+
+/// Check the policy's WAL archive every `every` until `shutdown` (see
+/// [`crate::archive_check`]) and record continuity and lag for the metrics.
+pub async fn run_archive_watch(
+    policy: Policy,
+    status: SharedStatus,
+    shutdown: CancellationToken,
+    every: std::time::Duration,
+) {
+    loop {
+        match storage::open(&policy.repository).await {
+            Ok(storage) => {
+                let repo = Repository::new(storage, &policy.name);
+                match crate::archive_check::check(&repo, &policy.source.url).await {
+                    Ok(found) => {
+                        let gaps = found
+                            .backups
+                            .iter()
+                            .filter(|b| !b.missing.is_empty())
+                            .count();
+                        if gaps > 0 {
+                            tracing::warn!(policy = %policy.name, gaps, "WAL archive has gaps: point-in-time recovery from some base backups stops early");
+                        }
+                        update(&status, |s| {
+                            s.wal_archive_gaps = Some(gaps as u64);
+                            match &found.archiver {
+                                Ok(a) => {
+                                    s.wal_archiver_failing = Some(a.failing());
+                                    s.wal_archive_lag_seconds = a.last_archived_at.map(|t| {
+                                        (Utc::now() - t).num_milliseconds() as f64 / 1000.0
+                                    });
+                                }
+                                Err(_) => s.wal_archiver_failing = None,
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(policy = %policy.name, error = %e, "cannot check the WAL archive")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(policy = %policy.name, error = %e, "cannot open the repository to check the WAL archive")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Record a finished drill in the status.

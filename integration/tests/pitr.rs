@@ -544,6 +544,7 @@ fn the_agent_takes_physical_backups_on_their_own_schedule() {
         .arg("--policy")
         .arg(&a.policy)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--archive-check-every", "1s"])
         .env("AWS_ACCESS_KEY_ID", &a.server.access_key_id)
         .env("AWS_SECRET_ACCESS_KEY", &a.server.secret_access_key)
         .env("AWS_REGION", &a.server.region)
@@ -556,6 +557,26 @@ fn the_agent_takes_physical_backups_on_their_own_schedule() {
             pgvault_integration::metric(&m, "pgvault_physical_last_attempt_success", "app")
         }) == Some(1.0)
     });
+    pgvault_integration::wait_until("the archive lag metric", 30, || {
+        pgvault_integration::http_get(port, "/metrics")
+            .and_then(|m| pgvault_integration::metric(&m, "pgvault_wal_archive_lag_seconds", "app"))
+            .is_some()
+    });
+    let scrape = pgvault_integration::http_get(port, "/metrics").unwrap();
+    assert_eq!(
+        pgvault_integration::metric(&scrape, "pgvault_wal_archiver_failing", "app"),
+        Some(0.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        pgvault_integration::metric(&scrape, "pgvault_wal_archive_gaps", "app"),
+        Some(0.0),
+        "{scrape}"
+    );
+    assert!(
+        pgvault_integration::metric(&scrape, "pgvault_wal_archive_lag_seconds", "app").is_some(),
+        "{scrape}"
+    );
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -697,4 +718,50 @@ fn killing_wal_push_mid_upload_makes_postgres_retry_and_the_archive_ends_complet
             .arg(&dest);
         run_ok(fetch);
     }
+}
+
+#[test]
+fn a_point_in_time_restore_test_proves_it_reached_a_random_target() {
+    let drill_dir = tempfile::Builder::new()
+        .prefix("pgvault-test-drill-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(drill_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(a) = Archiving::start_with(&format!(
+        "[restore_test]\nkind = \"pitr\"\nrto_objective = \"10m\"\nwork_dir = \"{}\"\n",
+        drill_dir.path().display()
+    )) else {
+        return;
+    };
+    run_ok(a.cli(&["backup", "--kind", "physical"]));
+    for i in 0..3 {
+        a.insert(&format!("row {i}"));
+    }
+    a.switch_and_archive();
+    let out = run(a.cli(&["restore-test", "--json", "--identity", a.identity()]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{}\n{report:#}", text(&out));
+    assert_eq!(report["verdict"], "PASS");
+    let proof = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "recovery stopped exactly at the target")
+        .unwrap();
+    assert_eq!(proof["status"], "passed", "{proof}");
+    for phase in report["phases"].as_array().unwrap() {
+        assert_eq!(phase["status"], "passed", "{phase}");
+    }
+    assert!(report["rto"]["measured_seconds"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["rpo"]["measured_seconds"].as_f64().is_some(),
+        "{report:#}"
+    );
+    // The drill's server is gone and its data directory removed.
+    let left: Vec<_> = std::fs::read_dir(drill_dir.path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -711,7 +711,7 @@ fn pitr_options(
     prefetch: usize,
     policy: &Policy,
 ) -> Result<pitr::PitrOptions> {
-    let exe = std::env::current_exe().context("cannot find the pgvault executable")?;
+    let exe = pitr::pgvault_program();
     let absolute = |p: &std::path::Path| {
         std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))
     };
@@ -730,6 +730,7 @@ fn pitr_options(
         bin_dir: policy.source.bin_dir.clone(),
         download_parallelism: policy.repository.parts_in_flight,
         keep_archiving: true,
+        server_settings: Vec::new(),
     })
 }
 

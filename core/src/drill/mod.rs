@@ -24,6 +24,7 @@
 pub mod checks;
 pub mod ephemeral;
 pub mod expectation;
+pub mod point_in_time;
 pub mod render;
 pub mod report;
 pub mod rpo;
@@ -82,6 +83,7 @@ pub struct DrillOutcome {
 /// cluster, the latest backup, no objectives.
 pub fn default_config() -> RestoreTestConfig {
     RestoreTestConfig {
+        kind: crate::policy::DrillKind::Logical,
         schedule: None,
         target: DrillTargetConfig::Ephemeral,
         pick: DrillPick::Latest,
@@ -101,14 +103,20 @@ pub fn default_config() -> RestoreTestConfig {
 
 /// The phases, checks and failures recorded so far.
 #[derive(Default)]
-struct Record {
+pub(crate) struct Record {
     phases: Vec<Phase>,
     checks: Vec<CheckResult>,
     failures: Vec<String>,
 }
 
 impl Record {
-    fn phase(&mut self, name: &str, status: Status, seconds: Option<f64>, detail: String) {
+    pub(crate) fn phase(
+        &mut self,
+        name: &str,
+        status: Status,
+        seconds: Option<f64>,
+        detail: String,
+    ) {
         let counts_for_rto = matches!(name, "verify" | "restore" | "checks");
         if status == Status::Failed {
             self.failures.push(format!("{name}: {detail}"));
@@ -122,7 +130,7 @@ impl Record {
         });
     }
 
-    fn not_reached(&mut self, names: &[&str]) {
+    pub(crate) fn not_reached(&mut self, names: &[&str]) {
         for name in names {
             self.phase(
                 name,
@@ -133,7 +141,7 @@ impl Record {
         }
     }
 
-    fn check(&mut self, check: CheckResult) {
+    pub(crate) fn check(&mut self, check: CheckResult) {
         if check.status == Status::Failed {
             self.failures.push(format!(
                 "check {:?}: expected {}, got {}",
@@ -168,37 +176,18 @@ pub async fn run(
     let mut record = Record::default();
     let config = request.config;
 
-    let backups: Vec<BackupManifest> = match repo.list_backups().await {
-        Ok(all) => all
-            .into_iter()
-            .filter(|m| m.kind == BackupKind::Logical)
-            .collect(),
-        Err(e) => {
-            record.failures.push(format!("cannot list backups: {e}"));
-            Vec::new()
-        }
-    };
-    let rpo = measure_rpo(&backups, started_at, config);
-    let picked = pick_backup(&backups, &request, started_at);
-
     let mut tools = ToolVersions {
         pgvault: crate::TOOL_VERSION.to_string(),
         pg_restore: String::new(),
         host: crate::notify::host_name(),
     };
-    let mut target_info = None;
-    let tested = match picked {
-        Err(message) => {
-            record.phase("setup", Status::Failed, None, message);
-            record.not_reached(&["verify", "restore", "checks"]);
-            None
+    let (tested, target_info, rpo) = match config.kind {
+        crate::policy::DrillKind::Pitr => {
+            point_in_time::drill(repo, &request, started_at, &mut record, &mut tools, cancel)
+                .await?
         }
-        Ok((manifest, how)) => {
-            let tested = tested_backup(&manifest, how);
-            target_info =
-                restore_and_check(repo, &request, &manifest, &mut record, &mut tools, cancel)
-                    .await?;
-            Some(tested)
+        crate::policy::DrillKind::Logical => {
+            logical_drill(repo, &request, started_at, &mut record, &mut tools, cancel).await?
         }
     };
 
@@ -280,7 +269,41 @@ pub async fn run(
     })
 }
 
-fn seconds_of(d: chrono::Duration) -> f64 {
+/// The logical drill: pick a dump, restore it, check it.
+async fn logical_drill(
+    repo: &Repository,
+    request: &DrillRequest<'_>,
+    started_at: chrono::DateTime<Utc>,
+    record: &mut Record,
+    tools: &mut ToolVersions,
+    cancel: &CancellationToken,
+) -> Result<(Option<TestedBackup>, Option<DrillTarget>, Option<RpoResult>)> {
+    let backups: Vec<BackupManifest> = match repo.list_backups().await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|m| m.kind == BackupKind::Logical)
+            .collect(),
+        Err(e) => {
+            record.failures.push(format!("cannot list backups: {e}"));
+            Vec::new()
+        }
+    };
+    let rpo = measure_rpo(&backups, started_at, request.config);
+    match pick_backup(&backups, request, started_at) {
+        Err(message) => {
+            record.phase("setup", Status::Failed, None, message);
+            record.not_reached(&["verify", "restore", "checks"]);
+            Ok((None, None, rpo))
+        }
+        Ok((manifest, how)) => {
+            let tested = tested_backup(&manifest, how);
+            let target = restore_and_check(repo, request, &manifest, record, tools, cancel).await?;
+            Ok((Some(tested), target, rpo))
+        }
+    }
+}
+
+pub(crate) fn seconds_of(d: chrono::Duration) -> f64 {
     d.num_milliseconds() as f64 / 1000.0
 }
 
@@ -369,8 +392,11 @@ fn span_text(d: chrono::Duration) -> String {
     }
 }
 
-fn tested_backup(m: &BackupManifest, picked: String) -> TestedBackup {
-    let dump = m.object(object::DUMP).ok();
+pub(crate) fn tested_backup(m: &BackupManifest, picked: String) -> TestedBackup {
+    let dump = m
+        .object(object::DUMP)
+        .or_else(|_| m.object(object::BASE))
+        .ok();
     TestedBackup {
         id: m.id.clone(),
         picked,

@@ -1,0 +1,425 @@
+//! Point-in-time restore drills (`[restore_test] kind = "pitr"`): restore the cluster to a
+//! random moment between the oldest base backup and the newest archived WAL, and prove
+//! the moment was reached.
+//!
+//! The proof needs nothing written into the source: when PostgreSQL stops at a
+//! `recovery_target_time` it logs the first commit it did *not* apply (`recovery
+//! stopping before commit of transaction …, time T1`) and the last one it did (`last
+//! completed transaction was at log time T0`). The drill passes this check only when
+//! `T0 <= target < T1`: every transaction up to the target is there and none after it.
+//!
+//! Phases: `setup` (server binaries, a private data directory), `verify` (plan: base
+//! backup and continuous WAL; extract with every digest checked), `restore` (start the
+//! server and replay to the target), `checks` (the proof), `cleanup` (stop, remove).
+//! The RPO of point-in-time recovery is the archive lag: the time since the source last
+//! archived a segment.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use super::report::{
+    CheckResult, DrillTarget, ObjectiveResult, RpoResult, Status, TestedBackup, ToolVersions,
+};
+use super::{seconds_of, tested_backup, DrillRequest, Record};
+use crate::error::{Error, Result};
+use crate::pitr::{self, PitrOptions, RecoveryAction, RecoveryTarget};
+use crate::repository::{BackupKind, BackupManifest, Repository};
+use crate::wal::shell_quote;
+
+/// A log line's timestamp after `marker` (`… time 2026-11-28 06:37:39.220544+00`).
+fn time_after(line: &str, marker: &str) -> Option<DateTime<Utc>> {
+    let rest = line.split(marker).nth(1)?.trim();
+    pitr::parse_target_time(rest.trim_end_matches(|c: char| !c.is_ascii_digit())).ok()
+}
+
+/// The proof that replay stopped exactly at `target`, from the server's log lines.
+pub fn prove_target(target: DateTime<Utc>, reached: &[String]) -> CheckResult {
+    let stopped = reached
+        .iter()
+        .find(|l| l.contains("recovery stopping before commit"))
+        .and_then(|l| time_after(l, ", time "));
+    let last = reached
+        .iter()
+        .find(|l| l.contains("last completed transaction was at log time"))
+        .and_then(|l| time_after(l, "log time "));
+    let passed = matches!((last, stopped), (Some(l), Some(s)) if l <= target && target < s);
+    let show = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.format("%H:%M:%S%.6f").to_string())
+            .unwrap_or_else(|| "not logged".into())
+    };
+    CheckResult {
+        kind: "builtin".into(),
+        name: "recovery stopped exactly at the target".into(),
+        expected: format!(
+            "last applied commit <= {} < first skipped commit",
+            target.format("%H:%M:%S%.6f")
+        ),
+        actual: format!(
+            "last applied {}, first skipped {}",
+            show(last),
+            show(stopped)
+        ),
+        status: if passed {
+            Status::Passed
+        } else {
+            Status::Failed
+        },
+    }
+}
+
+/// Run the point-in-time drill. Returns what the report needs besides the record.
+pub(crate) async fn drill(
+    repo: &Repository,
+    request: &DrillRequest<'_>,
+    started_at: DateTime<Utc>,
+    record: &mut Record,
+    tools: &mut ToolVersions,
+    cancel: &CancellationToken,
+) -> Result<(Option<TestedBackup>, Option<DrillTarget>, Option<RpoResult>)> {
+    let config = request.config;
+    let physical: Vec<BackupManifest> = repo
+        .list_backups()
+        .await?
+        .into_iter()
+        .filter(|m| m.kind == BackupKind::Physical)
+        .collect();
+    let archiver = crate::archive_check::check(repo, &request.policy.source.url)
+        .await
+        .ok()
+        .and_then(|c| c.archiver.ok());
+    let last_archived = archiver.as_ref().and_then(|a| a.last_archived_at);
+    let rpo = last_archived.map(|t| {
+        let lag = seconds_of(started_at - t);
+        RpoResult {
+            objective: ObjectiveResult::new(Some(lag), config.rpo_objective.map(seconds_of)),
+            data_age_seconds: lag,
+            worst_gap_seconds: lag,
+            worst_gap_from: Some(t),
+            worst_gap_to: Some(started_at),
+            window_seconds: 0.0,
+            backups_in_window: physical.len(),
+        }
+    });
+    let Some(oldest) = physical.iter().map(|m| m.consistent_at).min() else {
+        record.phase(
+            "setup",
+            Status::Failed,
+            None,
+            format!(
+                "policy {} has no physical base backup to test",
+                request.policy.name
+            ),
+        );
+        record.not_reached(&["verify", "restore", "checks"]);
+        return Ok((None, None, rpo));
+    };
+    // A target needs a commit after it in the archive, or recovery ends before reaching
+    // it. The drill makes one (an empty transaction), closes its WAL segment and waits
+    // until it is archived; without access to the source it falls back to the newest
+    // archived segment's time.
+    let anchor = anchor_commit(&request.policy.source.url).await;
+    if let Err(e) = &anchor {
+        tracing::warn!(error = %e, "cannot write an anchor commit on the source; the drill's target may lie past the archived WAL");
+    }
+    let newest = anchor
+        .ok()
+        .or(last_archived)
+        .unwrap_or(started_at)
+        .max(oldest);
+    let span_ms = (newest - oldest).num_milliseconds().max(0);
+    let target = oldest + chrono::Duration::milliseconds(rand::thread_rng().gen_range(0..=span_ms));
+
+    let setup_started = Instant::now();
+    let work = match work_dir(config.work_dir.as_deref()) {
+        Ok(w) => w,
+        Err(e) => {
+            record.phase(
+                "setup",
+                Status::Failed,
+                Some(setup_started.elapsed().as_secs_f64()),
+                e.to_string(),
+            );
+            record.not_reached(&["verify", "restore", "checks"]);
+            return Ok((None, None, rpo));
+        }
+    };
+    let pgdata = work.path().join("data");
+    let port = free_port()?;
+    record.phase(
+        "setup",
+        Status::Passed,
+        Some(setup_started.elapsed().as_secs_f64()),
+        format!(
+            "data directory {}, target time {}",
+            pgdata.display(),
+            target.format("%Y-%m-%d %H:%M:%S%.6f UTC")
+        ),
+    );
+
+    let verify_started = Instant::now();
+    let planned = pitr::plan(
+        repo,
+        RecoveryTarget::Time(target),
+        &pgdata,
+        request.identities,
+    )
+    .await;
+    let plan = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            record.phase(
+                "verify",
+                Status::Failed,
+                Some(verify_started.elapsed().as_secs_f64()),
+                e.to_string(),
+            );
+            record.not_reached(&["restore", "checks"]);
+            return Ok((None, None, rpo));
+        }
+    };
+    let tested = tested_backup(
+        &plan.base,
+        format!(
+            "newest base backup before {}",
+            target.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+    );
+    let restore_command = format!(
+        "{} wal-fetch --policy {} --identity {} --prefetch 4 %f %p",
+        shell_quote(&pitr::pgvault_program().display().to_string()),
+        shell_quote(&absolute(&request.policy.path).display().to_string()),
+        shell_quote(&absolute(request.identities.path()).display().to_string()),
+    );
+    let options = PitrOptions {
+        force: false,
+        action: RecoveryAction::Promote,
+        restore_command,
+        start: true,
+        port: Some(port),
+        bin_dir: config.bin_dir.clone(),
+        download_parallelism: request.policy.repository.parts_in_flight,
+        keep_archiving: false,
+        server_settings: vec![
+            "listen_addresses=127.0.0.1".into(),
+            format!("unix_socket_directories={}", work.path().display()),
+        ],
+    };
+    let target_info = DrillTarget {
+        kind: "ephemeral".into(),
+        server: format!("127.0.0.1:{port}"),
+        database: "(whole cluster)".into(),
+        server_version: plan.base.server_version.clone(),
+        kept: false,
+    };
+    tools.pg_restore = format!("pg_basebackup archive of {}", plan.base.dump_tool_version);
+    let executed = tokio::select! {
+        r = pitr::execute(repo, &plan, request.identities, &options, request.progress.clone()) => r,
+        _ = cancel.cancelled() => Err(Error::Cancelled),
+    };
+    let verify_wall = verify_started.elapsed().as_secs_f64();
+    let major = (plan.base.server_version_num / 10000) as u32;
+    let outcome = match executed {
+        Err(Error::Cancelled) => {
+            let _ = pitr::stop_server(&pgdata, major, config.bin_dir.as_deref());
+            return Err(Error::Cancelled);
+        }
+        Err(e) => {
+            // Extraction and replay run in one call: the log tells how far it got.
+            let replaying = pgdata.join("recovery.signal").exists();
+            if replaying {
+                record.phase(
+                    "verify",
+                    Status::Passed,
+                    None,
+                    "base backup extracted and verified".into(),
+                );
+                record.phase("restore", Status::Failed, Some(verify_wall), e.to_string());
+            } else {
+                record.phase("verify", Status::Failed, Some(verify_wall), e.to_string());
+                record.not_reached(&["restore"]);
+            }
+            record.not_reached(&["checks"]);
+            None
+        }
+        Ok(report) => {
+            record.check(CheckResult {
+                kind: "builtin".into(),
+                name: "WAL continuous from the base backup to the target".into(),
+                expected: format!("{} segment(s) archived", plan.segments.len()),
+                actual: format!("{} segment(s) present", plan.segments.len()),
+                status: Status::Passed,
+            });
+            record.phase(
+                "verify",
+                Status::Passed,
+                Some(verify_wall - report.replay_seconds.unwrap_or(0.0)),
+                format!(
+                    "base backup {} extracted with every digest checked; {} WAL segment(s) planned",
+                    plan.base.id,
+                    plan.segments.len()
+                ),
+            );
+            record.phase(
+                "restore",
+                Status::Passed,
+                report.replay_seconds,
+                format!(
+                    "replayed WAL to {} and promoted",
+                    target.format("%H:%M:%S%.6f")
+                ),
+            );
+            Some(report)
+        }
+    };
+    if let Some(report) = outcome {
+        let checks_started = Instant::now();
+        let proof = prove_target(target, &report.reached);
+        let passed = proof.status == Status::Passed;
+        record.check(proof);
+        record.phase(
+            "checks",
+            if passed {
+                Status::Passed
+            } else {
+                Status::Failed
+            },
+            Some(checks_started.elapsed().as_secs_f64()),
+            if passed {
+                "the target was reached exactly".into()
+            } else {
+                "the server log does not prove the target".into()
+            },
+        );
+    }
+    let cleanup_started = Instant::now();
+    let stopped = pitr::stop_server(&pgdata, major, config.bin_dir.as_deref());
+    drop(work);
+    match stopped {
+        Ok(()) => record.phase(
+            "cleanup",
+            Status::Passed,
+            Some(cleanup_started.elapsed().as_secs_f64()),
+            "server stopped, data directory removed".into(),
+        ),
+        Err(e) if !pgdata.exists() => record.phase(
+            "cleanup",
+            Status::Passed,
+            Some(cleanup_started.elapsed().as_secs_f64()),
+            format!("data directory removed ({e})"),
+        ),
+        Err(e) => record.phase(
+            "cleanup",
+            Status::Failed,
+            Some(cleanup_started.elapsed().as_secs_f64()),
+            e.to_string(),
+        ),
+    }
+    Ok((Some(tested), Some(target_info), rpo))
+}
+
+/// Commit an empty transaction on the source, switch WAL and wait (up to 5 minutes)
+/// until the segment is archived. Returns a time just before that commit.
+async fn anchor_commit(source_url: &str) -> Result<DateTime<Utc>> {
+    let client = crate::postgres::ConnTarget::parse(source_url)?
+        .connect()
+        .await?;
+    let before: DateTime<Utc> = client
+        .query_one("select clock_timestamp()", &[])
+        .await
+        .map_err(|e| Error::pg("cannot read the source's clock", e))?
+        .get(0);
+    client
+        .batch_execute("begin; select txid_current(); commit")
+        .await
+        .map_err(|e| Error::pg("cannot commit the drill's anchor transaction", e))?;
+    let segment: String = client
+        .query_one("select pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .map_err(|e| {
+            Error::pg(
+                "cannot switch WAL (pg_switch_wal needs a superuser or a grant)",
+                e,
+            )
+        })?
+        .get(0);
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let archived: bool = client
+            .query_one(
+                "select coalesce(last_archived_wal >= $1, false) from pg_stat_archiver",
+                &[&segment],
+            )
+            .await
+            .map_err(|e| Error::pg("cannot read pg_stat_archiver", e))?
+            .get(0);
+        if archived {
+            return Ok(before);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Invalid(format!(
+                "WAL segment {segment} was not archived within 5 minutes"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn work_dir(parent: Option<&std::path::Path>) -> Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("pgvault-pitr-drill-");
+    let dir = match parent {
+        Some(p) => builder.tempdir_in(p),
+        None => builder.tempdir(),
+    }
+    .map_err(|e| Error::io("cannot create the drill's data directory", e))?;
+    crate::drill::ephemeral::server_user(dir.path())?;
+    Ok(dir)
+}
+
+fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::io("cannot find a free port", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn lines(stop: &str, last: &str) -> Vec<String> {
+        vec![
+            format!("2026-11-28 06:37:49.708 UTC [1] LOG:  recovery stopping before commit of transaction 738, time {stop}"),
+            format!("2026-11-28 06:37:49.708 UTC [1] LOG:  last completed transaction was at log time {last}"),
+        ]
+    }
+
+    #[test]
+    fn the_target_is_proven_only_between_the_two_commits() {
+        let target = Utc.with_ymd_and_hms(2026, 11, 28, 6, 37, 38).unwrap();
+        let ok = prove_target(
+            target,
+            &lines(
+                "2026-11-28 06:37:39.220544+00",
+                "2026-11-28 06:37:37.119025+00",
+            ),
+        );
+        assert_eq!(ok.status, Status::Passed, "{ok:?}");
+        let late = prove_target(
+            target,
+            &lines("2026-11-28 06:37:39.2+00", "2026-11-28 06:37:38.5+00"),
+        );
+        assert_eq!(late.status, Status::Failed);
+        let silent = prove_target(target, &[]);
+        assert_eq!(silent.status, Status::Failed);
+        assert!(silent.actual.contains("not logged"));
+    }
+}
