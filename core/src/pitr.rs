@@ -51,6 +51,40 @@ impl fmt::Display for RecoveryTarget {
     }
 }
 
+/// Which timeline recovery follows (`recovery_target_timeline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimelineChoice {
+    /// The newest timeline descending from the base backup's (PostgreSQL's default).
+    Latest,
+    /// The base backup's own timeline: ignores later promotions, e.g. of restored copies.
+    Current,
+    /// This timeline (it must descend from the base backup's).
+    Id(u32),
+}
+
+impl TimelineChoice {
+    /// Parse `latest`, `current` or a timeline number.
+    pub fn parse(text: &str) -> Result<TimelineChoice> {
+        match text {
+            "latest" => Ok(TimelineChoice::Latest),
+            "current" => Ok(TimelineChoice::Current),
+            n => n.parse().map(TimelineChoice::Id).map_err(|_| {
+                Error::Invalid(format!(
+                    "--target-timeline {n:?} is not latest, current or a timeline number"
+                ))
+            }),
+        }
+    }
+
+    fn setting(self, base_timeline: u32) -> String {
+        match self {
+            TimelineChoice::Latest => "latest".into(),
+            TimelineChoice::Current => base_timeline.to_string(),
+            TimelineChoice::Id(n) => n.to_string(),
+        }
+    }
+}
+
 /// What the server does when recovery reaches the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryAction {
@@ -94,6 +128,8 @@ pub struct PitrPlan {
     pub target: RecoveryTarget,
     /// The timeline recovery ends on.
     pub timeline: u32,
+    /// How that timeline was chosen.
+    pub timeline_choice: TimelineChoice,
     /// Segments replay needs, in order (all present in the archive).
     pub segments: Vec<String>,
     /// Their stored bytes.
@@ -158,6 +194,7 @@ fn entries_in(dir: &Path) -> Result<usize> {
 pub async fn plan(
     repo: &Repository,
     target: RecoveryTarget,
+    timeline_choice: TimelineChoice,
     pgdata: &Path,
     identities: &Identities,
 ) -> Result<PitrPlan> {
@@ -173,13 +210,26 @@ pub async fn plan(
     let archive = wal::list_archive(repo).await?;
 
     // Follow the newest timeline that descends from the backup's (as
-    // recovery_target_timeline = 'latest' does).
+    // recovery_target_timeline = 'latest' does), or the one asked for.
     let mut timeline = physical.timeline;
     let mut switches = Vec::new();
     let mut histories: Vec<&ArchivedWal> = archive
         .iter()
         .filter(|a| a.file.kind == WalFileKind::History && a.file.timeline > physical.timeline)
+        .filter(|a| match timeline_choice {
+            TimelineChoice::Latest => true,
+            TimelineChoice::Current => false,
+            TimelineChoice::Id(n) => a.file.timeline == n,
+        })
         .collect();
+    if let TimelineChoice::Id(n) = timeline_choice {
+        if n != physical.timeline && histories.is_empty() {
+            return Err(Error::Invalid(format!(
+                "timeline {n} has no history file in the archive; it does not descend from base backup {} (timeline {})",
+                base.id, physical.timeline
+            )));
+        }
+    }
     histories.sort_by_key(|a| std::cmp::Reverse(a.file.timeline));
     for history in histories {
         let stored = repo.storage().get(&history.key).await?;
@@ -254,6 +304,7 @@ pub async fn plan(
     Ok(PitrPlan {
         pgdata_entries: entries_in(pgdata)?,
         pgdata: pgdata.to_path_buf(),
+        timeline_choice,
         base,
         physical,
         target,
@@ -500,7 +551,10 @@ fn write_recovery_settings(plan: &PitrPlan, options: &PitrOptions) -> Result<()>
             plan.base.id
         ),
         format!("restore_command = {}", quote(&options.restore_command)),
-        "recovery_target_timeline = 'latest'".to_string(),
+        format!(
+            "recovery_target_timeline = {}",
+            quote(&plan.timeline_choice.setting(plan.physical.timeline))
+        ),
     ];
     match &plan.target {
         RecoveryTarget::Time(t) => lines.push(format!(
@@ -567,9 +621,31 @@ async fn start_and_wait(
         cmd.arg("-o").arg(server_options.join(" "));
     }
     let pg_ctl = tokio::task::spawn_blocking(move || crate::postgres::run_tool("pg_ctl", cmd));
-    pg_ctl
+    let started = pg_ctl
         .await
-        .map_err(|e| Error::Invalid(format!("pg_ctl worker failed: {e}")))??;
+        .map_err(|e| Error::Invalid(format!("pg_ctl worker failed: {e}")))?;
+    if let Err(e) = started {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let fatal = text
+            .lines()
+            .find(|l| l.contains("FATAL:"))
+            .map(|l| l.trim().to_string())
+            .unwrap_or_else(|| e.to_string());
+        let hint = if fatal.contains("recovery ended before")
+            && plan.timeline != plan.physical.timeline
+        {
+            format!(
+                " (replay followed timeline {}, which may have no transaction after the target: try --target-timeline current)",
+                plan.timeline
+            )
+        } else {
+            String::new()
+        };
+        return Err(Error::Invalid(format!(
+            "recovery failed: {fatal}{hint}; the server log is {}",
+            log.display()
+        )));
+    }
     let done = match options.action {
         _ if plan.target == RecoveryTarget::Latest => {
             "database system is ready to accept connections"

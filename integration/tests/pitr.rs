@@ -221,9 +221,31 @@ fn restore_to_a_time_an_lsn_and_a_named_point_gives_exactly_the_rows_before_it()
         source: &a.source,
         dir: dir.clone(),
     };
-    let (out, port) = a.restore(&dir, &["--to-lsn", &lsn_after_a]);
+    let (out, port) = a.restore(
+        &dir,
+        &["--to-lsn", &lsn_after_a, "--target-action", "pause"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(a.notes_at(port), ["before backup", "a"]);
+    // Paused in recovery, for inspection.
+    let paused = Command::new(a.source.tool("psql"))
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-c")
+        .arg("select pg_get_wal_replay_pause_state()")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&paused.stdout).trim(), "paused");
 
     let dir = a.work.path().join("to-name");
     let _guard = Restored {
@@ -764,4 +786,68 @@ fn a_point_in_time_restore_test_proves_it_reached_a_random_target() {
         .flatten()
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn physical_backups_refuse_extra_tablespaces_by_name_and_need_archiving() {
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
+    let work = tempfile::Builder::new()
+        .prefix("pgvault-test-ts-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = keygen(work.path(), "ops");
+    let repo = work.path().join("repo");
+    let policy = write_policy(
+        work.path(),
+        "app",
+        &source.url("postgres"),
+        &RepoSpec::Filesystem(&repo),
+        &key.recipient,
+        "",
+    );
+    let backup = || {
+        let mut cmd = pgvault(None);
+        cmd.args(["backup", "--kind", "physical", "--policy"])
+            .arg(&policy);
+        run(cmd)
+    };
+    let out = backup();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("archive_mode is off"), "{}", text(&out));
+
+    source.configure_and_restart(&[("archive_mode", "on"), ("archive_command", "/bin/true")]);
+    let location = work.path().join("fast_disk");
+    std::fs::create_dir(&location).unwrap();
+    if is_root() {
+        assert!(Command::new("chown")
+            .arg("postgres:")
+            .arg(&location)
+            .status()
+            .unwrap()
+            .success());
+    }
+    source.psql(
+        "postgres",
+        &format!(
+            "create tablespace fast_disk location '{}'",
+            location.display()
+        ),
+    );
+    let out = backup();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("tablespaces outside the data directory (fast_disk)"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !repo.join("app/backups").exists()
+            || std::fs::read_dir(repo.join("app/backups"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
 }

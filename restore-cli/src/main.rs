@@ -193,6 +193,11 @@ enum Command {
         /// Recover to the end of the archived WAL.
         #[arg(long, requires = "pgdata", group = "point")]
         to_latest: bool,
+        /// Timeline to recover along: latest (PostgreSQL's default: follows promotions,
+        /// including those of restored copies that archive into the policy), current
+        /// (the base backup's), or a number.
+        #[arg(long, default_value = "latest", requires = "pgdata")]
+        target_timeline: String,
         /// What the server does at the target: promote, pause or shutdown.
         #[arg(long, default_value = "promote", requires = "pgdata")]
         target_action: String,
@@ -632,6 +637,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             to_name,
             to_latest,
             target_action,
+            target_timeline,
             start,
             port,
             prefetch,
@@ -665,7 +671,11 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                     &policy,
                 )?;
                 options.keep_archiving = archive_mode == "preserve";
-                return run_pitr(&policy, point, &pgdata, &identity, options, dry_run).await;
+                let timeline = pitr::TimelineChoice::parse(&target_timeline)?;
+                return run_pitr(
+                    &policy, point, timeline, &pgdata, &identity, options, dry_run,
+                )
+                .await;
             }
             let target = target.context("--target or --pgdata is required")?;
             let repo = open_repository(&policy).await?;
@@ -737,6 +747,7 @@ fn pitr_options(
 async fn run_pitr(
     policy: &Policy,
     point: pitr::RecoveryTarget,
+    timeline: pitr::TimelineChoice,
     pgdata: &std::path::Path,
     identity: &std::path::Path,
     options: pitr::PitrOptions,
@@ -744,7 +755,7 @@ async fn run_pitr(
 ) -> Result<u8> {
     let identities = Identities::load(identity)?;
     let repo = open_repository(policy).await?;
-    let plan = pitr::plan(&repo, point, pgdata, &identities)
+    let plan = pitr::plan(&repo, point, timeline, pgdata, &identities)
         .await
         .context("cannot plan the point-in-time restore")?;
     print!("{plan}");

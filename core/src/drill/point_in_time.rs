@@ -160,9 +160,12 @@ pub(crate) async fn drill(
     );
 
     let verify_started = Instant::now();
+    // The base backup's own timeline: the drill tests the source's history, not a
+    // timeline some restored copy started.
     let planned = pitr::plan(
         repo,
         RecoveryTarget::Time(target),
+        pitr::TimelineChoice::Current,
         &pgdata,
         request.identities,
     )
