@@ -34,6 +34,7 @@ fn every_example_policy_parses() {
     assert_eq!(prod.recipients.len(), 2);
     assert!(prod.source.url.contains("example-only"));
     assert!(prod.schedule.is_some() && prod.retention.is_some() && prod.notify.is_some());
+    assert!(prod.schedule.as_ref().unwrap().physical.is_some());
     let drill = prod.restore_test.clone().unwrap();
     assert!(drill.schedule.is_some() && drill.identity_file.is_some());
     assert_eq!(drill.checks.len(), 2);
