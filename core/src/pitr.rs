@@ -11,7 +11,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -596,14 +595,7 @@ async fn start_and_wait(
     let major = (plan.base.server_version_num / 10000) as u32;
     let bin = crate::drill::ephemeral::ServerBinaries::discover(options.bin_dir.as_deref(), major)?;
     let log = plan.pgdata.join("pgvault-recovery.log");
-    let mut cmd = match owner {
-        Some(user) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", user, "--"]).arg(bin.tool_path("pg_ctl"));
-            c
-        }
-        None => Command::new(bin.tool_path("pg_ctl")),
-    };
+    let mut cmd = bin.command_as("pg_ctl", owner);
     cmd.arg("-D")
         .arg(&plan.pgdata)
         .arg("-l")
@@ -701,14 +693,7 @@ pub fn stop_server(pgdata: &Path, major: u32, bin_dir: Option<&Path>) -> Result<
     } else {
         None
     };
-    let mut cmd = match owner {
-        Some(user) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", user, "--"]).arg(bin.tool_path("pg_ctl"));
-            c
-        }
-        None => Command::new(bin.tool_path("pg_ctl")),
-    };
+    let mut cmd = bin.command_as("pg_ctl", owner);
     cmd.arg("-D")
         .arg(pgdata)
         .args(["-m", "immediate", "-w", "stop"]);

@@ -66,9 +66,17 @@ impl ServerBinaries {
         self.dir.join(name)
     }
 
-    /// Path of a server program (`pg_ctl`, `initdb`) in this installation.
-    pub fn tool_path(&self, name: &str) -> PathBuf {
-        self.tool(name)
+    /// A command running a server program of this installation as `user` (through
+    /// `runuser`, when pgvault runs as root) or as the current user.
+    pub fn command_as(&self, name: &str, user: Option<&str>) -> Command {
+        match user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(self.tool(name));
+                c
+            }
+            None => Command::new(self.tool(name)),
+        }
     }
 }
 
@@ -244,15 +252,7 @@ impl EphemeralCluster {
     }
 
     fn command(&self, tool: &str) -> Command {
-        let program = self.bin.tool(tool);
-        let mut cmd = match &self.run_as {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(program);
-                c
-            }
-            None => Command::new(program),
-        };
+        let mut cmd = self.bin.command_as(tool, self.run_as.as_deref());
         cmd.current_dir(self.dir.path()).stdin(Stdio::null());
         cmd
     }
@@ -299,7 +299,8 @@ pub(crate) fn chown_to(path: &Path, user: Option<&str>) -> Result<()> {
     })
 }
 
-fn free_port() -> Result<u16> {
+/// A free TCP port on loopback.
+pub(crate) fn free_port() -> Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -130,6 +130,12 @@ impl Record {
         });
     }
 
+    /// Setup failed: nothing else ran.
+    pub(crate) fn setup_failed(&mut self, seconds: Option<f64>, detail: String) {
+        self.phase("setup", Status::Failed, seconds, detail);
+        self.not_reached(&["verify", "restore", "checks"]);
+    }
+
     pub(crate) fn not_reached(&mut self, names: &[&str]) {
         for name in names {
             self.phase(
@@ -291,8 +297,7 @@ async fn logical_drill(
     let rpo = measure_rpo(&backups, started_at, request.config);
     match pick_backup(&backups, request, started_at) {
         Err(message) => {
-            record.phase("setup", Status::Failed, None, message);
-            record.not_reached(&["verify", "restore", "checks"]);
+            record.setup_failed(None, message);
             Ok((None, None, rpo))
         }
         Ok((manifest, how)) => {
@@ -523,13 +528,7 @@ async fn restore_and_check(
             t
         }
         Err(e) => {
-            record.phase(
-                "setup",
-                Status::Failed,
-                Some(setup_started.elapsed().as_secs_f64()),
-                e.to_string(),
-            );
-            record.not_reached(&["verify", "restore", "checks"]);
+            record.setup_failed(Some(setup_started.elapsed().as_secs_f64()), e.to_string());
             return Ok(None);
         }
     };

@@ -104,16 +104,13 @@ pub(crate) async fn drill(
         }
     });
     let Some(oldest) = physical.iter().map(|m| m.consistent_at).min() else {
-        record.phase(
-            "setup",
-            Status::Failed,
+        record.setup_failed(
             None,
             format!(
                 "policy {} has no physical base backup to test",
                 request.policy.name
             ),
         );
-        record.not_reached(&["verify", "restore", "checks"]);
         return Ok((None, None, rpo));
     };
     // A target needs a commit after it in the archive, or recovery ends before reaching
@@ -136,18 +133,12 @@ pub(crate) async fn drill(
     let work = match work_dir(config.work_dir.as_deref()) {
         Ok(w) => w,
         Err(e) => {
-            record.phase(
-                "setup",
-                Status::Failed,
-                Some(setup_started.elapsed().as_secs_f64()),
-                e.to_string(),
-            );
-            record.not_reached(&["verify", "restore", "checks"]);
+            record.setup_failed(Some(setup_started.elapsed().as_secs_f64()), e.to_string());
             return Ok((None, None, rpo));
         }
     };
     let pgdata = work.path().join("data");
-    let port = free_port()?;
+    let port = crate::drill::ephemeral::free_port()?;
     record.phase(
         "setup",
         Status::Passed,
@@ -384,13 +375,6 @@ fn work_dir(parent: Option<&std::path::Path>) -> Result<tempfile::TempDir> {
     .map_err(|e| Error::io("cannot create the drill's data directory", e))?;
     crate::drill::ephemeral::server_user(dir.path())?;
     Ok(dir)
-}
-
-fn free_port() -> Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| Error::io("cannot find a free port", e))
 }
 
 #[cfg(test)]
