@@ -201,7 +201,10 @@ fn restore_to_a_time_an_lsn_and_a_named_point_gives_exactly_the_rows_before_it()
         .source
         .psql("postgres", "select pg_current_wal_insert_lsn()");
     let time_after_a = a.source.psql("postgres", "select clock_timestamp()");
-    a.insert("b");
+    let xid_of_b = a.source.psql(
+        "postgres",
+        "with i as (insert into ev (note) values ('b') returning 1) select txid_current() from i",
+    );
     a.source
         .psql("postgres", "select pg_create_restore_point('after b')");
     a.insert("c");
@@ -243,6 +246,27 @@ fn restore_to_a_time_an_lsn_and_a_named_point_gives_exactly_the_rows_before_it()
     };
     // An inspection copy that must not archive into the policy.
     let (out, port) = a.restore(&dir, &["--to-name", "after b", "--archive-mode", "off"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(a.notes_at(port), ["before backup", "a", "b"]);
+
+    // "b" committed on timeline 1 after the first restore's promotion branched off:
+    // follow the base backup's own timeline to reach it.
+    let dir = a.work.path().join("to-xid");
+    let _guard = Restored {
+        source: &a.source,
+        dir: dir.clone(),
+    };
+    let (out, port) = a.restore(
+        &dir,
+        &[
+            "--to-xid",
+            &xid_of_b,
+            "--target-timeline",
+            "current",
+            "--archive-mode",
+            "off",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(a.notes_at(port), ["before backup", "a", "b"]);
 
@@ -783,7 +807,22 @@ fn physical_backups_refuse_extra_tablespaces_by_name_and_need_archiving() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("archive_mode is off"), "{}", text(&out));
 
-    source.configure_and_restart(&[("archive_mode", "on"), ("archive_command", "/bin/true")]);
+    let mut setup = pgvault(None);
+    setup
+        .args(["archive", "setup", "--apply", "--policy"])
+        .arg(&policy);
+    let applied = run_ok(setup);
+    assert!(
+        applied.contains("archive_mode     off -> on  (restart needed)"),
+        "{applied}"
+    );
+    source.configure_and_restart(&[]);
+    let command = source.psql("postgres", "show archive_command");
+    assert!(
+        command.contains(" wal-push --policy ") && command.ends_with(" %p"),
+        "{command}"
+    );
+    source.configure_and_restart(&[("archive_command", "/bin/true")]);
     let location = work.path().join("fast_disk");
     std::fs::create_dir(&location).unwrap();
     if is_root() {
