@@ -113,7 +113,7 @@ fn continuity(
 ) -> Result<BackupContinuity> {
     let size = p.wal_segment_size;
     let start = parse_lsn(&p.start_lsn)? / size;
-    let on_timeline: Vec<u64> = archive
+    let on_timeline: std::collections::HashSet<u64> = archive
         .iter()
         .filter(|a| a.file.kind == WalFileKind::Segment && a.file.timeline == p.timeline)
         .filter_map(|a| a.file.segno_for(size))

@@ -250,11 +250,12 @@ pub async fn plan(
         }
     }
 
-    let present = |name: &str| {
-        archive
-            .iter()
-            .find(|a| a.file.kind == WalFileKind::Segment && a.file.name == name)
-    };
+    let segments: std::collections::HashMap<&str, &ArchivedWal> = archive
+        .iter()
+        .filter(|a| a.file.kind == WalFileKind::Segment)
+        .map(|a| (a.file.name.as_str(), a))
+        .collect();
+    let present = |name: &str| segments.get(name).copied();
     let newest_on_timeline = archive
         .iter()
         .filter(|a| a.file.kind == WalFileKind::Segment && a.file.timeline == timeline)
@@ -672,10 +673,12 @@ async fn start_and_wait(
                 .collect();
             return Ok((reached, log));
         }
-        if text
+        // A postmaster that died without logging (killed) leaves no shutdown line.
+        let stopped = text
             .lines()
             .any(|l| l.contains("database system is shut down"))
-        {
+            || !plan.pgdata.join("postmaster.pid").exists();
+        if stopped {
             return Err(Error::Invalid(format!(
                 "the server stopped before recovery reached the target; see {}",
                 log.display()
