@@ -52,6 +52,35 @@ pub fn encode_settings(policy: &Policy) -> EncodeSettings {
     }
 }
 
+/// What every backup starts from: the policy's repository, a connection to its source,
+/// the server's identity, and client tools matching its version.
+pub(crate) struct SourceSession {
+    pub(crate) repo: Repository,
+    pub(crate) source: ConnTarget,
+    pub(crate) client: tokio_postgres::Client,
+    pub(crate) info: postgres::ServerInfo,
+    pub(crate) tools: PgTools,
+}
+
+impl SourceSession {
+    /// Open the repository, connect to the source and find its tools.
+    pub(crate) async fn open(policy: &Policy) -> Result<SourceSession> {
+        let storage = storage::open(&policy.repository).await?;
+        let repo = Repository::new(storage, &policy.name);
+        let source = ConnTarget::parse(&policy.source.url)?;
+        let client = source.connect().await?;
+        let info = postgres::server_info(&client).await?;
+        let tools = PgTools::discover(policy.source.bin_dir.as_deref(), info.major())?;
+        Ok(SourceSession {
+            repo,
+            source,
+            client,
+            info,
+            tools,
+        })
+    }
+}
+
 /// Take a logical backup of the policy's source database.
 ///
 /// `progress` is updated while the dump streams; `cancel` aborts the backup cleanly
@@ -61,12 +90,13 @@ pub async fn run_logical_backup(
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<BackupManifest> {
-    let storage = storage::open(&policy.repository).await?;
-    let repo = Repository::new(storage, &policy.name);
-    let source = ConnTarget::parse(&policy.source.url)?;
-    let client = source.connect().await?;
-    let info = postgres::server_info(&client).await?;
-    let tools = PgTools::discover(policy.source.bin_dir.as_deref(), info.major())?;
+    let SourceSession {
+        repo,
+        source,
+        client,
+        info,
+        tools,
+    } = SourceSession::open(policy).await?;
     let started_at = Utc::now();
     let id = repository::new_backup_id(started_at);
     tracing::info!(policy = %policy.name, backup = %id, database = %info.database, server = %info.version, "backup started");

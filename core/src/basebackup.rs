@@ -13,13 +13,12 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{build_manifest, discard_objects, encode_settings};
+use crate::backup::{build_manifest, discard_objects, encode_settings, SourceSession};
 use crate::error::{Error, Result};
 use crate::pipeline::{self, Progress};
 use crate::policy::Policy;
-use crate::postgres::{self, ChildReader, ConnTarget, PgTools};
-use crate::repository::{self, object, BackupKind, BackupManifest, PhysicalInfo, Repository};
-use crate::storage;
+use crate::postgres::ChildReader;
+use crate::repository::{self, object, BackupKind, BackupManifest, PhysicalInfo};
 use crate::wal::{self, parse_lsn};
 
 /// File name of a physical backup's tar object.
@@ -89,12 +88,13 @@ pub async fn run_physical_backup(
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<BackupManifest> {
-    let storage = storage::open(&policy.repository).await?;
-    let repo = Repository::new(storage, &policy.name);
-    let source = ConnTarget::parse(&policy.source.url)?;
-    let client = source.connect().await?;
-    let info = postgres::server_info(&client).await?;
-    let tools = PgTools::discover(policy.source.bin_dir.as_deref(), info.major())?;
+    let SourceSession {
+        repo,
+        source,
+        client,
+        info,
+        tools,
+    } = SourceSession::open(policy).await?;
 
     if info.version_num < 130000 {
         return Err(Error::Invalid(format!(

@@ -300,6 +300,21 @@ pub fn no_dump_running(cluster: &PgCluster) -> bool {
     ) == "0"
 }
 
+/// A new temporary directory (mode 0755) the PostgreSQL server's OS user can enter: for
+/// ephemeral clusters, spool files, and anything `archive_command` must read.
+pub fn server_reachable_tempdir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|e| panic!("temp dir: {e}"));
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.path().display()));
+    dir
+}
+
 /// One test's world: a source cluster whose database `app` holds the test's data, an age
 /// key, a filesystem repository, and a policy `app` tying them together.
 pub struct Fixture {

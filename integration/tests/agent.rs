@@ -287,15 +287,7 @@ fn sigterm_lets_a_running_upload_finish_within_the_grace_period() {
 
 #[test]
 fn scheduled_restore_test_notifies_a_fail_and_exports_its_figures() {
-    let drill_dir = tempfile::Builder::new()
-        .prefix("pgvault-test-drill-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        drill_dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let drill_dir = pgvault_integration::server_reachable_tempdir("pgvault-test-drill-");
     let receiver = pgvault_integration::WebhookReceiver::start();
     let Some(f) = Fixture::start(
         "create table t as select g from generate_series(1, 1000) g",

@@ -2,7 +2,6 @@
 //! (ephemeral ones it starts itself, and a staging server), and the report chain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -32,12 +31,7 @@ expect = "no rows"
 
 /// A directory the server's OS user can enter, for ephemeral clusters and spool files.
 fn drill_work_dir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("pgvault-test-drill-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
+    pgvault_integration::server_reachable_tempdir("pgvault-test-drill-")
 }
 
 /// A fixture whose policy has a `[restore_test]` section (`settings` plus `CHECKS`),

@@ -64,11 +64,7 @@ impl Archiving {
         let source = PgCluster::start()?;
         // The server's OS user runs archive_command and restore_command: it must read
         // the policy and the key, and restored data directories live here too.
-        let work = tempfile::Builder::new()
-            .prefix("pgvault-test-pitr-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let work = pgvault_integration::server_reachable_tempdir("pgvault-test-pitr-");
         let key = keygen(work.path(), "ops");
         let policy = write_policy(
             work.path(),
@@ -174,6 +170,41 @@ impl Archiving {
             .into_iter()
             .filter(|k| k.contains("app/wal/"))
             .collect()
+    }
+}
+
+/// A source cluster and a policy with a filesystem repository, in a directory the
+/// server's OS user can enter (for tests where the server runs pgvault itself).
+struct LocalPolicy {
+    source: PgCluster,
+    work: tempfile::TempDir,
+    key: TestKey,
+    repo: PathBuf,
+    policy: PathBuf,
+}
+
+impl LocalPolicy {
+    fn start(prefix: &str) -> Option<LocalPolicy> {
+        let source = PgCluster::start()?;
+        let work = pgvault_integration::server_reachable_tempdir(prefix);
+        let key = keygen(work.path(), "ops");
+        let repo = work.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        let policy = write_policy(
+            work.path(),
+            "app",
+            &source.url("postgres"),
+            &RepoSpec::Filesystem(&repo),
+            &key.recipient,
+            "",
+        );
+        Some(LocalPolicy {
+            source,
+            work,
+            key,
+            repo,
+            policy,
+        })
     }
 }
 
@@ -613,25 +644,16 @@ fn the_agent_takes_physical_backups_on_their_own_schedule() {
 
 #[test]
 fn killing_wal_push_mid_upload_makes_postgres_retry_and_the_archive_ends_complete() {
-    let Some(source) = PgCluster::start() else {
+    let Some(LocalPolicy {
+        source,
+        work,
+        key,
+        repo,
+        policy,
+    }) = LocalPolicy::start("pgvault-test-kill-")
+    else {
         return;
     };
-    let work = tempfile::Builder::new()
-        .prefix("pgvault-test-kill-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let key = keygen(work.path(), "ops");
-    let repo = work.path().join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    let policy = write_policy(
-        work.path(),
-        "app",
-        &source.url("postgres"),
-        &RepoSpec::Filesystem(&repo),
-        &key.recipient,
-        "",
-    );
     // Slow compression keeps each upload open long enough to be killed inside it.
     pgvault_integration::slow_down_compression(&policy);
     let marker = work.path().join("killed-once");
@@ -733,11 +755,7 @@ fn killing_wal_push_mid_upload_makes_postgres_retry_and_the_archive_ends_complet
 
 #[test]
 fn a_point_in_time_restore_test_proves_it_reached_a_random_target() {
-    let drill_dir = tempfile::Builder::new()
-        .prefix("pgvault-test-drill-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(drill_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let drill_dir = pgvault_integration::server_reachable_tempdir("pgvault-test-drill-");
     let Some(a) = Archiving::start_with(&format!(
         "[restore_test]\nkind = \"pitr\"\nrto_objective = \"10m\"\nwork_dir = \"{}\"\n",
         drill_dir.path().display()
@@ -779,24 +797,16 @@ fn a_point_in_time_restore_test_proves_it_reached_a_random_target() {
 
 #[test]
 fn physical_backups_refuse_extra_tablespaces_by_name_and_need_archiving() {
-    let Some(source) = PgCluster::start() else {
+    let Some(LocalPolicy {
+        source,
+        work,
+        key: _key,
+        repo,
+        policy,
+    }) = LocalPolicy::start("pgvault-test-ts-")
+    else {
         return;
     };
-    let work = tempfile::Builder::new()
-        .prefix("pgvault-test-ts-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let key = keygen(work.path(), "ops");
-    let repo = work.path().join("repo");
-    let policy = write_policy(
-        work.path(),
-        "app",
-        &source.url("postgres"),
-        &RepoSpec::Filesystem(&repo),
-        &key.recipient,
-        "",
-    );
     let backup = || {
         let mut cmd = pgvault(None);
         cmd.args(["backup", "--kind", "physical", "--policy"])
