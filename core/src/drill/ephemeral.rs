@@ -209,9 +209,13 @@ impl EphemeralCluster {
     }
 
     /// Connection URL of a database in the cluster (contains the password).
+    ///
+    /// The cluster listens on loopback only and has no certificate: the URL says
+    /// `sslmode=disable`, so a `PGSSLMODE` meant for production servers (inherited by
+    /// pgvault and by `pg_restore`) cannot make the drill demand TLS from it.
     pub fn url(&self, database: &str) -> String {
         format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{database}",
+            "postgres://postgres:{}@127.0.0.1:{}/{database}?sslmode=disable",
             self.password, self.port
         )
     }
