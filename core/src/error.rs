@@ -1,18 +1,59 @@
 //! Typed errors for everything `pgvault-core` does.
 //!
-//! Error policy:
+//! Error policy (after rustic_core's `error.rs`):
 //! - Every variant says *what* failed and carries the context a user needs to act:
 //!   which policy file and position, which backup, which stored object, which table.
-//! - Messages are one or two lines. Where the user can fix the cause, the message says how.
-//! - Secrets never appear in a message: URLs are shown with their password removed.
-//! - [`Error::is_retryable`] classifies transient failures (network, throttling) apart from
-//!   permanent ones (bad policy, corrupt object, wrong key), so callers can retry sensibly.
+//! - Messages are one line. Where the user can fix the cause, the message says how.
+//!   A library's `Debug` output never reaches a message: SDK and driver errors are
+//!   turned into a sentence where they enter pgvault (see [`describe_pg`] and the S3
+//!   backend), naming the operation, the object or host, and the cause.
+//! - Secrets never appear in a message: URLs are shown with their password removed,
+//!   and echoed policy values are shortened and checked for secret keys.
+//! - Every error has a [`ErrorKind`] (who can fix it) and knows whether it is
+//!   [permanent](Error::is_permanent): the agent and the storage layer retry only
+//!   temporary failures (network, throttling, a server that is starting up), never a
+//!   bad policy, a missing database, a rejected password or corrupt bytes.
+//! - [`Error::Context`] adds what pgvault was doing (the policy, the backup) around an
+//!   error without changing its kind.
 //! - Only the binaries use `anyhow`; the library returns these.
 
 use std::path::PathBuf;
 
 /// The result type of `pgvault-core`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Who can act on an error: it decides the wording of a report, and whether an
+/// operator, a database administrator or the storage team is the one to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Something the user gave is wrong: a policy, an argument, a key, a target.
+    UserInput,
+    /// A PostgreSQL server (the source, a restore target, a staging server) or its
+    /// client tools failed or refused.
+    Database,
+    /// The repository's storage failed or could not be reached.
+    Repository,
+    /// Stored bytes are not what was written: a digest, a size, an age authentication
+    /// or a manifest does not check out.
+    Corruption,
+    /// The operation was cancelled (Ctrl-C, SIGTERM, shutdown).
+    Cancelled,
+    /// A fault inside pgvault (a worker thread that died); a bug to report.
+    Internal,
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorKind::UserInput => "user input",
+            ErrorKind::Database => "database",
+            ErrorKind::Repository => "repository",
+            ErrorKind::Corruption => "corruption",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Internal => "internal",
+        })
+    }
+}
 
 /// Everything that can go wrong in pgvault, with the context to act on it.
 #[derive(Debug, thiserror::Error)]
@@ -40,16 +81,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// The storage backend failed an operation on an object.
-    #[error("storage {operation} of {key} failed: {message}")]
+    /// The storage backend failed an operation on an object, after its retries.
+    #[error("{operation} {key}: {message}")]
     Storage {
         /// The operation: put, get, list, delete, upload part, ...
         operation: &'static str,
-        /// The object key (or prefix) involved.
+        /// Where: the object (`s3://bucket/key`, a path) or the prefix involved.
         key: String,
-        /// The backend's description of the failure.
+        /// The cause in one line: the S3 error code or the network cause.
         message: String,
-        /// Whether trying again may succeed (network, throttling, 5xx).
+        /// Whether trying again later may succeed (network, throttling, 5xx).
         retryable: bool,
     },
 
@@ -143,14 +184,26 @@ pub enum Error {
         message: String,
     },
 
-    /// A PostgreSQL query or connection failed.
-    #[error("{context}: {source}")]
+    /// A PostgreSQL query or connection failed. The driver error is kept for its
+    /// SQLSTATE but shown only as [`describe_pg`]'s one line.
+    #[error("{context}: {}", describe_pg(cause))]
     Postgres {
-        /// What pgvault was doing, naming the database or table.
+        /// What pgvault was doing, naming the server, database or table.
         context: String,
         /// The driver error.
-        #[source]
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
+    },
+
+    /// A connection to PostgreSQL could not be set up before any query ran (TLS
+    /// settings, certificates, an unreachable host), already described in one line.
+    #[error("{context}: {message}")]
+    Connect {
+        /// Which server, as `host:port`.
+        context: String,
+        /// What went wrong and what to do.
+        message: String,
+        /// Whether trying again later may succeed (refused, timed out).
+        temporary: bool,
     },
 
     /// A PostgreSQL client tool (pg_dump, pg_restore, …) failed.
@@ -158,7 +211,7 @@ pub enum Error {
     Tool {
         /// The tool's name.
         tool: String,
-        /// Its exit status and the last lines of its stderr.
+        /// Its exit status, its first error line and the last lines of its stderr.
         message: String,
     },
 
@@ -205,15 +258,78 @@ pub enum Error {
     /// A request is invalid in a way the user can fix (bad argument, bad URL, …).
     #[error("{0}")]
     Invalid(String),
+
+    /// A fault inside pgvault, such as a worker thread that panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
+
+    /// What pgvault was doing when `source` happened (the policy, the backup).
+    #[error("{context}: {source}")]
+    Context {
+        /// What pgvault was doing.
+        context: String,
+        /// The error.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
-    /// Whether retrying the failed operation may succeed.
-    pub fn is_retryable(&self) -> bool {
+    /// Who can act on this error.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Storage { retryable, .. } => *retryable,
-            Error::Postgres { source, .. } => source.is_closed() || source.as_db_error().is_none(),
-            _ => false,
+            Error::Policy { .. }
+            | Error::Io { .. }
+            | Error::BackupNotFound { .. }
+            | Error::NoBackups { .. }
+            | Error::WrongKey { .. }
+            | Error::Identity { .. }
+            | Error::ToolNotFound { .. }
+            | Error::TargetNotEmpty { .. }
+            | Error::TargetBusy { .. }
+            | Error::NoSpace { .. }
+            | Error::Invalid(_) => ErrorKind::UserInput,
+            Error::Postgres { .. } | Error::Connect { .. } | Error::Tool { .. } => {
+                ErrorKind::Database
+            }
+            Error::Storage { .. }
+            | Error::ObjectNotFound { .. }
+            | Error::WalNotFound { .. }
+            | Error::WalConflict { .. } => ErrorKind::Repository,
+            Error::Manifest { .. } | Error::Integrity { .. } | Error::Decrypt { .. } => {
+                ErrorKind::Corruption
+            }
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::Internal(_) => ErrorKind::Internal,
+            Error::Context { source, .. } => source.kind(),
+        }
+    }
+
+    /// Whether trying the same thing again later cannot succeed. Temporary errors are
+    /// network failures, throttling, server errors and a server that is starting up or
+    /// has too many clients; everything else is permanent.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Storage { retryable, .. } => !retryable,
+            Error::Postgres { cause, .. } => !pg_is_temporary(cause),
+            Error::Connect { temporary, .. } => !temporary,
+            Error::Tool { message, .. } => !tool_failure_is_temporary(message),
+            Error::Context { source, .. } => source.is_permanent(),
+            _ => true,
+        }
+    }
+
+    /// Whether retrying the failed operation may succeed (the opposite of
+    /// [`Error::is_permanent`]).
+    pub fn is_retryable(&self) -> bool {
+        !self.is_permanent()
+    }
+
+    /// The innermost error, below every [`Error::Context`].
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Context { source, .. } => source.root(),
+            other => other,
         }
     }
 
@@ -226,10 +342,191 @@ impl Error {
     }
 
     /// Build an [`Error::Postgres`] with context.
-    pub fn pg(context: impl Into<String>, source: tokio_postgres::Error) -> Self {
+    pub fn pg(context: impl Into<String>, cause: tokio_postgres::Error) -> Self {
         Error::Postgres {
             context: context.into(),
-            source,
+            cause,
         }
+    }
+
+    /// Say what pgvault was doing around this error (kind and permanence are kept).
+    pub fn within(self, context: impl Into<String>) -> Self {
+        Error::Context {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
+}
+
+/// Adds [`Error::within`] to results, so a step can name what it was doing.
+pub trait ResultExt<T> {
+    /// Wrap an error in what pgvault was doing (computed only on error).
+    fn within<C: Into<String>>(self, context: impl FnOnce() -> C) -> Result<T>;
+}
+
+impl<T> ResultExt<T> for Result<T> {
+    fn within<C: Into<String>>(self, context: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|e| e.within(context()))
+    }
+}
+
+/// One line for a tokio-postgres error, never its `Debug`: the server's own words for
+/// errors the server sent (`FATAL: database "x" does not exist`), the network cause for
+/// connection failures (`connection refused`), and the TLS cause for handshakes.
+pub fn describe_pg(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut line = format!("{}: {}", db.severity(), db.message());
+        if let Some(detail) = db.detail() {
+            line.push_str(&format!(" ({})", one_line(detail)));
+        }
+        if let Some(hint) = db.hint() {
+            line.push_str(&format!("; hint: {}", one_line(hint)));
+        }
+        return line;
+    }
+    if e.is_closed() {
+        return "the server closed the connection".into();
+    }
+    // Walk the causes for the innermost readable one: an io error names the network
+    // cause, a TLS error the certificate problem.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut innermost = None;
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return describe_io(io);
+        }
+        innermost = Some(c);
+        cause = c.source();
+    }
+    let top = e.to_string();
+    match innermost {
+        Some(inner) => format!("{}: {}", top, one_line(&inner.to_string())),
+        None => top,
+    }
+}
+
+/// The network cause of an io error in a few words (`connection refused`).
+pub fn describe_io(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused".into(),
+        K::ConnectionReset => "connection reset by peer".into(),
+        K::ConnectionAborted => "connection aborted".into(),
+        K::TimedOut => "timed out".into(),
+        K::UnexpectedEof => "the connection closed unexpectedly".into(),
+        K::BrokenPipe => "the connection broke (broken pipe)".into(),
+        K::AddrNotAvailable => "address not available".into(),
+        K::NotFound => format!("not found ({})", one_line(&e.to_string())),
+        _ => one_line(&e.to_string()),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether a tokio-postgres error may go away on its own: the connection broke, or the
+/// server is starting, shutting down, or has no free connection slot.
+pub(crate) fn pg_is_temporary(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            // 08: connection exception; 53: insufficient resources (too many
+            // connections, out of memory or disk); 57P01-57P05: admin shutdown, crash
+            // shutdown, cannot connect now, database dropped (not 57P04), idle timeout.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(
+                    code,
+                    "57P01" | "57P02" | "57P03" | "57P05" | "40001" | "40P01"
+                )
+        }
+        None => e.as_db_error().is_none(),
+    }
+}
+
+/// Whether a client tool's failure (its stderr, as libpq words it) is a connection
+/// problem that may go away, rather than a refusal that will not.
+fn tool_failure_is_temporary(message: &str) -> bool {
+    const TEMPORARY: &[&str] = &[
+        "could not connect to server",
+        "connection to server",
+        "server closed the connection unexpectedly",
+        "Connection refused",
+        "Connection reset",
+        "timeout expired",
+        "the database system is starting up",
+        "the database system is shutting down",
+        "the database system is in recovery mode",
+        "too many clients already",
+        "remaining connection slots are reserved",
+    ];
+    // A refusal the server states plainly is permanent even if it arrives on the way
+    // to connecting ("connection to server … failed: FATAL: password authentication
+    // failed").
+    const PERMANENT: &[&str] = &[
+        "password authentication failed",
+        "does not exist",
+        "no pg_hba.conf entry",
+        "permission denied",
+        "certificate",
+        "SSL",
+    ];
+    TEMPORARY.iter().any(|t| message.contains(t)) && !PERMANENT.iter().any(|p| message.contains(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_permanence_follow_the_variant() {
+        let bad_policy = Error::Invalid("x".into());
+        assert_eq!(bad_policy.kind(), ErrorKind::UserInput);
+        assert!(bad_policy.is_permanent());
+        let throttled = Error::Storage {
+            operation: "put",
+            key: "s3://b/k".into(),
+            message: "SlowDown".into(),
+            retryable: true,
+        };
+        assert_eq!(throttled.kind(), ErrorKind::Repository);
+        assert!(!throttled.is_permanent());
+        let wrapped = throttled.within("backup 1 of policy app");
+        assert_eq!(wrapped.kind(), ErrorKind::Repository);
+        assert!(!wrapped.is_permanent());
+        assert!(wrapped
+            .to_string()
+            .starts_with("backup 1 of policy app: put s3://b/k: SlowDown"));
+        let corrupt = Error::Integrity {
+            object: "o".into(),
+            message: "m".into(),
+        };
+        assert_eq!(corrupt.within("verify").kind(), ErrorKind::Corruption);
+    }
+
+    #[test]
+    fn tool_failures_are_temporary_only_for_connection_trouble() {
+        let temporary = |m: &str| {
+            !Error::Tool {
+                tool: "pg_dump".into(),
+                message: m.into(),
+            }
+            .is_permanent()
+        };
+        assert!(temporary("exit status: 1: pg_dump: error: connection to server at \"db\" (10.0.0.5), port 5432 failed: Connection refused"));
+        assert!(temporary(
+            "exit status: 1: pg_dump: error: server closed the connection unexpectedly"
+        ));
+        assert!(!temporary("exit status: 1: pg_dump: error: connection to server at \"db\" failed: FATAL:  database \"x\" does not exist"));
+        assert!(!temporary(
+            "exit status: 1: pg_dump: error: query failed: ERROR:  permission denied for table t"
+        ));
+    }
+
+    #[test]
+    fn io_causes_read_as_words() {
+        let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(describe_io(&e), "connection refused");
     }
 }

@@ -34,6 +34,13 @@ impl std::fmt::Debug for Recipients {
 impl Recipients {
     /// Add a recipient from its `age1…` text; the error names the value.
     pub fn add(&mut self, value: &str) -> std::result::Result<(), String> {
+        if value
+            .trim()
+            .to_ascii_uppercase()
+            .starts_with("AGE-SECRET-KEY-")
+        {
+            return Err("this is an age secret key (an identity), not a recipient: never put it in a policy. Put its public key here (age1…, printed by `pgvault keygen` or `age-keygen -y`) and keep the identity file apart".into());
+        }
         let key = age::x25519::Recipient::from_str(value.trim()).map_err(|e| {
             format!("{value:?} is not an age public key ({e}); expected \"age1…\" as printed by age-keygen")
         })?;
@@ -66,6 +73,21 @@ impl Recipients {
     }
 }
 
+/// Warn when an identity file can be read by other users: the key decrypts every backup.
+fn warn_if_exposed(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "identity file {} is readable by group or others (mode {mode:04o}); it decrypts every backup: run chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+}
+
 /// The private keys a restore or deep verification decrypts with, loaded from an age
 /// identity file.
 #[derive(Clone)]
@@ -79,6 +101,7 @@ impl Identities {
     pub fn load(path: &Path) -> Result<Identities> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("cannot read identity file {}", path.display()), e))?;
+        warn_if_exposed(path);
         let mut identities = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();

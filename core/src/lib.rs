@@ -36,5 +36,13 @@ pub mod wal;
 
 pub use error::{Error, Result};
 
+/// Whether log lines on stderr may carry ANSI colour: only on a terminal, and never
+/// when `NO_COLOR` is set (<https://no-color.org>). A log file or a journal gets plain
+/// text.
+pub fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// The version string recorded in manifests, so a backup names the tool that wrote it.
 pub const TOOL_VERSION: &str = concat!("pgvault ", env!("CARGO_PKG_VERSION"));

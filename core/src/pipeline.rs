@@ -240,7 +240,10 @@ fn encode(
     let stored = age_writer.finish().map_err(codec)?;
     let (stored_size, stored_sha256) = stored.tally.finish();
     let mut sink = stored.inner;
-    sink.send().map_err(codec)?;
+    // The rest as the last part; an empty rest only when it is the only part.
+    if !sink.buf.is_empty() || sink.next_part == 1 {
+        sink.send().map_err(codec)?;
+    }
     let (raw_size, raw_sha256) = raw.finish();
     Ok(ObjectDigest {
         raw_size,
@@ -250,11 +253,14 @@ fn encode(
     })
 }
 
-/// Stream `source` through sha256 → zstd → age → sha256 into a multipart upload at `key`.
+/// Stream `source` through sha256 → zstd → age → sha256 into the object at `key`.
 ///
 /// The object appears only if the source ended cleanly (a source that reports an error at
-/// its end, like a failed `pg_dump`, fails the upload) and every part was stored. On any
-/// failure or on `cancel`, the multipart upload is aborted before this returns.
+/// its end, like a failed `pg_dump`, fails the upload) and every part was stored. An
+/// object smaller than one part is stored with one request; a larger one goes through a
+/// multipart upload, begun when its first part is full. On any failure or on `cancel`
+/// (which reaches every wait, the last parts and the completion included), the multipart
+/// upload is aborted before this returns.
 #[allow(clippy::too_many_arguments)]
 pub async fn upload_stream<R: Read + Send + 'static>(
     storage: &dyn Storage,
@@ -266,26 +272,28 @@ pub async fn upload_stream<R: Read + Send + 'static>(
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<ObjectDigest> {
-    let upload: Arc<dyn Upload> = Arc::from(storage.begin_upload(key).await?);
     let (tx, rx) = mpsc::channel::<Bytes>(1);
     let recipients = recipients.clone();
     let name = source_name.to_string();
     let encoder = tokio::task::spawn_blocking(move || {
         encode(source, &name, &recipients, settings, tx, progress)
     });
-    match drive_upload(
-        upload.as_ref(),
-        rx,
-        encoder,
-        settings.parts_in_flight,
-        cancel,
-    )
-    .await
-    {
+    let mut upload: Option<Arc<dyn Upload>> = None;
+    let result = drive_upload(storage, key, &mut upload, rx, encoder, settings, cancel).await;
+    match result {
         Ok(digest) => Ok(digest),
         Err(e) => {
-            if let Err(abort_err) = upload.abort().await {
-                tracing::warn!(key, error = %abort_err, "could not abort the multipart upload; `pgvault prune` will clean it up");
+            if let Some(upload) = upload {
+                // Bounded: a stalled store must not hold a cancelled run past its grace.
+                match tokio::time::timeout(ABORT_TIMEOUT, upload.abort()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(abort_err)) => {
+                        tracing::warn!(key, error = %abort_err, "could not abort the multipart upload; the next backup or `pgvault prune` will")
+                    }
+                    Err(_) => {
+                        tracing::warn!(key, "aborting the multipart upload timed out; the next backup or `pgvault prune` will abort it")
+                    }
+                }
             }
             Err(match e {
                 Error::Storage {
@@ -305,16 +313,40 @@ pub async fn upload_stream<R: Read + Send + 'static>(
     }
 }
 
+/// Longest wait for the abort of a failed multipart upload.
+const ABORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Upload one part; one function, so that every part's future has the same type.
+async fn store_part(upload: Arc<dyn Upload>, number: u32, data: Bytes) -> Result<()> {
+    upload.put_part(number, data).await
+}
+
+/// Wait for `work` unless `cancel` fires first.
+async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Cancelled),
+        r = work => r,
+    }
+}
+
 async fn drive_upload(
-    upload: &dyn Upload,
+    storage: &dyn Storage,
+    key: &str,
+    upload: &mut Option<Arc<dyn Upload>>,
     mut rx: mpsc::Receiver<Bytes>,
     mut encoder: tokio::task::JoinHandle<Result<ObjectDigest>>,
-    parts_in_flight: usize,
+    settings: EncodeSettings,
     cancel: &CancellationToken,
 ) -> Result<ObjectDigest> {
+    let (part_size, parts_in_flight) = (settings.part_size, settings.parts_in_flight);
     let mut parts = 0u32;
-    let upload_ptr: &dyn Upload = upload;
-    // Parts are uploaded concurrently through scoped futures kept in a FuturesUnordered.
+    // A one-part object (shorter than a part) is stored with a single request; anything
+    // larger opens a multipart upload as soon as its first full part is ready.
+    let mut first: Option<Bytes> = None;
     let mut running = futures::stream::FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -325,14 +357,24 @@ async fn drive_upload(
                 r?;
             }
             part = rx.recv(), if running.len() < parts_in_flight => {
-                match part {
-                    Some(bytes) => {
-                        parts += 1;
-                        let number = parts;
-                        running.push(async move { upload_ptr.put_part(number, bytes).await });
-                    }
-                    None => break,
+                let Some(bytes) = part else { break };
+                parts += 1;
+                // The encoder sends a part shorter than the part size only at the end: a
+                // short first part is the whole object.
+                if parts == 1 && (bytes.len() as u64) < part_size_for(part_size, 1) {
+                    first = Some(bytes);
+                    continue;
                 }
+                let target = match upload {
+                    Some(u) => u.clone(),
+                    None => {
+                        let begun: Arc<dyn Upload> =
+                            Arc::from(unless_cancelled(cancel, storage.begin_upload(key)).await?);
+                        *upload = Some(begun.clone());
+                        begun
+                    }
+                };
+                running.push(store_part(target, parts, bytes));
             }
         }
     }
@@ -347,14 +389,24 @@ async fn drive_upload(
                 r?;
             }
             joined = &mut encoder => {
-                break joined.map_err(|e| Error::Invalid(format!("encoder thread failed: {e}")))??;
+                break joined.map_err(|e| Error::Internal(format!("encoder thread failed: {e}")))??;
             }
         }
     };
-    while let Some(done) = running.next().await {
-        done?;
+    unless_cancelled(cancel, async {
+        while let Some(done) = running.next().await {
+            done?;
+        }
+        Ok(())
+    })
+    .await?;
+    match upload {
+        Some(u) => unless_cancelled(cancel, u.complete(parts)).await?,
+        None => {
+            let data = first.take().unwrap_or_default();
+            unless_cancelled(cancel, storage.put(key, data)).await?
+        }
     }
-    upload.complete(parts).await?;
     Ok(digest)
 }
 
@@ -381,7 +433,7 @@ pub async fn decode_bytes(
         )
     })
     .await
-    .map_err(|e| Error::Invalid(format!("decoder thread failed: {e}")))??;
+    .map_err(|e| Error::Internal(format!("decoder thread failed: {e}")))??;
     let (_, sha256) = decoded.raw.unwrap_or_default();
     Ok((decoded.sink, sha256))
 }
@@ -532,7 +584,8 @@ pub async fn download_stream<W: Write + Send + 'static>(
     parallel: usize,
     progress: Arc<Progress>,
 ) -> Result<W> {
-    match storage.size(key).await? {
+    let unreadable = |e: Error| e.within(format!("could not read {key} from the repository"));
+    match storage.size(key).await.map_err(unreadable)? {
         None => return Err(Error::ObjectNotFound { key: key.into() }),
         Some(size) if size != expected.stored_size => {
             return Err(Error::Integrity {
@@ -587,7 +640,7 @@ pub async fn download_stream<W: Write + Send + 'static>(
                 }
             }
             Err(e) => {
-                fetch_error = Some(e);
+                fetch_error = Some(unreadable(e));
                 break;
             }
         }
@@ -596,7 +649,7 @@ pub async fn download_stream<W: Write + Send + 'static>(
     drop(fetches);
     let decoded = decoder
         .await
-        .map_err(|e| Error::Invalid(format!("decoder thread failed: {e}")));
+        .map_err(|e| Error::Internal(format!("decoder thread failed: {e}")));
     if let Some(e) = fetch_error {
         return Err(e);
     }

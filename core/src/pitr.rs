@@ -295,6 +295,25 @@ pub async fn plan(
             needed.len()
         )));
     }
+    if let RecoveryTarget::Time(t) = &target {
+        // No WAL is newer than the time it was stored: a target after the newest
+        // segment's arrival cannot be reached, and recovery would end short of it.
+        let newest = needed
+            .iter()
+            .filter_map(|n| present(n))
+            .filter_map(|a| a.archived_at.map(|at| (at, a.file.name.clone())))
+            .max();
+        if let Some((archived_at, segment)) = newest {
+            if *t > archived_at {
+                return Err(Error::Invalid(format!(
+                    "--to-time {} is after the end of the archived WAL: its newest segment on timeline {timeline}, {segment}, was stored at {}, so nothing later can be reached. The newest reachable time is at most {}; pick a time up to it, or use --to-latest",
+                    t.format("%Y-%m-%d %H:%M:%S UTC"),
+                    archived_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    archived_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                )));
+            }
+        }
+    }
     let segments_stored_bytes = needed
         .iter()
         .filter_map(|n| present(n))
@@ -528,7 +547,7 @@ async fn extract_base(
     let streamed = streamed.map(drop);
     let extracted = extractor
         .await
-        .map_err(|e| Error::Invalid(format!("extractor thread failed: {e}")))?;
+        .map_err(|e| Error::Internal(format!("extractor thread failed: {e}")))?;
     streamed?;
     extracted
 }
@@ -703,19 +722,47 @@ pub fn stop_server(pgdata: &Path, major: u32, bin_dir: Option<&Path>) -> Result<
     crate::postgres::run_tool("pg_ctl", cmd).map(|_| ())
 }
 
-/// The `pgvault` program for `restore_command`: this executable when it is `pgvault`,
-/// else `pgvault` beside it (the agent), else `pgvault` from PATH.
-pub fn pgvault_program() -> PathBuf {
-    let exe = std::env::current_exe().ok();
-    match exe {
-        Some(e) if e.file_name().is_some_and(|n| n == "pgvault") => e,
-        Some(e) => e
-            .parent()
-            .map(|d| d.join("pgvault"))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("pgvault")),
-        None => PathBuf::from("pgvault"),
+/// The absolute path of the `pgvault` program for `restore_command`, so the server
+/// never depends on its own PATH: the running executable itself, whatever it is named,
+/// or, when the agent (`pgvault-agent`) runs a drill, the `pgvault` CLI installed beside
+/// it. A missing CLI is an error that says where it is expected.
+pub fn pgvault_program() -> Result<PathBuf> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io("cannot find the running pgvault executable", e))?;
+    let is_agent = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("pgvault-agent"));
+    if !is_agent {
+        return Ok(exe);
     }
+    let cli = exe.with_file_name("pgvault");
+    if cli.is_file() {
+        Ok(cli)
+    } else {
+        Err(Error::ToolNotFound {
+            message: format!(
+                "a point-in-time drill runs `pgvault wal-fetch` as the restored server's restore_command, but {} does not exist; install the pgvault CLI beside pgvault-agent",
+                cli.display()
+            ),
+        })
+    }
+}
+
+/// The `restore_command` that fetches WAL from `policy`'s archive: this pgvault (by
+/// absolute path, see [`pgvault_program`]) running `wal-fetch` with the policy and
+/// identity files by absolute path, prefetching `prefetch` segments ahead.
+pub fn restore_command(policy: &Path, identity: &Path, prefetch: usize) -> Result<String> {
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p)
+            .map_err(|e| Error::io(format!("cannot resolve {}", p.display()), e))
+    };
+    Ok(format!(
+        "{} wal-fetch --policy {} --identity {} --prefetch {prefetch} %f %p",
+        wal::shell_quote(&pgvault_program()?.display().to_string()),
+        wal::shell_quote(&absolute(policy)?.display().to_string()),
+        wal::shell_quote(&absolute(identity)?.display().to_string()),
+    ))
 }
 
 /// Parse `--to-time`: RFC 3339 or `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM]]` (UTC when no

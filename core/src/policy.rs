@@ -128,6 +128,11 @@ struct RawRepository {
     abort_incomplete_after_days: Option<Spanned<i32>>,
     transition_after_days: Option<Spanned<i32>>,
     transition_storage_class: Option<String>,
+    connect_timeout: Option<Spanned<String>>,
+    first_byte_timeout: Option<Spanned<String>>,
+    stall_timeout: Option<Spanned<String>>,
+    max_attempts: Option<Spanned<u32>>,
+    retry_time: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +327,8 @@ pub struct RepositoryConfig {
     pub parts_in_flight: usize,
     /// Lifecycle rules `pgvault storage init` applies (S3 only).
     pub lifecycle: crate::storage::LifecycleSettings,
+    /// Timeouts and retries of every storage request (S3 only).
+    pub requests: crate::storage::RequestSettings,
 }
 
 /// zstd settings.
@@ -356,7 +363,7 @@ impl Policy {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message,
+                message: safe_echo(&message),
             }
         };
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {
@@ -450,6 +457,47 @@ impl Policy {
                         .unwrap_or_else(|| "STANDARD_IA".into()),
                 )
             }),
+        };
+        let requests = {
+            let defaults = crate::storage::RequestSettings::default();
+            let timeout = |v: &Option<Spanned<String>>,
+                           default: std::time::Duration|
+             -> Result<std::time::Duration> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => {
+                        let d = crate::retention::parse_span(s.get_ref())
+                            .map_err(|m| at(Some(s.span()), m))?;
+                        match d.to_std() {
+                            Ok(d) if !d.is_zero() => Ok(d),
+                            _ => Err(at(Some(s.span()), "a timeout must be at least 1s".into())),
+                        }
+                    }
+                }
+            };
+            let max_attempts = match &raw.repository.max_attempts {
+                None => defaults.max_attempts,
+                Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref(),
+                Some(n) => {
+                    return Err(at(
+                        Some(n.span()),
+                        "max_attempts must be between 1 (no retries) and 100".into(),
+                    ))
+                }
+            };
+            crate::storage::RequestSettings {
+                connect_timeout: timeout(
+                    &raw.repository.connect_timeout,
+                    defaults.connect_timeout,
+                )?,
+                first_byte_timeout: timeout(
+                    &raw.repository.first_byte_timeout,
+                    defaults.first_byte_timeout,
+                )?,
+                stall_timeout: timeout(&raw.repository.stall_timeout, defaults.stall_timeout)?,
+                max_attempts,
+                retry_time: timeout(&raw.repository.retry_time, defaults.retry_time)?,
+            }
         };
         let enc_span = raw.encryption.span();
         let enc = raw.encryption.into_inner();
@@ -776,6 +824,7 @@ impl Policy {
                 part_size,
                 parts_in_flight,
                 lifecycle,
+                requests,
             },
             recipients,
             compression: CompressionConfig {
@@ -787,6 +836,40 @@ impl Policy {
             },
         })
     }
+}
+
+/// The longest run of non-blank characters an error message repeats from the input.
+const ECHO_LIMIT: usize = 100;
+
+/// Make a message that repeats user input safe to print: an age secret key is never
+/// shown, and any run of non-blank characters longer than [`ECHO_LIMIT`] (a pasted
+/// blob, a 10 MB key) is cut to its start with the length it had.
+pub fn safe_echo(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut rest = message;
+    while !rest.is_empty() {
+        let blank = rest
+            .find(|c: char| !c.is_whitespace())
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..blank]);
+        rest = &rest[blank..];
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let word = &rest[..end];
+        rest = &rest[end..];
+        if let Some(at) = word.find("AGE-SECRET-KEY-") {
+            out.push_str(&word[..at]);
+            out.push_str("AGE-SECRET-KEY-…(secret, not shown)");
+            continue;
+        }
+        let chars = word.chars().count();
+        if chars > ECHO_LIMIT {
+            out.extend(word.chars().take(ECHO_LIMIT));
+            out.push_str(&format!("…({chars} characters)"));
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
 }
 
 /// 1-based line and column of a byte offset.
@@ -1040,6 +1123,44 @@ mod tests {
             err.starts_with("p.toml:9:10: [restore_test] target"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn echoed_values_are_shortened_and_secrets_hidden() {
+        let long = "k".repeat(10_000);
+        let err = parse(&minimal(&format!("{long} = 1\n")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 1000, "{} bytes: {}", err.len(), &err[..300]);
+        assert!(err.contains("k…(10003 characters)"), "{err}");
+        let secret = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ";
+        let err = parse(&minimal("").replace(KEY, secret))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("QQQQQQQQ"), "{err}");
+        assert!(err.contains("secret key"), "{err}");
+    }
+
+    #[test]
+    fn request_settings_have_defaults_and_bounds() {
+        let p = parse(&minimal("stall_timeout = \"5s\"\nmax_attempts = 3\n")).unwrap();
+        assert_eq!(
+            p.repository.requests.stall_timeout,
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(p.repository.requests.max_attempts, 3);
+        assert_eq!(
+            p.repository.requests.connect_timeout,
+            crate::storage::RequestSettings::default().connect_timeout
+        );
+        let err = parse(&minimal("max_attempts = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_attempts must be between 1"), "{err}");
+        let err = parse(&minimal("connect_timeout = \"0s\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 1s"), "{err}");
     }
 
     #[test]

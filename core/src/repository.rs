@@ -192,6 +192,27 @@ impl BackupManifest {
     }
 }
 
+/// A backup whose manifest exists but cannot be parsed: listed as DAMAGED, never
+/// deleted by retention, and verified as a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedBackup {
+    /// The backup id (its directory).
+    pub id: String,
+    /// The manifest's key.
+    pub key: String,
+    /// Why it cannot be read.
+    pub reason: String,
+}
+
+/// What a repository holds for a policy: readable backups and damaged ones.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Backups whose manifests read, newest first.
+    pub backups: Vec<BackupManifest>,
+    /// Backups whose manifests cannot be parsed.
+    pub damaged: Vec<DamagedBackup>,
+}
+
 /// One policy's view of a repository.
 #[derive(Clone)]
 pub struct Repository {
@@ -253,8 +274,17 @@ impl Repository {
         parse_manifest(&key, &bytes)
     }
 
-    /// All backups of the policy, newest first.
+    /// All backups of the policy whose manifests can be read, newest first. A damaged
+    /// manifest is left out (see [`Repository::catalog`]): one unreadable backup must
+    /// not stop the others from being listed, restored or retained.
     pub async fn list_backups(&self) -> Result<Vec<BackupManifest>> {
+        Ok(self.catalog().await?.backups)
+    }
+
+    /// Every backup of the policy: those whose manifests read, newest first, and those
+    /// whose manifests exist but cannot be parsed. A manifest that cannot be *fetched*
+    /// (a storage failure) is an error, never "damaged".
+    pub async fn catalog(&self) -> Result<Catalog> {
         let objects = self.storage.list(&self.backups_prefix()).await?;
         let keys: Vec<String> = objects
             .into_iter()
@@ -262,21 +292,45 @@ impl Repository {
             .filter(|k| k.ends_with(&format!("/{MANIFEST}")))
             .collect();
         let storage = self.storage.clone();
-        let mut manifests: Vec<BackupManifest> = futures::stream::iter(keys)
+        let read: Vec<(String, Result<BackupManifest>)> = futures::stream::iter(keys)
             .map(|key| {
                 let storage = storage.clone();
                 async move {
-                    let bytes = storage.get(&key).await?;
-                    parse_manifest(&key, &bytes)
+                    let parsed = match storage.get(&key).await {
+                        Ok(bytes) => parse_manifest(&key, &bytes),
+                        Err(e) => Err(e),
+                    };
+                    (key, parsed)
                 }
             })
             .buffer_unordered(8)
-            .collect::<Vec<Result<BackupManifest>>>()
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
-        manifests.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
-        Ok(manifests)
+            .collect()
+            .await;
+        let mut catalog = Catalog::default();
+        for (key, parsed) in read {
+            match parsed {
+                Ok(m) => catalog.backups.push(m),
+                Err(Error::Manifest { message, .. }) => {
+                    let id = key
+                        .strip_prefix(&self.backups_prefix())
+                        .and_then(|rest| rest.split('/').next())
+                        .unwrap_or(&key)
+                        .to_string();
+                    tracing::warn!(backup = %id, key = %key, reason = %message, "backup manifest is damaged; the backup is listed as DAMAGED and left alone");
+                    catalog.damaged.push(DamagedBackup {
+                        id,
+                        key,
+                        reason: message,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        catalog
+            .backups
+            .sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+        catalog.damaged.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(catalog)
     }
 
     /// Resolve `latest` or an id (a unique prefix of one is accepted) to a manifest, of
@@ -286,12 +340,21 @@ impl Repository {
         selector: &str,
         kind: Option<BackupKind>,
     ) -> Result<BackupManifest> {
-        let all: Vec<BackupManifest> = self
-            .list_backups()
-            .await?
+        let catalog = self.catalog().await?;
+        let all: Vec<BackupManifest> = catalog
+            .backups
             .into_iter()
             .filter(|m| kind.is_none_or(|k| m.kind == k))
             .collect();
+        // A damaged backup asked for by id is named as damaged, not as missing.
+        if selector != "latest" && !all.iter().any(|m| m.id.starts_with(selector)) {
+            if let Some(d) = catalog.damaged.iter().find(|d| d.id.starts_with(selector)) {
+                return Err(Error::Manifest {
+                    key: d.key.clone(),
+                    message: d.reason.clone(),
+                });
+            }
+        }
         let kind_text = kind.map(|k| format!(" ({k})")).unwrap_or_default();
         if selector == "latest" {
             return all.into_iter().next().ok_or_else(|| Error::NoBackups {

@@ -148,9 +148,9 @@ pub async fn run_once(
         match result {
             Ok(outcome) => return outcome,
             Err(Error::Cancelled) => return RunOutcome::Cancelled,
-            Err(e) if attempt < retries && !shutdown.is_cancelled() => {
+            Err(e) if attempt < retries && !shutdown.is_cancelled() && e.is_retryable() => {
                 attempt += 1;
-                tracing::warn!(policy = %policy.name, attempt, error = %e, retry_in_s = backoff.num_seconds(), "backup attempt failed; retrying");
+                tracing::warn!(policy = %policy.name, attempt, error = %e, kind = %e.kind(), retry_in_s = backoff.num_seconds(), "backup attempt failed with a temporary error; retrying");
                 let wait = backoff.to_std().unwrap_or_default();
                 tokio::select! {
                     _ = shutdown.cancelled() => return RunOutcome::Cancelled,
@@ -160,7 +160,12 @@ pub async fn run_once(
             }
             Err(e) => {
                 let message = e.to_string();
-                tracing::error!(policy = %policy.name, %kind, error = %message, "backup failed");
+                let why = if e.is_permanent() {
+                    "backup failed (a permanent error: not retried)"
+                } else {
+                    "backup failed after its retries"
+                };
+                tracing::error!(policy = %policy.name, %kind, error = %message, error_kind = %e.kind(), "{why}");
                 update(status, |s| {
                     match kind {
                         BackupKind::Logical => s.last_attempt_ok = Some(false),

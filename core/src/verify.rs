@@ -39,10 +39,54 @@ pub struct VerifyReport {
     pub objects: Vec<ObjectCheck>,
 }
 
+/// What a check of one object found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finding {
+    /// Every check passed.
+    Good,
+    /// The bytes are wrong or missing: a digest, a size or an age authentication failed,
+    /// or the object is gone. The backup is damaged.
+    Bad,
+    /// The object could not be read (storage or network failure after retries, a tool
+    /// missing): nothing is known about its bytes.
+    Unknown,
+}
+
+impl ObjectCheck {
+    /// What this check found.
+    pub fn finding(&self) -> Finding {
+        match &self.outcome {
+            Ok(_) => Finding::Good,
+            Err(e) => finding_of(e),
+        }
+    }
+}
+
+/// Whether an error means damaged bytes (never a network failure).
+pub fn finding_of(e: &Error) -> Finding {
+    if e.kind() == crate::error::ErrorKind::Corruption
+        || matches!(e.root(), Error::ObjectNotFound { .. })
+    {
+        Finding::Bad
+    } else {
+        Finding::Unknown
+    }
+}
+
 impl VerifyReport {
     /// Whether every check passed.
     pub fn passed(&self) -> bool {
         self.objects.iter().all(|o| o.outcome.is_ok())
+    }
+
+    /// Whether some object's bytes are wrong or missing: the backup is damaged.
+    pub fn damaged(&self) -> bool {
+        self.objects.iter().any(|o| o.finding() == Finding::Bad)
+    }
+
+    /// Whether some object could not be read, so the verdict is unknown.
+    pub fn incomplete(&self) -> bool {
+        self.objects.iter().any(|o| o.finding() == Finding::Unknown)
     }
 }
 

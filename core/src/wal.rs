@@ -165,9 +165,12 @@ pub struct ArchivedWal {
     pub sha256: String,
     /// Stored bytes.
     pub stored_size: u64,
+    /// When the storage says it was written: no WAL in it is newer than this.
+    pub archived_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-fn parse_key(prefix: &str, key: &str, size: u64) -> Option<ArchivedWal> {
+fn parse_key(prefix: &str, object: &crate::storage::ObjectInfo) -> Option<ArchivedWal> {
+    let (key, size) = (object.key.as_str(), object.size);
     let rest = key.strip_prefix(prefix)?;
     let (_tl, file) = rest.split_once('/')?;
     let base = file.strip_suffix(OBJECT_SUFFIX)?;
@@ -180,6 +183,7 @@ fn parse_key(prefix: &str, key: &str, size: u64) -> Option<ArchivedWal> {
         key: key.into(),
         sha256: sha.into(),
         stored_size: size,
+        archived_at: object.modified,
     })
 }
 
@@ -191,7 +195,7 @@ pub async fn list_archive(repo: &Repository) -> Result<Vec<ArchivedWal>> {
         .list(&prefix)
         .await?
         .into_iter()
-        .filter_map(|o| parse_key(&prefix, &o.key, o.size))
+        .filter_map(|o| parse_key(&prefix, &o))
         .collect();
     all.sort_by(|a, b| (a.file.timeline, &a.file.name).cmp(&(b.file.timeline, &b.file.name)));
     Ok(all)
@@ -204,7 +208,7 @@ async fn find(repo: &Repository, file: &WalFileName) -> Result<Vec<ArchivedWal>>
         .list(&object_prefix(repo, file))
         .await?
         .into_iter()
-        .filter_map(|o| parse_key(&prefix, &o.key, o.size))
+        .filter_map(|o| parse_key(&prefix, &o))
         .filter(|a| a.file.name == file.name)
         .collect())
 }
@@ -624,6 +628,7 @@ mod tests {
             key: format!("app/wal/x/{name}"),
             sha256: "0".repeat(64),
             stored_size: 1,
+            archived_at: None,
         }
     }
 
@@ -742,10 +747,15 @@ mod tests {
     fn keys_parse_back() {
         let sha = "a".repeat(64);
         let key = format!("app/wal/00000001/000000010000000000000003.{sha}.zst.age");
-        let a = parse_key("app/wal/", &key, 10).unwrap();
+        let info = |key: &str| crate::storage::ObjectInfo {
+            key: key.into(),
+            size: 10,
+            modified: None,
+        };
+        let a = parse_key("app/wal/", &info(&key)).unwrap();
         assert_eq!(a.file.name, "000000010000000000000003");
         assert_eq!(a.sha256, sha);
-        assert!(parse_key("app/wal/", "app/wal/00000001/junk", 1).is_none());
+        assert!(parse_key("app/wal/", &info("app/wal/00000001/junk")).is_none());
     }
 
     #[test]

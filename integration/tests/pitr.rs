@@ -654,8 +654,16 @@ fn killing_wal_push_mid_upload_makes_postgres_retry_and_the_archive_ends_complet
     else {
         return;
     };
-    // Slow compression keeps each upload open long enough to be killed inside it.
+    // Slow compression keeps each upload open long enough to be killed inside it; a
+    // segment of random bytes does not shrink below the (smallest) part size, so it is
+    // stored through a multipart upload rather than one request.
     pgvault_integration::slow_down_compression(&policy);
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        text.replace("[repository]\n", "[repository]\npart_size = \"5MiB\"\n"),
+    )
+    .unwrap();
     let marker = work.path().join("killed-once");
     let script = work.path().join("archive.sh");
     std::fs::write(
@@ -698,9 +706,10 @@ fn killing_wal_push_mid_upload_makes_postgres_retry_and_the_archive_ends_complet
     ]);
     // Segments completed before archiving was on are never archived.
     let first_archived = source.psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())");
+    source.psql("postgres", "create extension pgcrypto");
     source.psql(
         "postgres",
-        "create table t as select g from generate_series(1, 10000) g",
+        "create table t as select gen_random_bytes(1000) b from generate_series(1, 20000) g",
     );
     let segment = source.psql("postgres", "select pg_walfile_name(pg_switch_wal())");
     pgvault_integration::wait_until(

@@ -126,6 +126,7 @@ async fn s3_backend_conforms() {
         &prefix,
         Some(&server.endpoint),
         Some(&server.region),
+        &Default::default(),
     )
     .await
     .unwrap();
@@ -172,6 +173,7 @@ async fn storage_init_applies_lifecycle_rules_idempotently() {
         &prefix,
         Some(&server.endpoint),
         Some(&server.region),
+        &Default::default(),
     )
     .await
     .unwrap();

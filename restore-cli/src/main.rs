@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use pgvault_core::error::ErrorKind;
 use pgvault_core::keys::Identities;
 use pgvault_core::pipeline::Progress;
 use pgvault_core::policy::Policy;
@@ -19,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Exit code when a verification or restore check failed (as opposed to an error).
 const EXIT_CHECK_FAILED: u8 = 2;
+/// Exit code when something could not be read or done (the verdict is unknown).
+const EXIT_UNREADABLE: u8 = 1;
 /// Exit code after Ctrl-C or SIGTERM.
 const EXIT_CANCELLED: u8 = 130;
 
@@ -303,6 +306,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(pgvault_core::colour_on_stderr())
         .with_target(false)
         .init();
 }
@@ -336,17 +340,23 @@ async fn main() -> ExitCode {
     match run(cli.command, &cancel).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("pgvault: {}", output::one_line(&e));
-            let cancelled = e.chain().any(|c| {
-                matches!(
-                    c.downcast_ref::<pgvault_core::Error>(),
-                    Some(pgvault_core::Error::Cancelled)
-                )
-            });
-            if cancelled {
-                ExitCode::from(EXIT_CANCELLED)
-            } else {
-                ExitCode::FAILURE
+            let kind = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<pgvault_core::Error>())
+                .map(pgvault_core::Error::kind);
+            match kind {
+                Some(ErrorKind::Corruption) => {
+                    eprintln!("pgvault: verification FAILED: {}", output::one_line(&e));
+                    ExitCode::from(EXIT_CHECK_FAILED)
+                }
+                Some(ErrorKind::Cancelled) => {
+                    eprintln!("pgvault: {}", output::one_line(&e));
+                    ExitCode::from(EXIT_CANCELLED)
+                }
+                _ => {
+                    eprintln!("pgvault: {}", output::one_line(&e));
+                    ExitCode::FAILURE
+                }
             }
         }
     }
@@ -595,11 +605,22 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
         Command::List { policy, json } => {
             let policy = load_policy(&policy)?;
             let repo = open_repository(&policy).await?;
-            let backups = repo.list_backups().await.context("cannot list backups")?;
+            let catalog = repo.catalog().await.context("cannot list backups")?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&backups)?);
+                let mut entries: Vec<serde_json::Value> = catalog
+                    .backups
+                    .iter()
+                    .map(serde_json::to_value)
+                    .collect::<std::result::Result<_, _>>()?;
+                entries.extend(catalog.damaged.iter().map(|d| {
+                    serde_json::json!({ "id": d.id, "damaged": true, "manifest": d.key, "reason": d.reason })
+                }));
+                println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
-                print!("{}", output::backup_table(&backups));
+                print!(
+                    "{}",
+                    output::backup_table(&catalog.backups, &catalog.damaged)
+                );
             }
             Ok(0)
         }
@@ -620,10 +641,12 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             )
             .await?;
             print!("{}", output::verify_summary(&report));
-            Ok(if report.passed() {
-                0
-            } else {
+            Ok(if report.damaged() {
                 EXIT_CHECK_FAILED
+            } else if report.incomplete() {
+                EXIT_UNREADABLE
+            } else {
+                0
             })
         }
         Command::Restore {
@@ -721,16 +744,7 @@ fn pitr_options(
     prefetch: usize,
     policy: &Policy,
 ) -> Result<pitr::PitrOptions> {
-    let exe = pitr::pgvault_program();
-    let absolute = |p: &std::path::Path| {
-        std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))
-    };
-    let restore_command = format!(
-        "{} wal-fetch --policy {} --identity {} --prefetch {prefetch} %f %p",
-        wal::shell_quote(&exe.display().to_string()),
-        wal::shell_quote(&absolute(policy_path)?.display().to_string()),
-        wal::shell_quote(&absolute(identity)?.display().to_string()),
-    );
+    let restore_command = pitr::restore_command(policy_path, identity, prefetch)?;
     Ok(pitr::PitrOptions {
         force,
         action: pitr::RecoveryAction::parse(target_action)?,

@@ -11,9 +11,9 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressStyle};
 use pgvault_core::drill::report::{human_seconds, DrillReport, ObjectiveResult, Status};
 use pgvault_core::pipeline::Progress;
-use pgvault_core::repository::BackupManifest;
+use pgvault_core::repository::{BackupManifest, DamagedBackup};
 use pgvault_core::restore::{human_bytes, RestoreReport};
-use pgvault_core::verify::VerifyReport;
+use pgvault_core::verify::{Finding, VerifyReport};
 
 /// An error and its causes on one line, each cause once.
 pub fn one_line(e: &anyhow::Error) -> String {
@@ -64,8 +64,8 @@ pub fn backup_summary(m: &BackupManifest, elapsed: Duration, peak_rss_kib: Optio
 }
 
 /// The `list` table.
-pub fn backup_table(backups: &[BackupManifest]) -> String {
-    if backups.is_empty() {
+pub fn backup_table(backups: &[BackupManifest], damaged: &[DamagedBackup]) -> String {
+    if backups.is_empty() && damaged.is_empty() {
         return "no backups\n".into();
     }
     let mut out = String::new();
@@ -99,6 +99,9 @@ pub fn backup_table(backups: &[BackupManifest]) -> String {
             ratio(m.raw_size(), m.stored_size()),
             m.duration_seconds()
         );
+    }
+    for d in damaged {
+        let _ = writeln!(out, "{:<26} DAMAGED: {}", d.id, d.reason);
     }
     out
 }
@@ -173,24 +176,31 @@ pub fn verify_summary(report: &VerifyReport) -> String {
         }
     );
     for o in &report.objects {
-        match &o.outcome {
-            Ok(detail) => {
+        match (&o.outcome, o.finding()) {
+            (Ok(detail), _) => {
                 let _ = writeln!(out, "  OK    {:<13} {} — {detail}", o.role, o.key);
             }
-            Err(e) => {
+            (Err(e), Finding::Unknown) => {
+                let _ = writeln!(out, "  ERROR {:<13} {} — {e}", o.role, o.key);
+            }
+            (Err(e), _) => {
                 let _ = writeln!(out, "  FAIL  {:<13} {} — {e}", o.role, o.key);
             }
         }
     }
-    let _ = writeln!(
-        out,
-        "{}",
-        if report.passed() {
-            "verification PASSED"
-        } else {
-            "verification FAILED"
-        }
-    );
+    let unknown = report
+        .objects
+        .iter()
+        .filter(|o| o.finding() == Finding::Unknown)
+        .count();
+    let verdict = if report.damaged() {
+        "verification FAILED".to_string()
+    } else if unknown > 0 {
+        format!("verification INCOMPLETE: could not read {unknown} object(s), so the backup's verdict is unknown; this is not a sign of corruption: retry when the repository is reachable")
+    } else {
+        "verification PASSED".to_string()
+    };
+    let _ = writeln!(out, "{verdict}");
     out
 }
 

@@ -636,8 +636,9 @@ async fn restore_phases(
     let (plan, spool, toc) = match verified {
         Ok(v) => v,
         Err(e) => {
-            record.check_of_phase(digest_check(Status::Failed, e.to_string()));
-            record.phase("verify", Status::Failed, verify_seconds, e.to_string());
+            let (status, detail) = failure_detail(&e);
+            record.check_of_phase(digest_check(status, detail.clone()));
+            record.phase("verify", Status::Failed, verify_seconds, detail);
             record.not_reached(&["restore", "checks"]);
             return Ok(());
         }
@@ -781,6 +782,20 @@ async fn restore_phases(
     Ok(())
 }
 
+/// How a report states a failure to get or check the backup's bytes: damaged bytes
+/// fail the digest check; a read that failed (storage, network) leaves it not run, in
+/// words that cannot be mistaken for corruption.
+pub(crate) fn failure_detail(e: &Error) -> (Status, String) {
+    match crate::verify::finding_of(e) {
+        crate::verify::Finding::Bad => (Status::Failed, e.to_string()),
+        _ if e.kind() == crate::error::ErrorKind::Repository => (
+            Status::Skipped,
+            format!("could not read the backup from the repository, so its integrity is unknown (a storage or network failure, not corruption): {e}"),
+        ),
+        _ => (Status::Skipped, format!("could not check the backup: {e}")),
+    }
+}
+
 fn short(hex: &str) -> String {
     hex.chars().take(16).collect::<String>() + "…"
 }
@@ -833,7 +848,7 @@ async fn check_phase(
         checks::sequences_present(&client, &checks::toc_sequences(toc)).await,
     ];
     if config.amcheck {
-        results.push(checks::amcheck(&client).await);
+        results.extend(checks::amcheck(&client).await);
     }
     let timeout_ms = config.check_timeout.num_milliseconds();
     for check in &config.checks {

@@ -27,7 +27,6 @@ use super::{seconds_of, tested_backup, DrillRequest, Record};
 use crate::error::{Error, Result};
 use crate::pitr::{self, PitrOptions, RecoveryAction, RecoveryTarget};
 use crate::repository::{BackupKind, BackupManifest, Repository};
-use crate::wal::shell_quote;
 
 /// A log line's timestamp after `marker` (`… time 2026-11-28 06:37:39.220544+00`).
 fn time_after(line: &str, marker: &str) -> Option<DateTime<Utc>> {
@@ -168,7 +167,7 @@ pub(crate) async fn drill(
                 "verify",
                 Status::Failed,
                 Some(verify_started.elapsed().as_secs_f64()),
-                e.to_string(),
+                super::failure_detail(&e).1,
             );
             record.not_reached(&["restore", "checks"]);
             return Ok((None, None, rpo));
@@ -181,12 +180,20 @@ pub(crate) async fn drill(
             target.format("%Y-%m-%d %H:%M:%S UTC")
         ),
     );
-    let restore_command = format!(
-        "{} wal-fetch --policy {} --identity {} --prefetch 4 %f %p",
-        shell_quote(&pitr::pgvault_program().display().to_string()),
-        shell_quote(&absolute(&request.policy.path).display().to_string()),
-        shell_quote(&absolute(request.identities.path()).display().to_string()),
-    );
+    let restore_command =
+        match pitr::restore_command(&request.policy.path, request.identities.path(), 4) {
+            Ok(command) => command,
+            Err(e) => {
+                record.phase(
+                    "verify",
+                    Status::Failed,
+                    Some(verify_started.elapsed().as_secs_f64()),
+                    e.to_string(),
+                );
+                record.not_reached(&["restore", "checks"]);
+                return Ok((Some(tested), None, rpo));
+            }
+        };
     let options = PitrOptions {
         force: false,
         action: RecoveryAction::Promote,
@@ -232,7 +239,12 @@ pub(crate) async fn drill(
                 );
                 record.phase("restore", Status::Failed, Some(verify_wall), e.to_string());
             } else {
-                record.phase("verify", Status::Failed, Some(verify_wall), e.to_string());
+                record.phase(
+                    "verify",
+                    Status::Failed,
+                    Some(verify_wall),
+                    super::failure_detail(&e).1,
+                );
                 record.not_reached(&["restore"]);
             }
             record.not_reached(&["checks"]);
@@ -359,10 +371,6 @@ async fn anchor_commit(source_url: &str) -> Result<DateTime<Utc>> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-}
-
-fn absolute(path: &std::path::Path) -> std::path::PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn work_dir(parent: Option<&std::path::Path>) -> Result<tempfile::TempDir> {

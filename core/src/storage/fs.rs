@@ -53,7 +53,7 @@ fn storage_err(operation: &'static str, key: &str, e: std::io::Error) -> Error {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Invalid(format!("storage worker failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("storage worker failed: {e}")))?
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -193,6 +193,7 @@ impl Storage for FilesystemStorage {
                         out.push(ObjectInfo {
                             key: rel,
                             size: meta.len(),
+                            modified: meta.modified().ok().map(DateTime::<Utc>::from),
                         });
                     }
                 }

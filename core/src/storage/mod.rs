@@ -32,6 +32,41 @@ pub struct ObjectInfo {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// When it was last written, when the backend knows (S3 `LastModified`, file mtime).
+    pub modified: Option<DateTime<Utc>>,
+}
+
+/// Timeouts and retries of every storage request, set in a policy's `[repository]`.
+///
+/// Each request gets `connect_timeout` to connect and `first_byte_timeout` from sending
+/// it (its body included) to the first byte of the answer; a response body that moves
+/// no byte for `stall_timeout` is broken. A failed request that may succeed later is
+/// retried, with exponential backoff and jitter, up to `max_attempts` attempts and
+/// `retry_time` of waiting in all; then the operation fails with its last error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSettings {
+    /// Longest wait to open a connection.
+    pub connect_timeout: std::time::Duration,
+    /// Longest wait from sending a request to the first byte of its answer.
+    pub first_byte_timeout: std::time::Duration,
+    /// Longest time a transfer may move no data.
+    pub stall_timeout: std::time::Duration,
+    /// Attempts per request, the first one included.
+    pub max_attempts: u32,
+    /// Longest total time spent waiting between attempts of one request.
+    pub retry_time: std::time::Duration,
+}
+
+impl Default for RequestSettings {
+    fn default() -> Self {
+        RequestSettings {
+            connect_timeout: std::time::Duration::from_secs(10),
+            first_byte_timeout: std::time::Duration::from_secs(120),
+            stall_timeout: std::time::Duration::from_secs(60),
+            max_attempts: 10,
+            retry_time: std::time::Duration::from_secs(300),
+        }
+    }
 }
 
 /// A multipart upload that was started and neither completed nor aborted.
@@ -105,6 +140,7 @@ pub async fn open(config: &RepositoryConfig) -> Result<Arc<dyn Storage>> {
                 prefix,
                 config.endpoint.as_deref(),
                 config.region.as_deref(),
+                &config.requests,
             )
             .await?,
         )),
@@ -120,7 +156,14 @@ pub async fn init(config: &RepositoryConfig, policy: &str) -> Result<Vec<String>
             root.display()
         )]),
         RepositoryLocation::S3 { bucket, prefix } => {
-            let s3 = S3Storage::connect(bucket, prefix, config.endpoint.as_deref(), config.region.as_deref()).await?;
+            let s3 = S3Storage::connect(
+                bucket,
+                prefix,
+                config.endpoint.as_deref(),
+                config.region.as_deref(),
+                &config.requests,
+            )
+            .await?;
             s3.apply_lifecycle(policy, &config.lifecycle).await
         }
     }

@@ -1,79 +1,132 @@
-//! The S3 backend (AWS or any S3-compatible server such as Garage or MinIO).
+//! The S3 backend (AWS or any S3-compatible server such as Garage, MinIO, Ceph or R2).
 //!
 //! Credentials come from the standard AWS chain (`aws-config`): environment, profile,
-//! web identity, instance metadata. A custom `endpoint` switches to path-style addressing,
-//! which S3-compatible servers expect. Transient failures are retried by the SDK's
-//! standard retry policy; each multipart part is a buffered `Bytes`, so it can be resent.
+//! web identity, instance metadata; they are resolved once when the storage is opened,
+//! so "no credentials" is one clear line before any transfer starts. A custom
+//! `endpoint` switches to path-style addressing, which S3-compatible servers expect.
+//!
+//! **Nothing waits forever, and a flaky network does not fail a run.** Every request
+//! has a connect timeout and a first-byte timeout, and every response body a stall
+//! timeout between chunks ([`RequestSettings`]). Temporary failures (throttling, 5xx,
+//! resets, timeouts, cut-off bodies) are retried here, with exponential backoff and
+//! jitter (`backon`) within a bounded total time; permanent ones (403, a missing bucket,
+//! 400) are not. The SDK's own retries are off so that this one policy, which knows
+//! pgvault's error kinds, decides. A download that breaks mid-body continues with a
+//! ranged GET from the last byte received (pinned to the first response's ETag), so
+//! the reader sees one unbroken stream.
+//!
+//! **Idempotency of retried writes.** A request can succeed on the server while its
+//! answer is lost; the retry must then not fail. A `CompleteMultipartUpload` retried
+//! after such a loss finds the upload gone (`NoSuchUpload`) and checks that the object
+//! is there with the expected size; an abort retried the same way is done; a
+//! `CreateMultipartUpload` that had to be retried may have left a twin upload, so the
+//! twins of that key are aborted when the upload ends.
+//!
+//! **Checksums.** Newer AWS SDKs add CRC32 trailers (`aws-chunked` bodies) and demand
+//! response checksums by default, which several S3-compatible stores reject or lack.
+//! pgvault sends and checks checksums only where the S3 API requires them
+//! (`when_required`); its own SHA-256 digests in the manifest cover every stored byte
+//! end to end (docs/FORMAT.md §10.1).
+//!
+//! Errors are one line naming the operation, the `s3://bucket/key` and the cause: the S3
+//! error code or the network cause, never the SDK's `Debug` output.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::config::{
+    ProvideCredentials, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use super::{check_key, ObjectInfo, PendingUpload, Storage, Upload};
-use crate::error::{Error, Result};
+use super::{check_key, ObjectInfo, PendingUpload, RequestSettings, Storage, Upload};
+use crate::error::{describe_io, Error, Result};
 
 /// A repository in an S3 bucket under a key prefix.
 pub struct S3Storage {
     client: Client,
     bucket: String,
     prefix: String,
+    /// Where requests go, for messages: the custom endpoint or "AWS S3".
+    endpoint: String,
+    settings: RequestSettings,
 }
 
-fn sdk_err<E>(operation: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> Error
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let status = err.raw_response().map(|r| r.status().as_u16());
-    if status == Some(404) {
-        return Error::ObjectNotFound { key: key.into() };
-    }
-    let retryable = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
+/// What one failed attempt tells the retry loop.
+struct Attempt {
+    error: Error,
+    /// Bytes of a response body received before it broke (downloads resume after them).
+    progressed: bool,
+}
+
+impl From<Error> for Attempt {
+    fn from(error: Error) -> Self {
+        Attempt {
+            error,
+            progressed: false,
         }
-        _ => status.map(|s| s >= 500 || s == 429).unwrap_or(false),
-    };
-    Error::Storage {
-        operation,
-        key: key.into(),
-        message: format!("{}", DisplayErrorContext(&err)),
-        retryable,
     }
-}
-
-/// Read a GET response body to the end; a connection lost mid-body is retryable.
-async fn collect_body(body: ByteStream, key: &str) -> Result<Bytes> {
-    let data = body.collect().await.map_err(|e| Error::Storage {
-        operation: "get",
-        key: key.into(),
-        message: e.to_string(),
-        retryable: true,
-    })?;
-    Ok(data.into_bytes())
 }
 
 impl S3Storage {
-    /// Connect to `bucket` with the standard AWS credential chain.
+    /// Connect to `bucket` with the standard AWS credential chain and `settings` for
+    /// timeouts and retries. Fails when no credentials can be found.
     pub async fn connect(
         bucket: &str,
         prefix: &str,
         endpoint: Option<&str>,
         region: Option<&str>,
+        settings: &RequestSettings,
     ) -> Result<Self> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(region) = region {
             loader = loader.region(aws_config::Region::new(region.to_string()));
         }
         let shared = loader.load().await;
+        let where_ = format!("s3://{bucket}");
+        match shared.credentials_provider() {
+            None => return Err(no_credentials(&where_)),
+            Some(provider) => {
+                if let Err(e) = provider.provide_credentials().await {
+                    use aws_credential_types::provider::error::CredentialsError;
+                    return Err(match e {
+                        CredentialsError::CredentialsNotLoaded(_) => no_credentials(&where_),
+                        other => Error::Storage {
+                            operation: "load credentials for",
+                            key: where_,
+                            message: format!(
+                                "the AWS credential chain failed: {}",
+                                error_chain(&other)
+                            ),
+                            retryable: true,
+                        },
+                    });
+                }
+            }
+        }
+        let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.first_byte_timeout)
+            .build();
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(timeouts)
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(settings.stall_timeout)
+                    .build(),
+            )
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if shared.region().is_none() {
             builder = builder.region(aws_config::Region::new("us-east-1"));
         }
@@ -84,6 +137,8 @@ impl S3Storage {
             client: Client::from_conf(builder.build()),
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
+            endpoint: endpoint.unwrap_or("AWS S3").to_string(),
+            settings: settings.clone(),
         })
     }
 
@@ -113,6 +168,355 @@ impl S3Storage {
             format!("{}/{}", self.prefix, prefix)
         }
     }
+
+    /// `s3://bucket/key`, for messages.
+    fn url(&self, full_key: &str) -> String {
+        format!("s3://{}/{full_key}", self.bucket)
+    }
+
+    /// The retry schedule: exponential from 200 ms, capped at 10 s per wait, with
+    /// jitter, at most `max_attempts` attempts and `retry_time` of waiting in all.
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(self.settings.max_attempts.saturating_sub(1) as usize)
+            .with_total_delay(Some(self.settings.retry_time))
+    }
+
+    /// Run `attempt` until it succeeds, fails permanently, or the retry budget is spent.
+    /// An attempt that made progress (a download that received bytes before breaking)
+    /// starts the budget afresh: only attempts that get nowhere count.
+    async fn retrying<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Attempt>>,
+    {
+        let mut delays = self.backoff().build();
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let failed = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(failed) => failed,
+            };
+            if failed.error.is_permanent() {
+                return Err(failed.error);
+            }
+            if failed.progressed {
+                delays = self.backoff().build();
+            }
+            match delays.next() {
+                Some(delay) => {
+                    tracing::debug!(operation, key, attempt = attempts, error = %failed.error, retry_in_ms = delay.as_millis() as u64, "S3 request failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None => {
+                    return Err(match failed.error {
+                        Error::Storage {
+                            operation,
+                            key,
+                            message,
+                            ..
+                        } => Error::Storage {
+                            operation,
+                            key,
+                            message: format!(
+                                "{message} (gave up after {attempts} attempt(s) in {:.0}s)",
+                                started.elapsed().as_secs_f64()
+                            ),
+                            retryable: true,
+                        },
+                        other => other,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Turn an SDK error into one line naming the operation, the object and the cause.
+    fn sdk_err<E>(
+        &self,
+        operation: &'static str,
+        full_key: &str,
+        err: SdkError<E, HttpResponse>,
+    ) -> Error
+    where
+        E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+    {
+        let key = self.url(full_key);
+        let storage = |message: String, retryable: bool| Error::Storage {
+            operation,
+            key: key.clone(),
+            message,
+            retryable,
+        };
+        let timeouts = format!(
+            "connect timeout {}s, first-byte timeout {}s",
+            self.settings.connect_timeout.as_secs_f64(),
+            self.settings.first_byte_timeout.as_secs_f64()
+        );
+        match &err {
+            SdkError::ServiceError(service) => {
+                let status = service.raw().status().as_u16();
+                let code = service.err().code().unwrap_or_default().to_string();
+                let with_code = |text: &str| {
+                    if code.is_empty() {
+                        format!("{text} (HTTP {status})")
+                    } else {
+                        format!("{text} ({code})")
+                    }
+                };
+                match (status, code.as_str()) {
+                    (_, "NoSuchBucket") => storage(
+                        format!(
+                            "bucket {:?} does not exist at {} (NoSuchBucket); create it or fix [repository] url",
+                            self.bucket, self.endpoint
+                        ),
+                        false,
+                    ),
+                    (404, "NoSuchKey") | (404, "") | (404, "NotFound") => {
+                        Error::ObjectNotFound { key }
+                    }
+                    (404, "NoSuchLifecycleConfiguration") => Error::ObjectNotFound { key },
+                    (404, "NoSuchUpload") => storage(
+                        "the multipart upload no longer exists (NoSuchUpload)".into(),
+                        false,
+                    ),
+                    (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken") => storage(
+                        format!("S3 at {} rejected the credentials ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile", self.endpoint),
+                        false,
+                    ),
+                    (403, _) => storage(
+                        with_code(&format!(
+                            "access denied by S3 at {}; the credentials may lack the permission for this operation",
+                            self.endpoint
+                        )),
+                        false,
+                    ),
+                    (301, _) | (_, "PermanentRedirect" | "AuthorizationHeaderMalformed") => storage(
+                        with_code("the bucket is in another region; set [repository] region"),
+                        false,
+                    ),
+                    (408 | 429 | 500..=599, _) => storage(
+                        with_code(&format!("S3 answered {status}")),
+                        true,
+                    ),
+                    (_, "RequestTimeout" | "SlowDown" | "InternalError" | "ServiceUnavailable") => {
+                        storage(with_code(&format!("S3 answered {status}")), true)
+                    }
+                    _ => {
+                        let message = service
+                            .err()
+                            .message()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default();
+                        storage(with_code(&format!("S3 refused the request{message}")), false)
+                    }
+                }
+            }
+            SdkError::TimeoutError(_) => storage(format!("timed out ({timeouts})"), true),
+            SdkError::DispatchFailure(dispatch) => {
+                let chain = error_chain(&err);
+                if chain.contains("credentials") || chain.contains("Credentials") {
+                    return no_credentials(&key);
+                }
+                match dispatch.as_connector_error() {
+                    Some(c) if c.is_timeout() => storage(
+                        format!(
+                            "cannot reach S3 endpoint {}: timed out ({timeouts})",
+                            self.endpoint
+                        ),
+                        true,
+                    ),
+                    Some(c) if c.is_io() => storage(
+                        format!(
+                            "cannot reach S3 endpoint {}: {}",
+                            self.endpoint,
+                            io_cause(&err).unwrap_or(chain)
+                        ),
+                        true,
+                    ),
+                    Some(c) if c.is_user() => {
+                        storage(format!("the request could not be sent: {chain}"), false)
+                    }
+                    _ => storage(
+                        format!(
+                            "the request to {} failed: {}",
+                            self.endpoint,
+                            io_cause(&err).unwrap_or(chain)
+                        ),
+                        true,
+                    ),
+                }
+            }
+            SdkError::ResponseError(_) => storage(
+                format!(
+                    "the response was cut off or malformed: {}",
+                    error_chain(&err)
+                ),
+                true,
+            ),
+            SdkError::ConstructionFailure(_) => storage(
+                format!("the request could not be built: {}", error_chain(&err)),
+                false,
+            ),
+            _ => storage(error_chain(&err), true),
+        }
+    }
+
+    /// Read `range` (`offset`, `len`) of an object, or all of it, resuming after a
+    /// broken body from the last byte received. A response that ends before its
+    /// Content-Length is a broken body too.
+    async fn read(&self, full: &str, range: Option<(u64, u64)>) -> Result<Bytes> {
+        let received = Mutex::new(Vec::<u8>::new());
+        let etag: Mutex<Option<String>> = Mutex::new(None);
+        // How many bytes the whole read is, once known.
+        let wanted: Mutex<Option<u64>> = Mutex::new(range.map(|(_, len)| len));
+        let lock_err = || Error::Internal("download state poisoned".into());
+        let (received_ref, etag_ref, wanted_ref) = (&received, &etag, &wanted);
+        self.retrying("get", &self.url(full), move || async move {
+            let (received, etag, wanted) = (received_ref, etag_ref, wanted_ref);
+            let have = received.lock().map_err(|_| lock_err())?.len() as u64;
+            let start = range.map(|(offset, _)| offset).unwrap_or(0) + have;
+            let header = match (range, have) {
+                (Some((offset, len)), _) => Some(format!("bytes={start}-{}", offset + len - 1)),
+                (None, 0) => None,
+                (None, _) => Some(format!("bytes={start}-")),
+            };
+            let mut request = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(full)
+                .set_range(header);
+            if let Some(tag) = etag.lock().map_err(|_| lock_err())?.clone() {
+                request = request.if_match(tag);
+            }
+            let out = request
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("get", full, e))?;
+            {
+                let mut tag = etag.lock().map_err(|_| lock_err())?;
+                if tag.is_none() {
+                    *tag = out.e_tag().map(str::to_string);
+                }
+                let mut wanted = wanted.lock().map_err(|_| lock_err())?;
+                let length = out.content_length().unwrap_or(0).max(0) as u64;
+                match (range, *wanted) {
+                    // A range past the object's end comes back shorter.
+                    (Some(_), Some(w)) => *wanted = Some(w.min(have + length)),
+                    (None, None) => *wanted = Some(length),
+                    _ => {}
+                }
+            }
+            let mut body = out.body;
+            let mut progressed = false;
+            loop {
+                match tokio::time::timeout(self.settings.stall_timeout, body.next()).await {
+                    Err(_) => {
+                        return Err(Attempt {
+                            error: Error::Storage {
+                                operation: "get",
+                                key: self.url(full),
+                                message: format!(
+                                    "the download stalled: no data for {}s (stall timeout)",
+                                    self.settings.stall_timeout.as_secs_f64()
+                                ),
+                                retryable: true,
+                            },
+                            progressed,
+                        })
+                    }
+                    Ok(None) => break,
+                    Ok(Some(Ok(chunk))) => {
+                        progressed |= !chunk.is_empty();
+                        received
+                            .lock()
+                            .map_err(|_| lock_err())?
+                            .extend_from_slice(&chunk);
+                    }
+                    Ok(Some(Err(e))) => {
+                        return Err(Attempt {
+                            error: Error::Storage {
+                                operation: "get",
+                                key: self.url(full),
+                                message: format!(
+                                    "the download broke off: {}",
+                                    io_cause(&e).unwrap_or_else(|| error_chain(&e))
+                                ),
+                                retryable: true,
+                            },
+                            progressed,
+                        })
+                    }
+                }
+            }
+            let have = received.lock().map_err(|_| lock_err())?.len() as u64;
+            let want = wanted.lock().map_err(|_| lock_err())?.unwrap_or(have);
+            if have < want {
+                return Err(Attempt {
+                    error: Error::Storage {
+                        operation: "get",
+                        key: self.url(full),
+                        message: format!("the response ended after {have} of {want} bytes"),
+                        retryable: true,
+                    },
+                    progressed,
+                });
+            }
+            Ok(())
+        })
+        .await?;
+        let data = received.into_inner().map_err(|_| lock_err())?;
+        Ok(Bytes::from(data))
+    }
+}
+
+fn no_credentials(key: &str) -> Error {
+    Error::Storage {
+        operation: "connect to",
+        key: key.to_string(),
+        message: "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE (or run where instance or web-identity credentials exist)".into(),
+        retryable: false,
+    }
+}
+
+/// The messages of an error and its sources, joined, deduplicated, on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        let text = err.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = err.source();
+    }
+    parts.join(": ")
+}
+
+/// The innermost io error's cause in words (`connection refused`), if there is one.
+fn io_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut found = None;
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            found = Some(describe_io(io));
+        }
+        current = err.source();
+    }
+    found
 }
 
 /// Lifecycle settings `pgvault storage init` applies to a policy's part of a bucket.
@@ -145,7 +549,7 @@ impl S3Storage {
             .await
         {
             Ok(out) => out.rules().to_vec(),
-            Err(e) => match sdk_err("get lifecycle", &self.bucket, e) {
+            Err(e) => match self.sdk_err("get lifecycle", "", e) {
                 // No configuration yet.
                 Error::ObjectNotFound { .. } => Vec::new(),
                 other => return Err(other),
@@ -216,7 +620,7 @@ impl S3Storage {
             )
             .send()
             .await
-            .map_err(|e| sdk_err("put lifecycle", &self.bucket, e))?;
+            .map_err(|e| self.sdk_err("put lifecycle", "", e))?;
         Ok(described)
     }
 
@@ -234,7 +638,7 @@ impl S3Storage {
                 .iter()
                 .filter_map(|r| r.id().map(str::to_string))
                 .collect()),
-            Err(e) => match sdk_err("get lifecycle", &self.bucket, e) {
+            Err(e) => match self.sdk_err("get lifecycle", "", e) {
                 Error::ObjectNotFound { .. } => Ok(Vec::new()),
                 other => Err(other),
             },
@@ -254,42 +658,58 @@ impl Storage for S3Storage {
 
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let full = self.full_key(key)?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| sdk_err("put", &full, e))?;
-        Ok(())
+        let (full_ref, data_ref) = (&full, &data);
+        self.retrying("put", &self.url(&full), move || async move {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(full_ref)
+                .body(ByteStream::from(data_ref.clone()))
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("put", full_ref, e))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
         let full = self.full_key(key)?;
-        let out = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| sdk_err("begin upload", &full, e))?;
-        let upload_id = out
-            .upload_id()
-            .map(str::to_string)
-            .ok_or_else(|| Error::Storage {
-                operation: "begin upload",
-                key: full.clone(),
-                message: "the server returned no upload id".into(),
-                retryable: false,
-            })?;
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let (full_ref, attempts_ref) = (&full, &attempts);
+        let upload_id = self
+            .retrying("begin upload", &self.url(&full), move || async move {
+                attempts_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let out = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(full_ref)
+                    .send()
+                    .await
+                    .map_err(|e| self.sdk_err("begin upload", full_ref, e))?;
+                out.upload_id().map(str::to_string).ok_or_else(|| {
+                    Attempt::from(Error::Storage {
+                        operation: "begin upload",
+                        key: self.url(full_ref),
+                        message: "the server returned no upload id".into(),
+                        retryable: true,
+                    })
+                })
+            })
+            .await?;
         Ok(Box::new(S3Upload {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
+            storage: S3Storage {
+                client: self.client.clone(),
+                bucket: self.bucket.clone(),
+                prefix: self.prefix.clone(),
+                endpoint: self.endpoint.clone(),
+                settings: self.settings.clone(),
+            },
             key: full,
             upload_id,
-            etags: Mutex::new(Vec::new()),
+            twins_possible: attempts.into_inner() > 1,
+            parts: Mutex::new(Vec::new()),
         }))
     }
 
@@ -298,68 +718,74 @@ impl Storage for S3Storage {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .range(format!("bytes={}-{}", offset, offset + len - 1))
-            .send()
-            .await
-            .map_err(|e| sdk_err("get", &full, e))?;
-        collect_body(out.body, &full).await
+        self.read(&full, Some((offset, len))).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
         let full = self.full_key(key)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| sdk_err("get", &full, e))?;
-        collect_body(out.body, &full).await
+        self.read(&full, None).await
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>> {
         let full = self.full_key(key)?;
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
-            Err(e) => match sdk_err("stat", &full, e) {
-                Error::ObjectNotFound { .. } => Ok(None),
-                other => Err(other),
-            },
+        let full_ref = &full;
+        let found = self
+            .retrying("stat", &self.url(&full), move || async move {
+                match self
+                    .client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(full_ref)
+                    .send()
+                    .await
+                {
+                    Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+                    Err(e) => match self.sdk_err("stat", full_ref, e) {
+                        Error::ObjectNotFound { .. } => Ok(None),
+                        other => Err(other.into()),
+                    },
+                }
+            })
+            .await?;
+        if found.is_none() {
+            // HEAD answers a bare 404 for a missing bucket too: tell the two apart.
+            self.check_bucket().await?;
         }
+        Ok(found)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let full_prefix = self.full_prefix(prefix);
         let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&full_prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| sdk_err("list", &full_prefix, e))?;
+        let mut token: Option<String> = None;
+        loop {
+            let (prefix_ref, token_ref) = (&full_prefix, &token);
+            let page = self
+                .retrying("list", &self.url(&full_prefix), move || async move {
+                    self.client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(prefix_ref)
+                        .set_continuation_token(token_ref.clone())
+                        .send()
+                        .await
+                        .map_err(|e| Attempt::from(self.sdk_err("list", prefix_ref, e)))
+                })
+                .await?;
             for obj in page.contents() {
                 if let Some(k) = obj.key() {
                     out.push(ObjectInfo {
                         key: self.relative(k),
                         size: obj.size().unwrap_or(0).max(0) as u64,
+                        modified: obj.last_modified().and_then(|t| {
+                            DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())
+                        }),
                     });
                 }
+            }
+            match (page.is_truncated(), page.next_continuation_token()) {
+                (Some(true), Some(next)) => token = Some(next.to_string()),
+                _ => break,
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -368,27 +794,23 @@ impl Storage for S3Storage {
 
     async fn delete(&self, key: &str) -> Result<()> {
         let full = self.full_key(key)?;
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| sdk_err("delete", &full, e))?;
-        Ok(())
+        let full_ref = &full;
+        self.retrying("delete", &self.url(&full), move || async move {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(full_ref)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("delete", full_ref, e))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn abort_pending(&self, upload: &PendingUpload) -> Result<()> {
         let full = self.full_key(&upload.key)?;
-        self.client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .upload_id(&upload.upload_id)
-            .send()
-            .await
-            .map_err(|e| sdk_err("abort upload", &full, e))?;
-        Ok(())
+        self.abort_upload(&full, &upload.upload_id).await
     }
 
     async fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
@@ -397,16 +819,24 @@ impl Storage for S3Storage {
         let mut key_marker: Option<String> = None;
         let mut id_marker: Option<String> = None;
         loop {
+            let (prefix_ref, key_ref, id_ref) = (&full_prefix, &key_marker, &id_marker);
             let page = self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(&full_prefix)
-                .set_key_marker(key_marker.clone())
-                .set_upload_id_marker(id_marker.clone())
-                .send()
-                .await
-                .map_err(|e| sdk_err("list uploads", &full_prefix, e))?;
+                .retrying(
+                    "list uploads",
+                    &self.url(&full_prefix),
+                    move || async move {
+                        self.client
+                            .list_multipart_uploads()
+                            .bucket(&self.bucket)
+                            .prefix(prefix_ref)
+                            .set_key_marker(key_ref.clone())
+                            .set_upload_id_marker(id_ref.clone())
+                            .send()
+                            .await
+                            .map_err(|e| Attempt::from(self.sdk_err("list uploads", prefix_ref, e)))
+                    },
+                )
+                .await?;
             for u in page.uploads() {
                 out.push(PendingUpload {
                     key: self.relative(u.key().unwrap_or_default()),
@@ -430,85 +860,189 @@ impl Storage for S3Storage {
     }
 }
 
+impl S3Storage {
+    /// Whether the bucket exists (a bare 404 on HEAD does not say which is missing).
+    async fn check_bucket(&self) -> Result<()> {
+        self.retrying("stat", &format!("s3://{}", self.bucket), move || async move {
+            match self.client.head_bucket().bucket(&self.bucket).send().await {
+                Ok(_) => Ok(()),
+                Err(e) => match self.sdk_err("stat", "", e) {
+                    Error::ObjectNotFound { .. } => Err(Attempt::from(Error::Storage {
+                        operation: "stat",
+                        key: format!("s3://{}", self.bucket),
+                        message: format!(
+                            "bucket {:?} does not exist at {} (NoSuchBucket); create it or fix [repository] url",
+                            self.bucket, self.endpoint
+                        ),
+                        retryable: false,
+                    })),
+                    other => Err(other.into()),
+                },
+            }
+        })
+        .await
+    }
+
+    /// Abort an upload; an upload already gone (an abort whose answer was lost) is done.
+    async fn abort_upload(&self, full: &str, upload_id: &str) -> Result<()> {
+        self.retrying("abort upload", &self.url(full), move || async move {
+            match self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(full)
+                .upload_id(upload_id)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => match e.as_service_error().and_then(|s| s.code()) {
+                    Some("NoSuchUpload") => Ok(()),
+                    _ => Err(self.sdk_err("abort upload", full, e).into()),
+                },
+            }
+        })
+        .await
+    }
+
+    /// Abort every other pending upload of `full`: twins left by a retried
+    /// `CreateMultipartUpload` whose first answer was lost.
+    async fn abort_twins(&self, full: &str, keep: &str) {
+        let relative = self.relative(full);
+        match self.pending_uploads(&relative).await {
+            Ok(uploads) => {
+                for twin in uploads
+                    .iter()
+                    .filter(|u| u.key == relative && u.upload_id != keep)
+                {
+                    if let Err(e) = self.abort_upload(full, &twin.upload_id).await {
+                        tracing::warn!(key = full, error = %e, "could not abort a duplicate multipart upload; `pgvault prune` will");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(key = full, error = %e, "could not look for duplicate multipart uploads")
+            }
+        }
+    }
+}
+
 struct S3Upload {
-    client: Client,
-    bucket: String,
+    storage: S3Storage,
     key: String,
     upload_id: String,
-    etags: Mutex<Vec<(u32, String)>>,
+    /// The create request was retried, so the server may hold a twin upload.
+    twins_possible: bool,
+    /// (part number, etag, size) of every stored part.
+    parts: Mutex<Vec<(u32, String, u64)>>,
 }
 
 #[async_trait]
 impl Upload for S3Upload {
     async fn put_part(&self, number: u32, data: Bytes) -> Result<()> {
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .part_number(number as i32)
-            .body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| sdk_err("upload part", &self.key, e))?;
-        let etag = out.e_tag().unwrap_or_default().to_string();
-        self.etags
+        let s = &self.storage;
+        let data_ref = &data;
+        let etag = s
+            .retrying("upload part", &s.url(&self.key), move || async move {
+                let out = s
+                    .client
+                    .upload_part()
+                    .bucket(&s.bucket)
+                    .key(&self.key)
+                    .upload_id(&self.upload_id)
+                    .part_number(number as i32)
+                    .body(ByteStream::from(data_ref.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| s.sdk_err("upload part", &self.key, e))?;
+                Ok(out.e_tag().unwrap_or_default().to_string())
+            })
+            .await?;
+        self.parts
             .lock()
-            .map_err(|_| Error::Invalid("upload state poisoned".into()))?
-            .push((number, etag));
+            .map_err(|_| Error::Internal("upload state poisoned".into()))?
+            .push((number, etag, data.len() as u64));
         Ok(())
     }
 
     async fn complete(&self, parts: u32) -> Result<()> {
-        let mut etags = self
-            .etags
+        let s = &self.storage;
+        let mut stored = self
+            .parts
             .lock()
-            .map_err(|_| Error::Invalid("upload state poisoned".into()))?
+            .map_err(|_| Error::Internal("upload state poisoned".into()))?
             .clone();
-        etags.sort_by_key(|(n, _)| *n);
-        if etags.len() != parts as usize {
-            return Err(Error::Storage {
-                operation: "complete upload",
-                key: self.key.clone(),
-                message: format!("expected {parts} parts, {} were uploaded", etags.len()),
-                retryable: false,
-            });
+        stored.sort_by_key(|(n, _, _)| *n);
+        if stored.len() != parts as usize {
+            return Err(Error::Internal(format!(
+                "completing {}: expected {parts} parts, {} were uploaded",
+                s.url(&self.key),
+                stored.len()
+            )));
         }
+        let total: u64 = stored.iter().map(|(_, _, size)| size).sum();
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(
-                etags
-                    .into_iter()
-                    .map(|(n, e)| {
+                stored
+                    .iter()
+                    .map(|(n, e, _)| {
                         CompletedPart::builder()
-                            .part_number(n as i32)
+                            .part_number(*n as i32)
                             .e_tag(e)
                             .build()
                     })
                     .collect(),
             ))
             .build();
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .multipart_upload(completed)
-            .send()
-            .await
-            .map_err(|e| sdk_err("complete upload", &self.key, e))?;
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let (completed_ref, tries_ref) = (&completed, &tries);
+        s.retrying("complete upload", &s.url(&self.key), move || async move {
+            let first = tries_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+            match s
+                .client
+                .complete_multipart_upload()
+                .bucket(&s.bucket)
+                .key(&self.key)
+                .upload_id(&self.upload_id)
+                .multipart_upload(completed_ref.clone())
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let gone = e.as_service_error().and_then(|x| x.code()) == Some("NoSuchUpload");
+                    if gone && !first {
+                        // An earlier attempt completed it and its answer was lost.
+                        let size = s
+                            .client
+                            .head_object()
+                            .bucket(&s.bucket)
+                            .key(&self.key)
+                            .send()
+                            .await
+                            .ok()
+                            .and_then(|h| h.content_length());
+                        if size == Some(total as i64) {
+                            return Ok(());
+                        }
+                    }
+                    Err(s.sdk_err("complete upload", &self.key, e).into())
+                }
+            }
+        })
+        .await?;
+        if self.twins_possible {
+            s.abort_twins(&self.key, &self.upload_id).await;
+        }
         Ok(())
     }
 
     async fn abort(&self) -> Result<()> {
-        self.client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .send()
-            .await
-            .map_err(|e| sdk_err("abort upload", &self.key, e))?;
-        Ok(())
+        let s = &self.storage;
+        let result = s.abort_upload(&self.key, &self.upload_id).await;
+        if self.twins_possible {
+            s.abort_twins(&self.key, &self.upload_id).await;
+        }
+        result
     }
 }
