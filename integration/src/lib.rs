@@ -5,6 +5,7 @@
 //! `PGVAULT_TEST_REQUIRE_SERVERS=1`, so that in CI a missing server fails instead of skipping.
 
 pub mod cluster;
+pub mod fault_proxy;
 pub mod s3server;
 
 use std::path::{Path, PathBuf};
