@@ -65,11 +65,28 @@ fn check(what: &str, out: std::io::Result<Output>) -> Output {
     out
 }
 
+/// How a test wants its cluster: which installation, and what to change in the data
+/// directory between `initdb` and the first start (certificates, `pg_hba.conf`,
+/// settings).
+#[derive(Default)]
+pub struct ClusterOptions {
+    /// The installation's `bin` directory (default: [`server_bin_dir`]).
+    pub bin_dir: Option<PathBuf>,
+    /// Called with the data directory after `initdb`, before the server starts. Files
+    /// it writes are handed to the server's OS user afterwards.
+    pub configure: Option<Box<dyn Fn(&Path)>>,
+}
+
 impl PgCluster {
     /// Start a new cluster, or `None` (test skipped) when PostgreSQL is not installed
     /// and `PGVAULT_TEST_REQUIRE_SERVERS` is not set.
     pub fn start() -> Option<PgCluster> {
-        let Some(bin) = server_bin_dir() else {
+        Self::start_with(ClusterOptions::default())
+    }
+
+    /// Start a new cluster as `options` say, or `None` as [`PgCluster::start`].
+    pub fn start_with(options: ClusterOptions) -> Option<PgCluster> {
+        let Some(bin) = options.bin_dir.clone().or_else(server_bin_dir) else {
             assert!(
                 !servers_required(),
                 "PostgreSQL server binaries (initdb) not found, and PGVAULT_TEST_REQUIRE_SERVERS=1; run scripts/test.sh"
@@ -107,6 +124,18 @@ impl PgCluster {
                 ])
                 .output(),
         );
+        if let Some(configure) = &options.configure {
+            configure(&data);
+            if root {
+                check(
+                    "chown",
+                    Command::new("chown")
+                        .args(["-R", "postgres:"])
+                        .arg(&data)
+                        .output(),
+                );
+            }
+        }
         // A port taken between probing and binding makes pg_ctl fail: try a few.
         for attempt in 0..5 {
             let port = free_port();
@@ -157,6 +186,11 @@ impl PgCluster {
     /// The cluster's directory (data dir, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The installation's `bin` directory (server and client programs).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
     }
 
     /// A client tool of this installation (psql, pg_dump, …).
