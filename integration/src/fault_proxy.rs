@@ -122,6 +122,9 @@ pub struct FaultConfig {
     pub modes: Vec<FaultMode>,
     /// When set, only requests with one of these methods (e.g. `GET`) get faults.
     pub methods: Option<Vec<String>>,
+    /// When set, only requests whose target (path and query) contains one of these
+    /// strings get faults, e.g. `dump.pgdump` to break one object's reads.
+    pub paths: Option<Vec<String>>,
 }
 
 impl FaultConfig {
@@ -132,7 +135,14 @@ impl FaultConfig {
             rate,
             modes: modes.to_vec(),
             methods: None,
+            paths: None,
         }
+    }
+
+    /// Only fault requests whose target contains one of `paths`.
+    pub fn with_paths(mut self, paths: &[&str]) -> FaultConfig {
+        self.paths = Some(paths.iter().map(|p| p.to_string()).collect());
+        self
     }
 
     /// Only fault requests with these methods, e.g. `&["GET"]` to break only downloads.
@@ -194,6 +204,7 @@ struct Chooser {
     rate: f64,
     modes: Vec<FaultMode>,
     methods: Option<Vec<String>>,
+    paths: Option<Vec<String>>,
     stats: FaultStats,
 }
 
@@ -204,6 +215,7 @@ impl Chooser {
             rate: config.rate,
             modes: config.modes.clone(),
             methods: config.methods.clone(),
+            paths: config.paths.clone(),
             stats: FaultStats {
                 requests: 0,
                 faults: config.modes.iter().map(|&mode| (mode, 0)).collect(),
@@ -211,7 +223,7 @@ impl Chooser {
         }
     }
 
-    fn decide(&mut self, method: &str) -> Decision {
+    fn decide(&mut self, method: &str, target: &str) -> Decision {
         // Every request draws the same four numbers, so request i's fate depends only on the
         // seed and i, whatever the method filter and the rate.
         let roll: f64 = self.rng.gen();
@@ -222,7 +234,11 @@ impl Chooser {
         let eligible = self
             .methods
             .as_ref()
-            .is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)));
+            .is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            && self
+                .paths
+                .as_ref()
+                .is_none_or(|paths| paths.iter().any(|p| target.contains(p.as_str())));
         let fault = if eligible && roll < self.rate {
             self.modes.get(pick).copied()
         } else {
@@ -440,7 +456,8 @@ async fn serve_request(client: &mut Conn, shared: &Shared) -> io::Result<bool> {
     };
     let method = request.start.first().cloned().unwrap_or_default();
     let request_body = request.request_body()?;
-    let decision = shared.chooser().decide(&method);
+    let target = request.start.get(1).cloned().unwrap_or_default();
+    let decision = shared.chooser().decide(&method, &target);
     match decision.fault {
         Some(FaultMode::Stall) => {
             hold(client).await;
@@ -1060,7 +1077,9 @@ mod tests {
         let config = FaultConfig::new(42, 0.5, &FaultMode::ALL);
         let run = |config: &FaultConfig| {
             let mut chooser = Chooser::new(config);
-            (0..200).map(|_| chooser.decide("GET")).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| chooser.decide("GET", "/"))
+                .collect::<Vec<_>>()
         };
         let first = run(&config);
         assert_eq!(first, run(&config));

@@ -268,12 +268,15 @@ impl S3Storage {
             SdkError::ServiceError(service) => {
                 let status = service.raw().status().as_u16();
                 let code = service.err().code().unwrap_or_default().to_string();
-                let with_code = |text: &str| {
-                    if code.is_empty() {
-                        format!("{text} (HTTP {status})")
-                    } else {
-                        format!("{text} ({code})")
-                    }
+                let said = service
+                    .err()
+                    .message()
+                    .map(|m| m.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .filter(|m| !m.is_empty());
+                let with_code = |text: &str| match (code.is_empty(), &said) {
+                    (true, _) => format!("{text} (HTTP {status})"),
+                    (false, Some(m)) => format!("{text} ({code}: {})", crate::policy::safe_echo(m)),
+                    (false, None) => format!("{text} ({code})"),
                 };
                 match (status, code.as_str()) {
                     (_, "NoSuchBucket") => storage(
@@ -295,6 +298,19 @@ impl S3Storage {
                         format!("S3 at {} rejected the credentials ({code}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile", self.endpoint),
                         false,
                     ),
+                    // Garage answers a bad signature or an unknown key id with AccessDenied
+                    // and says so in the message.
+                    (403, _)
+                        if said.as_deref().is_some_and(|m| {
+                            let m = m.to_ascii_lowercase();
+                            m.contains("signature") || m.contains("no such key") || m.contains("access key")
+                        }) =>
+                    {
+                        storage(
+                            with_code(&format!("S3 at {} rejected the credentials; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile", self.endpoint)),
+                            false,
+                        )
+                    }
                     (403, _) => storage(
                         with_code(&format!(
                             "access denied by S3 at {}; the credentials may lack the permission for this operation",
@@ -313,14 +329,7 @@ impl S3Storage {
                     (_, "RequestTimeout" | "SlowDown" | "InternalError" | "ServiceUnavailable") => {
                         storage(with_code(&format!("S3 answered {status}")), true)
                     }
-                    _ => {
-                        let message = service
-                            .err()
-                            .message()
-                            .map(|m| format!(": {m}"))
-                            .unwrap_or_default();
-                        storage(with_code(&format!("S3 refused the request{message}")), false)
-                    }
+                    _ => storage(with_code("S3 refused the request"), false),
                 }
             }
             SdkError::TimeoutError(_) => storage(format!("timed out ({timeouts})"), true),

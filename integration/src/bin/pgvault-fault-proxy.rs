@@ -36,6 +36,10 @@ struct Args {
     /// Comma-separated HTTP methods that may get faults, e.g. GET (default: all).
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
+    /// Comma-separated strings; only requests whose path contains one get faults
+    /// (default: all paths).
+    #[arg(long, value_delimiter = ',')]
+    paths: Vec<String>,
 }
 
 #[tokio::main]
@@ -50,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
             args.modes
         },
         methods: (!args.methods.is_empty()).then_some(args.methods),
+        paths: (!args.paths.is_empty()).then_some(args.paths),
     };
     let proxy = FaultProxy::start_on(args.listen, &args.upstream, config)
         .await

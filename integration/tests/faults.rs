@@ -1,0 +1,442 @@
+//! The S3 contract under faults: pgvault talks to Garage through the fault-injection
+//! proxy (`pgvault_integration::fault_proxy`), which resets connections mid-body,
+//! answers 503 and 500, truncates bodies, stalls and delays, chosen per request by a
+//! seeded generator. Each run must either succeed with a backup that deep-verifies, or
+//! fail cleanly: no manifest, no multipart upload left open, no leftover object, a
+//! one-line reason. Open uploads and objects are counted on Garage directly, right after
+//! each run, so a leak cannot hide behind Garage's clean-up of superseded uploads.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use pgvault_integration::fault_proxy::{FaultConfig, FaultMode, FaultProxy};
+use pgvault_integration::{
+    keygen, pgvault, run, text, wait_until, write_policy, PgCluster, RepoSpec, S3Server, TestKey,
+};
+
+/// Short timeouts, so that stalls resolve in seconds; retries as in production.
+const FAST_TIMEOUTS: &str =
+    "part_size = \"5MiB\"\nconnect_timeout = \"2s\"\nfirst_byte_timeout = \"3s\"\nstall_timeout = \"3s\"\nretry_time = \"60s\"\n";
+
+/// One test's world: a source with ~12 MiB of incompressible rows, a fresh bucket on
+/// Garage, a proxy in front of it, and a policy whose repository goes through the proxy.
+struct Faulty {
+    server: S3Server,
+    bucket: String,
+    prefix: String,
+    proxy: FaultProxy,
+    source: PgCluster,
+    work: tempfile::TempDir,
+    key: TestKey,
+    policy: PathBuf,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Faulty {
+    /// `rows` rows of 1 KiB random bytes; faults as `config` says; `repository` lines
+    /// added to the policy's `[repository]`.
+    fn start(rows: u32, config: FaultConfig, repository: &str) -> Option<Faulty> {
+        let server = S3Server::from_env()?;
+        let source = PgCluster::start()?;
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (bucket, prefix) = runtime.block_on(server.fresh_location());
+        let proxy = FaultProxy::start_in_background(&server.endpoint, config).unwrap();
+        source.psql("postgres", "create database app");
+        source.psql_script(
+            "app",
+            &format!(
+                "create extension pgcrypto;\n\
+                 create table blob (id int primary key, b bytea);\n\
+                 insert into blob select g, gen_random_bytes(1024) from generate_series(1, {rows}) g;\n\
+                 create table small (id serial primary key, note text);\n\
+                 insert into small (note) values ('a'), ('b'), ('c');\n"
+            ),
+        );
+        let work = tempfile::tempdir().unwrap();
+        let key = keygen(work.path(), "ops");
+        let mut via_proxy = server.clone();
+        via_proxy.endpoint = proxy.endpoint();
+        let policy = write_policy(
+            work.path(),
+            "app",
+            &source.url("app"),
+            &RepoSpec::S3 {
+                server: &via_proxy,
+                bucket: &bucket,
+                prefix: &prefix,
+            },
+            &key.recipient,
+            "",
+        );
+        let text = std::fs::read_to_string(&policy).unwrap();
+        std::fs::write(
+            &policy,
+            text.replace("[repository]\n", &format!("[repository]\n{repository}")),
+        )
+        .unwrap();
+        Some(Faulty {
+            server,
+            bucket,
+            prefix,
+            proxy,
+            source,
+            work,
+            key,
+            policy,
+            runtime,
+        })
+    }
+
+    fn cli(&self, args: &[&str]) -> Command {
+        let mut cmd = pgvault(Some(&self.server));
+        cmd.args(args).arg("--policy").arg(&self.policy);
+        cmd
+    }
+
+    fn identity(&self) -> &str {
+        self.key.identity.to_str().unwrap()
+    }
+
+    /// Open multipart uploads and object keys under the test's prefix, read from Garage
+    /// itself (not through the proxy).
+    fn open_uploads(&self) -> usize {
+        self.runtime.block_on(
+            self.server
+                .open_multipart_uploads(&self.bucket, &self.prefix),
+        )
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.runtime
+            .block_on(self.server.list_keys(&self.bucket, &self.prefix))
+    }
+
+    fn manifests(&self) -> usize {
+        self.keys()
+            .iter()
+            .filter(|k| k.ends_with("/manifest.json"))
+            .count()
+    }
+
+    /// Restore the latest backup into `db` on the source server and compare it with `app`.
+    fn restore_and_compare(&self, db: &str) {
+        let target = self.source.url(db);
+        let out = run(self.cli(&[
+            "restore",
+            "--identity",
+            self.identity(),
+            "--target",
+            &target,
+        ]));
+        assert!(
+            out.status.success(),
+            "restore failed under faults ({}): {}",
+            self.proxy.stats(),
+            text(&out)
+        );
+        pgvault_integration::assert_same_text(
+            &self.source.dump_text("app"),
+            &self.source.dump_text(db),
+            "source and restored dumps",
+        );
+    }
+}
+
+/// The one stderr line of a failed command, checked to carry no library Debug output.
+fn one_line_error(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("pgvault:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {stderr}");
+    let line = lines[0].to_string();
+    for debug in ["{ ", "Error {", "kind:", "source:", "DispatchFailure"] {
+        assert!(!line.contains(debug), "Debug output in the error: {line}");
+    }
+    line
+}
+
+#[test]
+fn backup_verify_and_restore_hold_through_every_fault_mode() {
+    let modes = [
+        FaultMode::Reset,
+        FaultMode::SlowDown,
+        FaultMode::InternalError,
+        FaultMode::Truncate,
+        FaultMode::Stall,
+        FaultMode::StallBody,
+        FaultMode::Latency,
+    ];
+    let Some(f) = Faulty::start(12_000, FaultConfig::new(9, 0.3, &modes), FAST_TIMEOUTS) else {
+        return;
+    };
+    let backup = run(f.cli(&["backup"]));
+    assert!(
+        backup.status.success(),
+        "backup failed under faults ({}): {}",
+        f.proxy.stats(),
+        text(&backup)
+    );
+    assert_eq!(f.manifests(), 1);
+    assert_eq!(f.open_uploads(), 0, "a multipart upload was left open");
+    let verify = run(f.cli(&["verify", "--identity", f.identity()]));
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "deep verify under faults ({}): {}",
+        f.proxy.stats(),
+        text(&verify)
+    );
+    f.restore_and_compare("restored");
+    let stats = f.proxy.stats();
+    let kinds = modes.iter().filter(|m| stats.count(**m) > 0).count();
+    assert!(
+        stats.total_faults() >= 6 && kinds >= 3,
+        "too few faults to mean anything: {stats}"
+    );
+}
+
+#[test]
+fn downloads_resume_after_resets_truncations_and_stalled_bodies() {
+    let config = FaultConfig::new(
+        21,
+        0.35,
+        &[FaultMode::Reset, FaultMode::Truncate, FaultMode::StallBody],
+    )
+    .with_methods(&["GET"]);
+    let Some(f) = Faulty::start(16_000, config, FAST_TIMEOUTS) else {
+        return;
+    };
+    // Take the backup without faults, then break downloads only.
+    f.proxy.set_rate(0.0);
+    assert!(run(f.cli(&["backup"])).status.success());
+    f.proxy.set_rate(0.35);
+    f.restore_and_compare("restored");
+    let stats = f.proxy.stats();
+    assert!(
+        stats.count(FaultMode::Reset) + stats.count(FaultMode::Truncate) > 0,
+        "no body was cut: {stats}"
+    );
+}
+
+#[test]
+fn a_backup_that_cannot_store_its_data_fails_cleanly() {
+    // Every upload of data fails; listing, deleting and aborting still work, so the
+    // failed run can and must clean up after itself.
+    let config = FaultConfig::new(3, 1.0, &[FaultMode::InternalError]).with_methods(&["PUT"]);
+    let Some(f) = Faulty::start(8_000, config, &format!("{FAST_TIMEOUTS}max_attempts = 3\n"))
+    else {
+        return;
+    };
+    let out = run(f.cli(&["backup"]));
+    assert!(!out.status.success(), "{}", text(&out));
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("S3 answered 500") && line.contains("InternalError"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("s3://{}/", f.bucket)), "{line}");
+    assert_eq!(f.open_uploads(), 0, "a multipart upload was left open");
+    assert!(f.keys().is_empty(), "objects left behind: {:?}", f.keys());
+    let list = run(f.cli(&["list"]));
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "no backups");
+}
+
+#[test]
+fn verify_calls_an_unreadable_backup_unknown_not_corrupt() {
+    // Reads of the dump break off every time; listing, the manifest and the small
+    // objects read fine.
+    let config = FaultConfig::new(5, 1.0, &[FaultMode::Reset])
+        .with_methods(&["GET"])
+        .with_paths(&["dump.pgdump"]);
+    let Some(f) = Faulty::start(2_000, config, &format!("{FAST_TIMEOUTS}max_attempts = 2\n"))
+    else {
+        return;
+    };
+    assert!(run(f.cli(&["backup"])).status.success());
+    for deep in [false, true] {
+        let mut args = vec!["verify"];
+        if deep {
+            args.extend(["--identity", f.identity()]);
+        }
+        let out = run(f.cli(&args));
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(t.contains("ERROR dump"), "{t}");
+        assert!(t.contains("could not read"), "{t}");
+        assert!(t.contains("verification INCOMPLETE"), "{t}");
+        assert!(!t.contains("FAIL"), "{t}");
+        assert!(t.contains("OK    globals"), "{t}");
+    }
+    assert!(f.proxy.stats().count(FaultMode::Reset) >= 4);
+    // The same backup with the network healthy verifies: nothing was wrong with it.
+    f.proxy.set_rate(0.0);
+    let out = run(f.cli(&["verify", "--identity", f.identity()]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn wal_push_and_fetch_hold_through_faults() {
+    let modes = [
+        FaultMode::Reset,
+        FaultMode::SlowDown,
+        FaultMode::InternalError,
+        FaultMode::Truncate,
+        FaultMode::Stall,
+    ];
+    let Some(f) = Faulty::start(1, FaultConfig::new(13, 0.25, &modes), FAST_TIMEOUTS) else {
+        return;
+    };
+    let wal = f.work.path().join("pg_wal");
+    std::fs::create_dir(&wal).unwrap();
+    let mut names = Vec::new();
+    for n in 1..=6u32 {
+        let name = format!("00000001000000000000{n:04X}");
+        let data: Vec<u8> = (0..(1 << 20)).map(|_| rand::random::<u8>()).collect();
+        std::fs::write(wal.join(&name), &data).unwrap();
+        names.push((name, data));
+    }
+    for (name, _) in &names {
+        let path = wal.join(name);
+        let out = run(f.cli(&["wal-push", path.to_str().unwrap()]));
+        assert!(
+            out.status.success(),
+            "wal-push of {name} under faults ({}): {}",
+            f.proxy.stats(),
+            text(&out)
+        );
+    }
+    assert_eq!(f.open_uploads(), 0);
+    let fetched_dir = f.work.path().join("fetched");
+    std::fs::create_dir(&fetched_dir).unwrap();
+    for (name, data) in &names {
+        let dest = fetched_dir.join(name);
+        let out = run(f.cli(&[
+            "wal-fetch",
+            "--prefetch",
+            "0",
+            "--identity",
+            f.identity(),
+            name,
+            dest.to_str().unwrap(),
+        ]));
+        assert!(out.status.success(), "wal-fetch of {name}: {}", text(&out));
+        assert!(std::fs::read(&dest).unwrap() == *data, "{name} differs");
+    }
+    assert!(f.proxy.stats().total_faults() > 0, "{}", f.proxy.stats());
+}
+
+#[test]
+fn sigterm_during_a_stalled_upload_aborts_it_at_once() {
+    // Data parts stall forever (well past the test): only cancellation can end the run.
+    let config = FaultConfig::new(1, 1.0, &[FaultMode::Stall]).with_methods(&["PUT"]);
+    let Some(f) = Faulty::start(
+        8_000,
+        config,
+        "part_size = \"5MiB\"\nfirst_byte_timeout = \"10m\"\nstall_timeout = \"10m\"\n",
+    ) else {
+        return;
+    };
+    let child = f
+        .cli(&["backup"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("an upload to stall", 120, || {
+        f.proxy.stats().count(FaultMode::Stall) >= 1
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(text(&out).contains("cancelled"), "{}", text(&out));
+    assert_eq!(f.open_uploads(), 0, "the stalled upload was not aborted");
+    assert_eq!(f.manifests(), 0);
+}
+
+/// A policy for `repository_url` at `endpoint`, with one attempt per request.
+fn error_policy(dir: &Path, endpoint: &str, repository_url: &str, key: &TestKey) -> PathBuf {
+    let path = dir.join("errors.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"app\"\n[source]\nurl = \"postgres://postgres@127.0.0.1:1/app\"\n\
+             [repository]\nurl = \"{repository_url}\"\nendpoint = \"{endpoint}\"\nregion = \"garage\"\n\
+             max_attempts = 1\nconnect_timeout = \"2s\"\n\
+             [encryption]\nrecipients = [\"{}\"]\n",
+            key.recipient
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn s3_errors_are_one_line_naming_the_bucket_host_and_cause() {
+    let Some(server) = S3Server::from_env() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "ops");
+    let list = |policy: &Path, configure: &dyn Fn(&mut Command)| {
+        let mut cmd = pgvault(Some(&server));
+        configure(&mut cmd);
+        cmd.args(["list", "--policy"]).arg(policy);
+        let out = run(cmd);
+        assert!(!out.status.success(), "{}", text(&out));
+        one_line_error(&out)
+    };
+
+    let missing = error_policy(
+        work.path(),
+        &server.endpoint,
+        "s3://pgvault-no-such-bucket/x",
+        &key,
+    );
+    let line = list(&missing, &|_| {});
+    assert!(
+        line.contains(&format!(
+            "bucket \"pgvault-no-such-bucket\" does not exist at {}",
+            server.endpoint
+        )),
+        "{line}"
+    );
+
+    let line = list(&missing, &|c| {
+        c.env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    });
+    assert!(line.contains("rejected the credentials"), "{line}");
+
+    let line = list(&missing, &|c| {
+        c.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("HOME", "/nonexistent");
+    });
+    assert!(
+        line.contains(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        ),
+        "{line}"
+    );
+
+    let port = pgvault_integration::free_port();
+    let refused = error_policy(
+        work.path(),
+        &format!("http://127.0.0.1:{port}"),
+        "s3://pgvault-any-bucket/x",
+        &key,
+    );
+    let line = list(&refused, &|_| {});
+    assert!(
+        line.contains(&format!(
+            "cannot reach S3 endpoint http://127.0.0.1:{port}: connection refused"
+        )),
+        "{line}"
+    );
+}
