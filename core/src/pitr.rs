@@ -305,8 +305,16 @@ pub async fn plan(
             .max();
         if let Some((archived_at, segment)) = newest {
             if *t > archived_at {
+                let hint = if timeline != physical.timeline {
+                    format!(
+                        "; replay follows timeline {timeline}, which branched off timeline {} (a promoted copy archiving into this policy?): to stay on the base backup's timeline, use --target-timeline current",
+                        physical.timeline
+                    )
+                } else {
+                    "; pick a time up to it, or use --to-latest".into()
+                };
                 return Err(Error::Invalid(format!(
-                    "--to-time {} is after the end of the archived WAL: its newest segment on timeline {timeline}, {segment}, was stored at {}, so nothing later can be reached. The newest reachable time is at most {}; pick a time up to it, or use --to-latest",
+                    "--to-time {} is after the end of the archived WAL on this path: its newest segment, {segment}, was stored at {}, so nothing later can be reached. The newest reachable time is at most {}{hint}",
                     t.format("%Y-%m-%d %H:%M:%S UTC"),
                     archived_at.format("%Y-%m-%d %H:%M:%S UTC"),
                     archived_at.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -593,6 +601,11 @@ fn write_recovery_settings(plan: &PitrPlan, options: &PitrOptions) -> Result<()>
             "recovery_target_action = {}",
             quote(options.action.setting())
         ));
+    }
+    if !options.keep_archiving {
+        // A copy for inspection or a drill must never write its new timeline into the
+        // production archive.
+        lines.push("archive_mode = 'off'".into());
     }
     lines.push(String::new());
     let auto = pgdata.join("postgresql.auto.conf");

@@ -3,15 +3,22 @@
 //!
 //! Deletion removes a backup's manifest first, so the backup stops existing atomically;
 //! its data objects go next. A prune interrupted half-way leaves only orphans (data
-//! without a manifest), never a listed backup without its data. Orphans and pending
-//! multipart uploads are removed only when older than the policy's `orphan_min_age`,
-//! so a backup that is still running is never touched.
+//! without a manifest), never a listed backup without its data.
+//!
+//! Leftovers (objects without a manifest, pending multipart uploads) are removed when
+//! the run that made them is known to be over: its run lease is dead (see
+//! [`crate::lease`]: its process is gone, or its heartbeat stopped), which is decided
+//! at once; or, for a run without a lease, when they are older than the policy's
+//! `orphan_min_age`. A backup that is still running is never touched. The next backup
+//! of a policy and the agent at start-up remove crashed runs' leftovers the same way
+//! ([`remove_crashed_runs`]).
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::error::Result;
+use crate::lease::Liveness;
 use crate::policy::RetentionConfig;
 use crate::repository::{BackupKind, Repository, MANIFEST};
 use crate::retention::{self, BackupRef, RetentionPlan};
@@ -26,6 +33,31 @@ pub struct Orphan {
     pub keys: Vec<String>,
     /// When it was started, from the id.
     pub started: Option<DateTime<Utc>>,
+    /// Why it can go: the crashed run, or its age.
+    pub reason: String,
+}
+
+/// A multipart upload that will never be completed, and why.
+#[derive(Debug, Clone)]
+pub struct StaleUpload {
+    /// The upload.
+    pub upload: PendingUpload,
+    /// Why it can be aborted: the crashed run, or its age.
+    pub reason: String,
+}
+
+/// What runs that ended without a manifest left behind, and may be removed now.
+#[derive(Debug, Clone, Default)]
+pub struct Leftovers {
+    /// Orphan directories to remove.
+    pub orphans: Vec<Orphan>,
+    /// Pending uploads to abort.
+    pub stale_uploads: Vec<StaleUpload>,
+    /// Lease objects of runs that are over.
+    pub dead_leases: Vec<String>,
+    /// Orphans and uploads left alone: their run may still be going (a live lease, or
+    /// no lease and younger than `orphan_min_age`).
+    pub recent: usize,
 }
 
 /// What a prune will do (or did).
@@ -33,14 +65,150 @@ pub struct Orphan {
 pub struct PrunePlan {
     /// KEEP/DELETE per backup with reasons.
     pub retention: RetentionPlan,
-    /// Orphan directories old enough to remove.
+    /// Orphan directories to remove.
     pub orphans: Vec<Orphan>,
-    /// Pending uploads old enough to abort.
-    pub stale_uploads: Vec<PendingUpload>,
-    /// Orphans and uploads left alone because they are recent (maybe a running backup).
+    /// Pending uploads to abort.
+    pub stale_uploads: Vec<StaleUpload>,
+    /// Lease objects of runs that are over.
+    pub dead_leases: Vec<String>,
+    /// Orphans and uploads left alone because their run may still be going.
     pub recent_leftovers: usize,
     /// Archived WAL files no retained base backup needs (see [`crate::wal::wal_not_needed`]).
     pub wal_to_delete: Vec<String>,
+}
+
+/// Find what ended runs left behind. A dead lease makes its run's leftovers removable at
+/// once; without a lease, only leftovers older than `orphan_min_age` are (none when it
+/// is `None`: the next backup and the agent remove only crashed runs' leftovers).
+pub async fn leftovers(
+    repo: &Repository,
+    now: DateTime<Utc>,
+    orphan_min_age: Option<chrono::Duration>,
+) -> Result<Leftovers> {
+    let prefix = repo.backups_prefix();
+    let mut dirs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for object in repo.storage().list(&prefix).await? {
+        let rest = object.key.strip_prefix(&prefix).unwrap_or(&object.key);
+        if let Some((id, _)) = rest.split_once('/') {
+            dirs.entry(id.to_string())
+                .or_default()
+                .push(object.key.clone());
+        }
+    }
+    // Leases are read after the objects. A run writes its manifest before it drops its
+    // lease, and each orphan's manifest is looked for again before it is deleted, so a
+    // run that finishes meanwhile is never touched.
+    let leases = crate::lease::read_leases(repo).await?;
+    let removable = |id: &str| -> Option<String> {
+        match crate::lease::liveness(leases.get(id), now) {
+            Liveness::Running => None,
+            Liveness::Crashed(why) => Some(format!("crashed run: {why}")),
+            Liveness::Unknown => {
+                let min_age = orphan_min_age?;
+                id_time(id)
+                    .filter(|t| *t < now - min_age)
+                    .map(|_| "older than orphan_min_age".to_string())
+            }
+        }
+    };
+    let mut found = Leftovers::default();
+    for (id, keys) in dirs {
+        if keys.iter().any(|k| k.ends_with(&format!("/{MANIFEST}"))) {
+            continue;
+        }
+        match removable(&id) {
+            Some(reason) => found.orphans.push(Orphan {
+                started: id_time(&id),
+                id,
+                keys,
+                reason,
+            }),
+            None => found.recent += 1,
+        }
+    }
+    for upload in repo.storage().pending_uploads(&prefix).await? {
+        let rest = upload.key.strip_prefix(&prefix).unwrap_or(&upload.key);
+        let id = rest.split('/').next().unwrap_or_default().to_string();
+        match removable(&id) {
+            Some(reason) => found.stale_uploads.push(StaleUpload { upload, reason }),
+            None => found.recent += 1,
+        }
+    }
+    // WAL uploads carry no lease: the age rule only.
+    if let Some(min_age) = orphan_min_age {
+        for upload in repo
+            .storage()
+            .pending_uploads(&crate::wal::wal_prefix(repo))
+            .await?
+        {
+            if upload.started.is_some_and(|t| t < now - min_age) {
+                found.stale_uploads.push(StaleUpload {
+                    upload,
+                    reason: "older than orphan_min_age".into(),
+                });
+            } else {
+                found.recent += 1;
+            }
+        }
+    }
+    for (id, lease) in &leases {
+        if let Liveness::Crashed(_) = crate::lease::liveness(Some(lease), now) {
+            found.dead_leases.push(crate::lease::lease_key(repo, id));
+        }
+    }
+    Ok(found)
+}
+
+/// Remove what crashed runs left (dead leases only; the age rule is `prune`'s). Called
+/// by every backup under its own lease and by the agent at start-up; failures are
+/// logged, never fatal: the leftovers wait for the next pass.
+pub async fn remove_crashed_runs(repo: &Repository) {
+    let found = match leftovers(repo, Utc::now(), None).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(policy = %repo.policy(), error = %e, "cannot look for a crashed run's leftovers");
+            return;
+        }
+    };
+    if found.orphans.is_empty() && found.stale_uploads.is_empty() && found.dead_leases.is_empty() {
+        return;
+    }
+    match remove_leftovers(repo, &found).await {
+        Ok((orphans, uploads)) => {
+            for o in &found.orphans {
+                tracing::info!(policy = %repo.policy(), backup = %o.id, reason = %o.reason, "removed a crashed run's objects");
+            }
+            tracing::info!(policy = %repo.policy(), orphans, uploads, "crashed runs cleaned up");
+        }
+        Err(e) => {
+            tracing::warn!(policy = %repo.policy(), error = %e, "cannot remove a crashed run's leftovers")
+        }
+    }
+}
+
+/// Remove `found`: each orphan after checking again that its manifest is still absent,
+/// then uploads, then dead leases. Returns (orphans removed, uploads aborted).
+async fn remove_leftovers(repo: &Repository, found: &Leftovers) -> Result<(usize, usize)> {
+    let mut orphans = 0;
+    for orphan in &found.orphans {
+        let manifest = repo.object_key(&orphan.id, MANIFEST);
+        if repo.storage().size(&manifest).await?.is_some() {
+            continue; // it finished after all
+        }
+        for key in &orphan.keys {
+            repo.storage().delete(key).await?;
+        }
+        orphans += 1;
+    }
+    let mut uploads = 0;
+    for stale in &found.stale_uploads {
+        repo.storage().abort_pending(&stale.upload).await?;
+        uploads += 1;
+    }
+    for key in &found.dead_leases {
+        repo.storage().delete(key).await?;
+    }
+    Ok((orphans, uploads))
 }
 
 /// The start time encoded in a backup id (`YYYYMMDDTHHMMSSZ-…`).
@@ -93,38 +261,7 @@ pub async fn plan(
             .then(b.backup.id.cmp(&a.backup.id))
     });
 
-    let prefix = repo.backups_prefix();
-    let mut dirs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for object in repo.storage().list(&prefix).await? {
-        let rest = object.key.strip_prefix(&prefix).unwrap_or(&object.key);
-        if let Some((id, _)) = rest.split_once('/') {
-            dirs.entry(id.to_string())
-                .or_default()
-                .push(object.key.clone());
-        }
-    }
-    let cutoff = now - config.orphan_min_age;
-    let mut recent_leftovers = 0;
-    let mut orphans = Vec::new();
-    for (id, keys) in dirs {
-        if keys.iter().any(|k| k.ends_with(&format!("/{MANIFEST}"))) {
-            continue;
-        }
-        let started = id_time(&id);
-        if started.is_some_and(|t| t < cutoff) {
-            orphans.push(Orphan { id, keys, started });
-        } else {
-            recent_leftovers += 1;
-        }
-    }
-    let mut stale_uploads = Vec::new();
-    for upload in repo.storage().pending_uploads(&prefix).await? {
-        if upload.started.is_some_and(|t| t < cutoff) {
-            stale_uploads.push(upload);
-        } else {
-            recent_leftovers += 1;
-        }
-    }
+    let found = leftovers(repo, now, Some(config.orphan_min_age)).await?;
     let deleted: Vec<&str> = retention
         .to_delete()
         .iter()
@@ -147,9 +284,10 @@ pub async fn plan(
     };
     Ok(PrunePlan {
         retention,
-        orphans,
-        stale_uploads,
-        recent_leftovers,
+        orphans: found.orphans,
+        stale_uploads: found.stale_uploads,
+        dead_leases: found.dead_leases,
+        recent_leftovers: found.recent,
         wal_to_delete,
     })
 }
@@ -185,16 +323,18 @@ pub async fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneOutcome
         tracing::info!(backup = %backup.id, "backup deleted by retention");
         outcome.deleted_backups.push(backup.id.clone());
     }
-    for orphan in &plan.orphans {
-        for key in &orphan.keys {
-            repo.storage().delete(key).await?;
-        }
-        outcome.removed_orphans += 1;
-    }
-    for upload in &plan.stale_uploads {
-        repo.storage().abort_pending(upload).await?;
-        outcome.aborted_uploads += 1;
-    }
+    let (orphans, uploads) = remove_leftovers(
+        repo,
+        &Leftovers {
+            orphans: plan.orphans.clone(),
+            stale_uploads: plan.stale_uploads.clone(),
+            dead_leases: plan.dead_leases.clone(),
+            recent: plan.recent_leftovers,
+        },
+    )
+    .await?;
+    outcome.removed_orphans += orphans;
+    outcome.aborted_uploads += uploads;
     // WAL last: it was planned against the backups kept above.
     for key in &plan.wal_to_delete {
         repo.storage().delete(key).await?;

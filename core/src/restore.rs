@@ -85,6 +85,10 @@ pub struct RestorePlan {
     pub tablespaces_skipped: usize,
     /// The scratch database restored into before the swap.
     pub scratch_database: String,
+    /// Scratch databases of earlier restores into the same target that are still on
+    /// the server (a restore killed with `kill -9`, or one running now), with the
+    /// sessions each has. The restore refuses to run while there are any.
+    pub leftovers: Vec<(String, i64)>,
     /// pg_restore jobs.
     pub jobs: u32,
     tools: PgTools,
@@ -257,6 +261,7 @@ pub async fn plan_into(
             message: format!("the verification sidecar is not valid JSON: {e}"),
         })?;
 
+    let leftovers = scratch_leftovers(&admin, &target_database).await?;
     let suffix = manifest
         .id
         .rsplit('-')
@@ -264,6 +269,7 @@ pub async fn plan_into(
         .unwrap_or("restore")
         .to_string();
     Ok(RestorePlan {
+        leftovers,
         scratch_database: format!("{target_database}_pgvault_{suffix}"),
         target_server_version: server.version,
         jobs: options.jobs.max(1),
@@ -279,6 +285,78 @@ pub async fn plan_into(
         sidecar,
         options,
     })
+}
+
+/// Databases named `<target>_pgvault_…` on the server (scratch databases of restores
+/// into `target`, and their `_old` copies), with how many sessions each has.
+pub async fn scratch_leftovers(
+    admin: &tokio_postgres::Client,
+    target: &str,
+) -> Result<Vec<(String, i64)>> {
+    let rows = admin
+        .query(
+            "select d.datname::text, (select count(*) from pg_stat_activity a where a.datname = d.datname) \
+             from pg_database d where left(d.datname, length($1) + 9) = $1 || '_pgvault_' order by 1",
+            &[&target],
+        )
+        .await
+        .map_err(|e| Error::pg("cannot look for leftover scratch databases", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A scratch database an interrupted restore or drill left on a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftoverDatabase {
+    /// `host:port` of the server.
+    pub server: String,
+    /// The database.
+    pub name: String,
+    /// Sessions connected to it now (more than none: maybe still in use).
+    pub sessions: i64,
+}
+
+/// Scratch databases of restores (`…_pgvault_<8 hex>[_old]`) and drills
+/// (`pgvault_drill_<8 hex>`) on the server of `url`, for `pgvault check`.
+pub async fn leftover_databases(url: &str) -> Result<Vec<LeftoverDatabase>> {
+    let target = ConnTarget::parse(url)?;
+    let admin = target.connect().await?;
+    let rows = admin
+        .query(
+            "select d.datname::text, (select count(*) from pg_stat_activity a where a.datname = d.datname) \
+             from pg_database d where d.datname ~ '_pgvault_[0-9a-f]{8}(_old)?$' \
+             or d.datname ~ '^pgvault_drill_[0-9a-f]{8}$' order by 1",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::pg("cannot look for leftover scratch databases", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| LeftoverDatabase {
+            server: target.server(),
+            name: r.get(0),
+            sessions: r.get(1),
+        })
+        .collect())
+}
+
+/// The refusal when earlier restores' scratch databases are on the target server.
+fn leftovers_error(target: &str, leftovers: &[(String, i64)]) -> Error {
+    let busy: Vec<&(String, i64)> = leftovers.iter().filter(|(_, n)| *n > 0).collect();
+    if let Some((name, sessions)) = busy.first() {
+        return Error::Invalid(format!(
+            "another restore into {target} seems to be running: its scratch database {name} has {sessions} session(s); wait for it, or stop it and drop {name}"
+        ));
+    }
+    let names: Vec<&str> = leftovers.iter().map(|(n, _)| n.as_str()).collect();
+    let drops: Vec<String> = names
+        .iter()
+        .map(|n| format!("DROP DATABASE {};", quote_ident(n)))
+        .collect();
+    Error::Invalid(format!(
+        "an interrupted restore into {target} left {} on the server (no session uses it); check nothing needs it, drop it ({}) and run the restore again",
+        names.join(", "),
+        drops.join(" ")
+    ))
 }
 
 /// Byte counts for people: `512 B`, `1.5 MiB`.
@@ -357,6 +435,13 @@ impl fmt::Display for RestorePlan {
             ),
         };
         writeln!(f, "  action:      {action}")?;
+        for (name, sessions) in &self.leftovers {
+            writeln!(
+                f,
+                "  LEFTOVER:    database {name} from an earlier restore into {} ({sessions} session(s)); the restore refuses to run until it is gone",
+                self.target_database
+            )?;
+        }
         writeln!(
             f,
             "  roles:       create {}; keep existing {}",
@@ -413,6 +498,9 @@ pub async fn execute(
             tables,
         });
     }
+    if !plan.leftovers.is_empty() {
+        return Err(leftovers_error(&plan.target_database, &plan.leftovers));
+    }
     let spool = if plan.spools() {
         let spooled = tokio::select! {
             r = spool_dump(repo, &plan, identities, progress.clone()) => r?,
@@ -440,6 +528,9 @@ pub async fn execute_prepared(
             database: plan.target_database.clone(),
             tables,
         });
+    }
+    if !plan.leftovers.is_empty() {
+        return Err(leftovers_error(&plan.target_database, &plan.leftovers));
     }
     let admin = plan.target.with_database("postgres").connect().await?;
     let warnings = apply_globals(&admin, &plan.statements).await?;

@@ -344,6 +344,17 @@ pub async fn run_schedule(
     }
 }
 
+/// Remove what this policy's crashed runs left in the repository (see
+/// [`crate::lease`]); the agent does it at start-up. Failures are logged.
+pub async fn remove_crashed_runs(policy: &Policy) {
+    match storage::open(&policy.repository).await {
+        Ok(storage) => prune::remove_crashed_runs(&Repository::new(storage, &policy.name)).await,
+        Err(e) => {
+            tracing::warn!(policy = %policy.name, error = %e, "cannot open the repository to look for a crashed run's leftovers")
+        }
+    }
+}
+
 /// Start time of the newest backup of `kind` (None when none or unreadable).
 async fn newest_started(policy: &Policy, kind: BackupKind) -> Option<DateTime<Utc>> {
     let repo = Repository::new(storage::open(&policy.repository).await.ok()?, &policy.name);

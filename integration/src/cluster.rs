@@ -65,6 +65,9 @@ fn check(what: &str, out: std::io::Result<Output>) -> Output {
     out
 }
 
+/// A change made to a data directory between `initdb` and the first start.
+pub type ConfigureDataDir = Box<dyn Fn(&Path)>;
+
 /// How a test wants its cluster: which installation, and what to change in the data
 /// directory between `initdb` and the first start (certificates, `pg_hba.conf`,
 /// settings).
@@ -74,7 +77,7 @@ pub struct ClusterOptions {
     pub bin_dir: Option<PathBuf>,
     /// Called with the data directory after `initdb`, before the server starts. Files
     /// it writes are handed to the server's OS user afterwards.
-    pub configure: Option<Box<dyn Fn(&Path)>>,
+    pub configure: Option<ConfigureDataDir>,
 }
 
 impl PgCluster {

@@ -6,6 +6,8 @@
 
 pub mod cluster;
 pub mod fault_proxy;
+pub mod majors;
+pub mod pki;
 pub mod s3server;
 
 use std::path::{Path, PathBuf};

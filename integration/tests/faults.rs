@@ -330,8 +330,11 @@ fn wal_push_and_fetch_hold_through_faults() {
 
 #[test]
 fn sigterm_during_a_stalled_upload_aborts_it_at_once() {
-    // Data parts stall forever (well past the test): only cancellation can end the run.
-    let config = FaultConfig::new(1, 1.0, &[FaultMode::Stall]).with_methods(&["PUT"]);
+    // The dump's parts stall forever (well past the test): only cancellation can end
+    // the run, and the open multipart upload must still be aborted.
+    let config = FaultConfig::new(1, 1.0, &[FaultMode::Stall])
+        .with_methods(&["PUT"])
+        .with_paths(&["dump.pgdump"]);
     let Some(f) = Faulty::start(
         8_000,
         config,
@@ -358,6 +361,7 @@ fn sigterm_during_a_stalled_upload_aborts_it_at_once() {
     assert!(text(&out).contains("cancelled"), "{}", text(&out));
     assert_eq!(f.open_uploads(), 0, "the stalled upload was not aborted");
     assert_eq!(f.manifests(), 0);
+    assert!(f.keys().is_empty(), "objects left behind: {:?}", f.keys());
 }
 
 /// A policy for `repository_url` at `endpoint`, with one attempt per request.

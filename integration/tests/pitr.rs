@@ -279,6 +279,8 @@ fn restore_to_a_time_an_lsn_and_a_named_point_gives_exactly_the_rows_before_it()
     let (out, port) = a.restore(&dir, &["--to-name", "after b", "--archive-mode", "off"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(a.notes_at(port), ["before backup", "a", "b"]);
+    // Promoted, and not archiving: its new timeline never reaches the policy's archive.
+    assert_eq!(psql_at(&a.source, port, "show archive_mode"), "off");
 
     // "b" committed on timeline 1 after the first restore's promotion branched off:
     // follow the base backup's own timeline to reach it.

@@ -326,8 +326,16 @@ fn cancel_on_signals(token: CancellationToken) {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("pgvault: stopping: cancelling the running operation");
+        eprintln!("pgvault: stopping: cancelling the running operation (again to stop at once)");
         token.cancel();
+        // A second signal stops at once: the operation's clean-up is skipped, and what it
+        // left is removed by the next run (see `pgvault prune`).
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("pgvault: stopping now, without clean-up");
+        std::process::exit(i32::from(EXIT_CANCELLED));
     });
 }
 
@@ -513,6 +521,20 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 "{}",
                 output::archive_check(&policy.name, &found, chrono::Utc::now())
             );
+            // Scratch databases that interrupted restores or drills left behind, on the
+            // servers the policy names.
+            let mut servers = vec![policy.source.url.clone()];
+            if let Some(pgvault_core::policy::DrillTargetConfig::Staging(url)) =
+                policy.restore_test.as_ref().map(|r| r.target.clone())
+            {
+                servers.push(url);
+            }
+            for url in &servers {
+                match restore::leftover_databases(url).await {
+                    Ok(found) => print!("{}", output::leftover_databases(&found)),
+                    Err(e) => tracing::debug!(error = %e, "cannot look for leftover databases"),
+                }
+            }
             Ok(if found.healthy() {
                 0
             } else {

@@ -135,18 +135,23 @@ pub fn prune_plan(plan: &pgvault_core::prune::PrunePlan) -> String {
     for o in &plan.orphans {
         let _ = writeln!(
             out,
-            "orphan {} ({} object(s) without a manifest): REMOVE",
+            "orphan {} ({} object(s) without a manifest; {}): REMOVE",
             o.id,
-            o.keys.len()
+            o.keys.len(),
+            o.reason
         );
     }
     for u in &plan.stale_uploads {
-        let _ = writeln!(out, "stale upload {} ({}): ABORT", u.key, u.upload_id);
+        let _ = writeln!(
+            out,
+            "stale upload {} ({}; {}): ABORT",
+            u.upload.key, u.upload.upload_id, u.reason
+        );
     }
     if plan.recent_leftovers > 0 {
         let _ = writeln!(
             out,
-            "{} recent leftover(s) left alone (younger than orphan_min_age; a backup may be running)",
+            "{} leftover(s) left alone (a backup may be running: its lease is alive, or it has none and is younger than orphan_min_age)",
             plan.recent_leftovers
         );
     }
@@ -517,6 +522,22 @@ pub fn archive_check(
         Err(e) => {
             let _ = writeln!(out, "  FAIL  source archiver: cannot read it: {e}");
         }
+    }
+    out
+}
+
+/// `check`'s lines for scratch databases left by interrupted restores or drills.
+pub fn leftover_databases(found: &[pgvault_core::restore::LeftoverDatabase]) -> String {
+    let mut out = String::new();
+    for d in found {
+        let _ = writeln!(
+            out,
+            "  WARN  leftover database {} on {} from an interrupted restore or drill ({} session(s)); drop it when nothing uses it: DROP DATABASE {};",
+            d.name,
+            d.server,
+            d.sessions,
+            pgvault_core::postgres::quote_ident(&d.name)
+        );
     }
     out
 }

@@ -17,6 +17,10 @@ use crate::error::{Error, Result};
 
 pub mod tls;
 
+/// How long pgvault waits to connect to PostgreSQL when the URL sets no
+/// `connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A PostgreSQL server and database to connect to, with the password held apart.
 #[derive(Clone)]
 pub struct ConnTarget {
@@ -128,6 +132,11 @@ impl ConnTarget {
             config.password(p);
         }
         config.application_name("pgvault");
+        if config.get_connect_timeout().is_none() {
+            // libpq waits forever by default; pgvault never does (the URL's
+            // connect_timeout wins).
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
         tls::connect(&config, &settings).await.map_err(|e| {
             let context = format!("cannot connect to {}", self.url);
             match e {
