@@ -446,6 +446,11 @@ pub async fn execute(
             pgdata.display()
         )));
     }
+    if options.start {
+        // Before anything is written: only the backup's own major can start the copy.
+        let major = (plan.base.server_version_num / 10000) as u32;
+        crate::drill::ephemeral::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major)?;
+    }
     let entries = entries_in(pgdata)?;
     if entries > 0 && !options.force {
         return Err(Error::Invalid(format!(
@@ -626,7 +631,8 @@ async fn start_and_wait(
     owner: Option<&str>,
 ) -> Result<(Vec<String>, PathBuf)> {
     let major = (plan.base.server_version_num / 10000) as u32;
-    let bin = crate::drill::ephemeral::ServerBinaries::discover(options.bin_dir.as_deref(), major)?;
+    let bin =
+        crate::drill::ephemeral::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major)?;
     let log = plan.pgdata.join("pgvault-recovery.log");
     let mut cmd = bin.command_as("pg_ctl", owner);
     cmd.arg("-D")
@@ -722,7 +728,7 @@ async fn start_and_wait(
 
 /// Stop a server started by [`execute`] (immediate shutdown: drills throw it away).
 pub fn stop_server(pgdata: &Path, major: u32, bin_dir: Option<&Path>) -> Result<()> {
-    let bin = crate::drill::ephemeral::ServerBinaries::discover(bin_dir, major)?;
+    let bin = crate::drill::ephemeral::ServerBinaries::discover_exact(bin_dir, major)?;
     let owner = if nix::unistd::geteuid().is_root() {
         Some("postgres")
     } else {
@@ -816,6 +822,26 @@ mod tests {
         assert_eq!(parse_target_time("2026-11-24T13:04:59Z").unwrap(), want);
         assert_eq!(parse_target_time("2026-11-24 13:04:59").unwrap(), want);
         assert!(parse_target_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn restore_command_names_this_executable_by_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (policy, key) = (dir.path().join("p.toml"), dir.path().join("k.txt"));
+        std::fs::write(&policy, "").unwrap();
+        std::fs::write(&key, "").unwrap();
+        let command = restore_command(&policy, &key, 4).unwrap();
+        // The test binary's own name is nothing like "pgvault".
+        let exe = std::env::current_exe().unwrap();
+        assert!(exe.is_absolute());
+        assert!(
+            command.starts_with(&format!(
+                "{} wal-fetch --policy ",
+                crate::wal::shell_quote(&exe.display().to_string())
+            )),
+            "{command}"
+        );
+        assert!(command.ends_with("--prefetch 4 %f %p"), "{command}");
     }
 
     #[test]

@@ -352,3 +352,33 @@ fn scheduled_restore_test_notifies_a_fail_and_exports_its_figures() {
         .arg(&f.policy);
     assert!(run_ok(verify).contains("report chain intact"));
 }
+
+#[test]
+fn a_permanent_error_is_not_retried_and_the_log_has_the_servers_words() {
+    let Some(f) = Fixture::start(
+        "",
+        "[schedule]\nbackup = \"0 3 * * *\"\nretries = 2\nretry_backoff = \"30s\"\n",
+    ) else {
+        return;
+    };
+    // The policy names a database that does not exist.
+    let text = std::fs::read_to_string(&f.policy).unwrap();
+    std::fs::write(&f.policy, text.replace("/app\"", "/nosuchdb\"")).unwrap();
+    let out = Command::new(agent_bin())
+        .args(["--once", "--log-format", "json", "--policy"])
+        .arg(&f.policy)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("FATAL: database \\\"nosuchdb\\\" does not exist"),
+        "the server's words are missing: {log}"
+    );
+    assert!(
+        !log.contains("retrying"),
+        "a permanent error was retried: {log}"
+    );
+    assert!(log.contains("permanent"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log: {log:?}");
+}

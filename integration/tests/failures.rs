@@ -502,3 +502,102 @@ fn sigint_during_a_restore_drops_the_scratch_database_and_leaves_no_target() {
     assert_eq!(scratch_databases(&s.source), Vec::<String>::new());
     assert!(!s.source.databases().contains(&"restored".to_string()));
 }
+
+#[test]
+fn a_damaged_manifest_is_listed_and_fails_verify_but_blocks_nothing_else() {
+    let Some(s) = setup("[retention]\nkeep_last = 1\n") else {
+        return;
+    };
+    backup(&s);
+    let damaged = std::fs::read_dir(s.repo.join("app/backups"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .to_string();
+    std::fs::write(
+        s.repo
+            .join("app/backups")
+            .join(&damaged)
+            .join("manifest.json"),
+        b"{ this is not a manifest",
+    )
+    .unwrap();
+    backup(&s);
+
+    let mut list = pgvault(None);
+    list.args(["list", "--policy"]).arg(&s.policy);
+    let out = run_ok(list);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&damaged) && l.contains("DAMAGED:")),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().count(),
+        3,
+        "header, good backup, damaged one: {out}"
+    );
+
+    // The good backup verifies and restores.
+    let mut verify = pgvault(None);
+    verify
+        .args(["verify", "latest", "--identity"])
+        .arg(&s.key.identity)
+        .arg("--policy")
+        .arg(&s.policy);
+    assert_eq!(run(verify).status.code(), Some(0));
+    let target = s.source.url("restored");
+    let out = run_ok(restore_cmd(&s, &target, &s.key.identity));
+    assert!(out.contains("restore PASSED"), "{out}");
+
+    // The damaged one fails verification, naming its manifest.
+    let mut verify = pgvault(None);
+    verify.args(["verify", &damaged, "--policy"]).arg(&s.policy);
+    let out = run(verify);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("manifest") && t.contains("unreadable"), "{t}");
+
+    // Retention keeps the last good one and never deletes what it cannot read.
+    let mut prune = pgvault(None);
+    prune.args(["prune", "--policy"]).arg(&s.policy);
+    run_ok(prune);
+    assert!(s
+        .repo
+        .join("app/backups")
+        .join(&damaged)
+        .join("manifest.json")
+        .exists());
+}
+
+#[test]
+fn an_exposed_identity_file_is_warned_about_in_plain_text() {
+    let Some(s) = setup("") else {
+        return;
+    };
+    backup(&s);
+    std::fs::set_permissions(
+        &s.key.identity,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let mut verify = pgvault(None);
+    verify
+        .args(["verify", "latest", "--identity"])
+        .arg(&s.key.identity)
+        .arg("--policy")
+        .arg(&s.policy);
+    let out = run(verify);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is readable by group or others (mode 0644)")
+            && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    // stderr is a pipe here: no colour codes.
+    assert!(!stderr.contains('\u{1b}'), "ANSI escapes in {stderr:?}");
+}

@@ -307,6 +307,31 @@ fn restore_to_a_time_an_lsn_and_a_named_point_gives_exactly_the_rows_before_it()
     let (out, _) = a.restore(&dir, &["--to-latest"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("--force"), "{}", text(&out));
+
+    // A time after the end of the archived WAL is refused, naming the newest reachable
+    // time, before anything is written.
+    let future = a.work.path().join("to-2099");
+    let (out, _) = a.restore(
+        &future,
+        &[
+            "--to-time",
+            "2099-01-01 00:00:00+00",
+            "--target-timeline",
+            "current",
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("is after the end of the archived WAL")
+            && t.contains("The newest reachable time is at most"),
+        "{t}"
+    );
+    assert!(
+        !future.exists(),
+        "the refused restore wrote {}",
+        future.display()
+    );
 }
 
 #[test]
@@ -874,5 +899,34 @@ fn physical_backups_refuse_extra_tablespaces_by_name_and_need_archiving() {
                 .unwrap()
                 .next()
                 .is_none()
+    );
+}
+
+#[test]
+fn archive_and_restore_commands_name_the_running_executable_whatever_its_name() {
+    let Some(LocalPolicy {
+        source: _source,
+        work,
+        policy,
+        ..
+    }) = LocalPolicy::start("pgvault-test-renamed-")
+    else {
+        return;
+    };
+    let renamed = work.path().join("pgvault-1.2.3");
+    std::fs::copy(pgvault_bin(), &renamed).unwrap();
+    let out = run_ok({
+        let mut cmd = Command::new(&renamed);
+        cmd.args(["archive", "setup", "--policy"]).arg(&policy);
+        cmd
+    });
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("archive_command"))
+        .unwrap_or_else(|| panic!("no archive_command in {out}"));
+    let exe = std::fs::canonicalize(&renamed).unwrap();
+    assert!(
+        line.contains(&format!("{} wal-push --policy", exe.display())),
+        "{line}"
     );
 }

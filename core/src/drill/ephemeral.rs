@@ -33,22 +33,7 @@ impl ServerBinaries {
     /// else the lowest newer one. Older servers are refused: pg_restore cannot load a
     /// dump into an older major version reliably.
     pub fn discover(bin_dir: Option<&Path>, backup_major: u32) -> Result<ServerBinaries> {
-        let candidates = match bin_dir {
-            Some(dir) => vec![dir.to_path_buf()],
-            None => postgres::candidate_dirs(),
-        };
-        let mut found: Vec<ServerBinaries> = candidates.iter().filter_map(|d| probe(d)).collect();
-        found.sort_by_key(|b| b.major);
-        found.dedup_by(|a, b| a.dir == b.dir);
-        let seen = if found.is_empty() {
-            "none".to_string()
-        } else {
-            found
-                .iter()
-                .map(|b| format!("{} in {}", b.major, b.dir.display()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let (found, seen) = installations(bin_dir);
         found
             .iter()
             .find(|b| b.major == backup_major)
@@ -58,6 +43,25 @@ impl ServerBinaries {
                 message: format!(
                     "the backup is from PostgreSQL {backup_major}; an ephemeral drill needs server binaries (initdb, pg_ctl) of version {backup_major} or newer{} (found: {seen}); install postgresql-{backup_major} or set [restore_test] bin_dir",
                     bin_dir.map(|d| format!(" in {}", d.display())).unwrap_or_default()
+                ),
+            })
+    }
+
+    /// Find server binaries of exactly `major`, to start a physical copy of a cluster of
+    /// that major (a data directory starts only under its own major). `bin_dir` when
+    /// given (the policy's `[source] bin_dir`), else the standard locations and PATH. The
+    /// error names the major, what was found, and how to install it.
+    pub fn discover_exact(bin_dir: Option<&Path>, major: u32) -> Result<ServerBinaries> {
+        let (found, seen) = installations(bin_dir);
+        found
+            .into_iter()
+            .find(|b| b.major == major)
+            .ok_or_else(|| Error::ToolNotFound {
+                message: format!(
+                    "the base backup is from PostgreSQL {major}, and only PostgreSQL {major} can start it; no PostgreSQL {major} server binaries (initdb, pg_ctl, postgres){} (found: {seen}). Install them (Debian/Ubuntu: apt-get install postgresql-{major}; RHEL: dnf install postgresql{major}-server) or point the policy's [source] bin_dir at their bin directory",
+                    bin_dir
+                        .map(|d| format!(" in {}", d.display()))
+                        .unwrap_or_else(|| " in the standard locations or on PATH".into())
                 ),
             })
     }
@@ -78,6 +82,28 @@ impl ServerBinaries {
             None => Command::new(self.tool(name)),
         }
     }
+}
+
+/// The server installations in `bin_dir` (or the standard places), lowest major first,
+/// and a list of them for messages.
+fn installations(bin_dir: Option<&Path>) -> (Vec<ServerBinaries>, String) {
+    let candidates = match bin_dir {
+        Some(dir) => vec![dir.to_path_buf()],
+        None => postgres::candidate_dirs(),
+    };
+    let mut found: Vec<ServerBinaries> = candidates.iter().filter_map(|d| probe(d)).collect();
+    found.sort_by_key(|b| b.major);
+    found.dedup_by(|a, b| a.dir == b.dir);
+    let seen = if found.is_empty() {
+        "none".to_string()
+    } else {
+        found
+            .iter()
+            .map(|b| format!("{} in {}", b.major, b.dir.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    (found, seen)
 }
 
 fn probe(dir: &Path) -> Option<ServerBinaries> {
@@ -342,6 +368,28 @@ mod tests {
                 && err.contains("found: 13 in")
                 && err.contains("install postgresql-16 or set [restore_test] bin_dir"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_physical_copy_needs_exactly_its_major() {
+        let bin = fake_bin(16);
+        let err = ServerBinaries::discover_exact(Some(bin.path()), 15)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the base backup is from PostgreSQL 15")
+                && err.contains("found: 16 in")
+                && err.contains("apt-get install postgresql-15")
+                && err.contains("[source] bin_dir")
+                && !err.contains("[restore_test]"),
+            "{err}"
+        );
+        assert_eq!(
+            ServerBinaries::discover_exact(Some(bin.path()), 16)
+                .unwrap()
+                .major,
+            16
         );
     }
 
