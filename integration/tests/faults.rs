@@ -444,3 +444,93 @@ fn s3_errors_are_one_line_naming_the_bucket_host_and_cause() {
         "{line}"
     );
 }
+
+#[test]
+fn a_drill_that_cannot_read_the_backup_says_so_and_never_calls_it_corrupt() {
+    let config = FaultConfig::new(8, 1.0, &[FaultMode::Reset])
+        .with_methods(&["GET"])
+        .with_paths(&["dump.pgdump"]);
+    let Some(f) = Faulty::start(2_000, config, &format!("{FAST_TIMEOUTS}max_attempts = 2\n"))
+    else {
+        return;
+    };
+    assert!(run(f.cli(&["backup"])).status.success());
+    let work = pgvault_integration::server_reachable_tempdir("pgvault-test-drill-faults-");
+    let text_before = std::fs::read_to_string(&f.policy).unwrap();
+    std::fs::write(
+        &f.policy,
+        format!(
+            "{text_before}[restore_test]\nwork_dir = \"{}\"\n",
+            work.path().display()
+        ),
+    )
+    .unwrap();
+    let out = run(f.cli(&["restore-test", "--identity", f.identity(), "--json"]));
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verdict"], "FAIL", "{report:#}");
+    let failures = report["failures"].to_string();
+    assert!(
+        failures.contains("could not read the backup") && failures.contains("not corruption"),
+        "{failures}"
+    );
+    let digest = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "stream digests and age authentication")
+        .unwrap();
+    assert_eq!(digest["status"], "skipped", "{digest:#}");
+}
+
+#[test]
+fn the_agent_and_prune_hold_through_mixed_faults() {
+    let modes = [
+        FaultMode::Reset,
+        FaultMode::SlowDown,
+        FaultMode::InternalError,
+        FaultMode::Truncate,
+        FaultMode::Stall,
+    ];
+    let Some(f) = Faulty::start(4_000, FaultConfig::new(17, 0.25, &modes), FAST_TIMEOUTS) else {
+        return;
+    };
+    let text_before = std::fs::read_to_string(&f.policy).unwrap();
+    std::fs::write(
+        &f.policy,
+        format!("{text_before}[schedule]\nbackup = \"0 3 * * *\"\n[retention]\nkeep_last = 2\n"),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let mut agent = Command::new(pgvault_integration::agent_bin());
+        agent
+            .env("AWS_ACCESS_KEY_ID", &f.server.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &f.server.secret_access_key)
+            .env("AWS_REGION", &f.server.region)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(["--once", "--policy"])
+            .arg(&f.policy);
+        let out = run(agent);
+        assert!(
+            out.status.success(),
+            "agent under faults ({}): {}",
+            f.proxy.stats(),
+            text(&out)
+        );
+    }
+    let out = run(f.cli(&["prune"]));
+    assert!(out.status.success(), "prune under faults: {}", text(&out));
+    assert!(f.proxy.stats().total_faults() > 0, "{}", f.proxy.stats());
+    // With the network healthy: exactly the two newest remain, whole, nothing open.
+    f.proxy.set_rate(0.0);
+    assert_eq!(f.manifests(), 2);
+    assert_eq!(f.open_uploads(), 0);
+    let verify = run(f.cli(&["verify", "--identity", f.identity()]));
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    let keys = f.keys();
+    assert!(
+        keys.iter().all(|k| !k.contains("/runs/")),
+        "a lease was left: {keys:?}"
+    );
+}
