@@ -737,25 +737,7 @@ impl Storage for S3Storage {
 
     async fn size(&self, key: &str) -> Result<Option<u64>> {
         let full = self.full_key(key)?;
-        let full_ref = &full;
-        let found = self
-            .retrying("stat", &self.url(&full), move || async move {
-                match self
-                    .client
-                    .head_object()
-                    .bucket(&self.bucket)
-                    .key(full_ref)
-                    .send()
-                    .await
-                {
-                    Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
-                    Err(e) => match self.sdk_err("stat", full_ref, e) {
-                        Error::ObjectNotFound { .. } => Ok(None),
-                        other => Err(other.into()),
-                    },
-                }
-            })
-            .await?;
+        let found = self.head_size(&full).await?;
         if found.is_none() {
             // HEAD answers a bare 404 for a missing bucket too: tell the two apart.
             self.check_bucket().await?;
@@ -870,6 +852,27 @@ impl Storage for S3Storage {
 }
 
 impl S3Storage {
+    /// The size of the object at `full`, `None` when there is none (with retries).
+    async fn head_size(&self, full: &str) -> Result<Option<u64>> {
+        self.retrying("stat", &self.url(full), move || async move {
+            match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(full)
+                .send()
+                .await
+            {
+                Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+                Err(e) => match self.sdk_err("stat", full, e) {
+                    Error::ObjectNotFound { .. } => Ok(None),
+                    other => Err(other.into()),
+                },
+            }
+        })
+        .await
+    }
+
     /// Whether the bucket exists (a bare 404 on HEAD does not say which is missing).
     async fn check_bucket(&self) -> Result<()> {
         self.retrying("stat", &format!("s3://{}", self.bucket), move || async move {
@@ -1022,16 +1025,7 @@ impl Upload for S3Upload {
                     let gone = e.as_service_error().and_then(|x| x.code()) == Some("NoSuchUpload");
                     if gone && !first {
                         // An earlier attempt completed it and its answer was lost.
-                        let size = s
-                            .client
-                            .head_object()
-                            .bucket(&s.bucket)
-                            .key(&self.key)
-                            .send()
-                            .await
-                            .ok()
-                            .and_then(|h| h.content_length());
-                        if size == Some(total as i64) {
+                        if s.head_size(&self.key).await? == Some(total) {
                             return Ok(());
                         }
                     }

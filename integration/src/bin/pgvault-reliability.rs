@@ -176,13 +176,17 @@ fn cli(world: &World, place: &Place, args: &[&str]) -> Command {
     cmd
 }
 
-/// Whether a failed command said why in exactly one line.
+/// Whether a failed command said why in exactly one line (printed, for the record).
 fn one_error_line(out: &Output) -> bool {
-    String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("pgvault:"))
-        .count()
-        == 1
+        .collect();
+    for line in &lines {
+        eprintln!("    failed: {line}");
+    }
+    lines.len() == 1
 }
 
 fn manifests(keys: &[String]) -> usize {
