@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::keys::Recipients;
+use crate::lease::RunLease;
 use crate::pipeline::{self, EncodeSettings, Progress};
 use crate::policy::Policy;
 use crate::postgres::{self, ChildReader, ConnTarget, PgTools, TableCount};
@@ -63,6 +64,25 @@ pub(crate) struct SourceSession {
 }
 
 impl SourceSession {
+    /// Run backup `body` of `kind` as a new backup id under its run lease (see
+    /// [`under_lease`]); `body` gets the session, the id and the start time.
+    pub(crate) async fn run<F, Fut>(
+        self,
+        kind: BackupKind,
+        cancel: &CancellationToken,
+        body: F,
+    ) -> Result<BackupManifest>
+    where
+        F: FnOnce(SourceSession, String, chrono::DateTime<Utc>) -> Fut,
+        Fut: std::future::Future<Output = Result<BackupManifest>>,
+    {
+        let started_at = Utc::now();
+        let id = repository::new_backup_id(started_at);
+        let repo = self.repo.clone();
+        let backup = body(self, id.clone(), started_at);
+        under_lease(&repo, &id, kind, cancel, backup).await
+    }
+
     /// Open the repository, connect to the source and find its tools.
     pub(crate) async fn open(policy: &Policy) -> Result<SourceSession> {
         let storage = storage::open(&policy.repository).await?;
@@ -91,17 +111,15 @@ pub async fn run_logical_backup(
     cancel: &CancellationToken,
 ) -> Result<BackupManifest> {
     let session = SourceSession::open(policy).await?;
-    let started_at = Utc::now();
-    let id = repository::new_backup_id(started_at);
-    let repo = session.repo.clone();
-    crate::lease::under_lease(
-        &repo,
-        &id,
-        BackupKind::Logical,
-        cancel,
-        logical_backup(policy, session, &id, started_at, progress, cancel),
-    )
-    .await
+    session
+        .run(
+            BackupKind::Logical,
+            cancel,
+            |session, id, started_at| async move {
+                logical_backup(policy, session, &id, started_at, progress, cancel).await
+            },
+        )
+        .await
 }
 
 /// The logical backup `id`, run under its lease: the body of [`run_logical_backup`].
@@ -238,6 +256,34 @@ async fn logical_backup(
         "backup complete"
     );
     Ok(manifest)
+}
+
+/// Run `backup` (which stores backup `id` of `kind`) under a lease: the lease is written
+/// first, a crashed earlier run's leftovers are removed (they are someone else's only
+/// while their lease lives), and the lease is released however the backup ends.
+///
+/// `cancel` reaches the lease write and the clean-up, so a store that stalls there cannot
+/// hold a cancelled run; the backup itself honours `cancel` on its own.
+async fn under_lease<T>(
+    repo: &Repository,
+    id: &str,
+    kind: BackupKind,
+    cancel: &CancellationToken,
+    backup: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let lease = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(Error::Cancelled),
+        lease = RunLease::acquire(repo, id, kind) => lease?,
+    };
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => {}
+        _ = crate::prune::remove_crashed_runs(repo) => {}
+    }
+    let result = backup.await;
+    lease.release().await;
+    result
 }
 
 /// The manifest of a backup whose objects are stored (logical by default; physical

@@ -89,17 +89,15 @@ pub async fn run_physical_backup(
     cancel: &CancellationToken,
 ) -> Result<BackupManifest> {
     let session = SourceSession::open(policy).await?;
-    let started_at = Utc::now();
-    let id = repository::new_backup_id(started_at);
-    let repo = session.repo.clone();
-    crate::lease::under_lease(
-        &repo,
-        &id,
-        BackupKind::Physical,
-        cancel,
-        physical_backup(policy, session, &id, started_at, progress, cancel),
-    )
-    .await
+    session
+        .run(
+            BackupKind::Physical,
+            cancel,
+            |session, id, started_at| async move {
+                physical_backup(policy, session, &id, started_at, progress, cancel).await
+            },
+        )
+        .await
 }
 
 /// The physical backup `id`, run under its lease: the body of [`run_physical_backup`].

@@ -27,7 +27,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::repository::{BackupKind, Repository};
@@ -148,34 +147,6 @@ impl Drop for RunLease {
     fn drop(&mut self) {
         self.heartbeat.abort();
     }
-}
-
-/// Run `backup` (which stores backup `id` of `kind`) under a lease: the lease is written
-/// first, a crashed earlier run's leftovers are removed (they are someone else's only
-/// while their lease lives), and the lease is released however the backup ends.
-///
-/// `cancel` reaches the lease write and the clean-up, so a store that stalls there cannot
-/// hold a cancelled run; the backup itself honours `cancel` on its own.
-pub async fn under_lease<T>(
-    repo: &Repository,
-    id: &str,
-    kind: BackupKind,
-    cancel: &CancellationToken,
-    backup: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    let lease = tokio::select! {
-        biased;
-        _ = cancel.cancelled() => return Err(Error::Cancelled),
-        lease = RunLease::acquire(repo, id, kind) => lease?,
-    };
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => {}
-        _ = crate::prune::remove_crashed_runs(repo) => {}
-    }
-    let result = backup.await;
-    lease.release().await;
-    result
 }
 
 fn encode(record: &LeaseRecord) -> Result<Bytes> {

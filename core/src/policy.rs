@@ -363,7 +363,7 @@ impl Policy {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: safe_echo(&message),
+                message: crate::error::safe_echo(&message),
             }
         };
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {
@@ -836,40 +836,6 @@ impl Policy {
             },
         })
     }
-}
-
-/// The longest run of non-blank characters an error message repeats from the input.
-const ECHO_LIMIT: usize = 100;
-
-/// Make a message that repeats user input safe to print: an age secret key is never
-/// shown, and any run of non-blank characters longer than [`ECHO_LIMIT`] (a pasted
-/// blob, a 10 MB key) is cut to its start with the length it had.
-pub fn safe_echo(message: &str) -> String {
-    let mut out = String::with_capacity(message.len().min(1024));
-    let mut rest = message;
-    while !rest.is_empty() {
-        let blank = rest
-            .find(|c: char| !c.is_whitespace())
-            .unwrap_or(rest.len());
-        out.push_str(&rest[..blank]);
-        rest = &rest[blank..];
-        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-        let word = &rest[..end];
-        rest = &rest[end..];
-        if let Some(at) = word.find("AGE-SECRET-KEY-") {
-            out.push_str(&word[..at]);
-            out.push_str("AGE-SECRET-KEY-…(secret, not shown)");
-            continue;
-        }
-        let chars = word.chars().count();
-        if chars > ECHO_LIMIT {
-            out.extend(word.chars().take(ECHO_LIMIT));
-            out.push_str(&format!("…({chars} characters)"));
-        } else {
-            out.push_str(word);
-        }
-    }
-    out
 }
 
 /// 1-based line and column of a byte offset.

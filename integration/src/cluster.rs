@@ -203,8 +203,14 @@ impl PgCluster {
 
     /// Run SQL with psql (ON_ERROR_STOP), returning unaligned tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
+        self.psql_on_port(self.port, db, sql)
+    }
+
+    /// [`PgCluster::psql`] against another server on loopback `port` (a copy a test
+    /// restored), with this installation's psql.
+    pub fn psql_on_port(&self, port: u16, db: &str, sql: &str) -> String {
         let out = check(
-            &format!("psql on {db}"),
+            &format!("psql on {db} at port {port}"),
             Command::new(self.tool("psql"))
                 .args([
                     "-X",
@@ -218,7 +224,7 @@ impl PgCluster {
                     "postgres",
                 ])
                 .arg("-p")
-                .arg(self.port.to_string())
+                .arg(port.to_string())
                 .arg("-d")
                 .arg(db)
                 .arg("-c")

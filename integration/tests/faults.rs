@@ -244,18 +244,22 @@ fn a_backup_that_cannot_store_its_data_fails_cleanly() {
     assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "no backups");
 }
 
-#[test]
-fn verify_calls_an_unreadable_backup_unknown_not_corrupt() {
-    // Reads of the dump break off every time; listing, the manifest and the small
-    // objects read fine.
-    let config = FaultConfig::new(5, 1.0, &[FaultMode::Reset])
+/// A backup whose dump cannot be read: every read of it breaks off (reset), while
+/// listing, the manifest and the small objects read fine.
+fn unreadable_dump(seed: u64) -> Option<Faulty> {
+    let config = FaultConfig::new(seed, 1.0, &[FaultMode::Reset])
         .with_methods(&["GET"])
         .with_paths(&["dump.pgdump"]);
-    let Some(f) = Faulty::start(2_000, config, &format!("{FAST_TIMEOUTS}max_attempts = 2\n"))
-    else {
+    let f = Faulty::start(2_000, config, &format!("{FAST_TIMEOUTS}max_attempts = 2\n"))?;
+    assert!(run(f.cli(&["backup"])).status.success());
+    Some(f)
+}
+
+#[test]
+fn verify_calls_an_unreadable_backup_unknown_not_corrupt() {
+    let Some(f) = unreadable_dump(5) else {
         return;
     };
-    assert!(run(f.cli(&["backup"])).status.success());
     for deep in [false, true] {
         let mut args = vec!["verify"];
         if deep {
@@ -447,14 +451,9 @@ fn s3_errors_are_one_line_naming_the_bucket_host_and_cause() {
 
 #[test]
 fn a_drill_that_cannot_read_the_backup_says_so_and_never_calls_it_corrupt() {
-    let config = FaultConfig::new(8, 1.0, &[FaultMode::Reset])
-        .with_methods(&["GET"])
-        .with_paths(&["dump.pgdump"]);
-    let Some(f) = Faulty::start(2_000, config, &format!("{FAST_TIMEOUTS}max_attempts = 2\n"))
-    else {
+    let Some(f) = unreadable_dump(8) else {
         return;
     };
-    assert!(run(f.cli(&["backup"])).status.success());
     let work = pgvault_integration::server_reachable_tempdir("pgvault-test-drill-faults-");
     let text_before = std::fs::read_to_string(&f.policy).unwrap();
     std::fs::write(

@@ -71,8 +71,15 @@ fn set_speed(f: &Fixture, slow: bool) {
 /// multipart upload is open. Returns the fixture and the killed run's backup id.
 fn killed_backup(extra_policy: &str) -> Option<(Fixture, String)> {
     let f = Fixture::start("", extra_policy)?;
+    let id = kill_a_backup_mid_upload(&f);
+    Some((f, id))
+}
+
+/// Fill the fixture's database, start a slow backup, `kill -9` it once its multipart
+/// upload is open, and return its backup id (checking what it left behind).
+fn kill_a_backup_mid_upload(f: &Fixture) -> String {
     make_slow_to_dump(&f.source, "app", 300_000);
-    set_speed(&f, true);
+    set_speed(f, true);
     let mut child = pgvault(None)
         .args(["backup", "--policy"])
         .arg(&f.policy)
@@ -80,17 +87,17 @@ fn killed_backup(extra_policy: &str) -> Option<(Fixture, String)> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the dump upload to open", 120, || open_uploads(&f) == 1);
+    wait_until("the dump upload to open", 120, || open_uploads(f) == 1);
     kill_9(&mut child);
     let runs = files_under(&f.repo.join("app/runs"));
     assert_eq!(runs.len(), 1, "the killed run's lease: {runs:?}");
     let id = runs[0].file_stem().unwrap().to_string_lossy().to_string();
-    assert_eq!(open_uploads(&f), 1, "the killed run left its upload open");
+    assert_eq!(open_uploads(f), 1, "the killed run left its upload open");
     assert!(
         !files_under(&f.repo.join("app/backups").join(&id)).is_empty(),
         "the killed run stored objects before the dump"
     );
-    Some((f, id))
+    id
 }
 
 fn assert_clean(f: &Fixture, killed: &str) {
@@ -169,22 +176,7 @@ fn the_agent_removes_a_killed_backups_leftovers_at_start_up() {
         b.args(["backup", "--policy"]).arg(&f.policy);
         b
     });
-    make_slow_to_dump(&f.source, "app", 300_000);
-    set_speed(&f, true);
-    let mut child = pgvault(None)
-        .args(["backup", "--policy"])
-        .arg(&f.policy)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the dump upload to open", 120, || open_uploads(&f) == 1);
-    kill_9(&mut child);
-    let killed = files_under(&f.repo.join("app/runs"))[0]
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .to_string();
+    let killed = kill_a_backup_mid_upload(&f);
     set_speed(&f, false);
     let port = free_port();
     let agent = Command::new(agent_bin())

@@ -165,30 +165,6 @@ impl Major {
     }
 }
 
-/// Run `sql` with psql against a server a test restored (on `port`), tuples only.
-fn psql_at(m: &Major, port: u16, db: &str, sql: &str) -> String {
-    let out = Command::new(m.source.tool("psql"))
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-        .args([
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-p",
-            &port.to_string(),
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "psql on port {port}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Queries whose answers must survive every restore.
 const PROBES: &[&str] = &[
     "select count(*) || ' ' || sum(celsius) || ' ' || sum(fahrenheit) from readings",
@@ -340,18 +316,21 @@ fn point_in_time(m: &Major) {
         "{}",
         text(&out)
     );
-    let version: u32 = psql_at(m, port, "postgres", "show server_version_num")
+    let version: u32 = m
+        .source
+        .psql_on_port(port, "postgres", "show server_version_num")
         .parse()
         .unwrap();
     assert_eq!(version / 10000, m.major, "the restored server's major");
     assert_eq!(
-        psql_at(m, port, "app", "select string_agg(note, ',') from marks"),
+        m.source
+            .psql_on_port(port, "app", "select string_agg(note, ',') from marks"),
         "A"
     );
     for sql in PROBES {
         assert_eq!(
             m.source.psql("app", sql),
-            psql_at(m, port, "app", sql),
+            m.source.psql_on_port(port, "app", sql),
             "{sql}"
         );
     }

@@ -13,33 +13,6 @@ use pgvault_integration::{
     TestKey,
 };
 
-/// Run `sql` with psql against a server a test restored (on `port`), tuples only.
-fn psql_at(source: &PgCluster, port: u16, sql: &str) -> String {
-    let out = Command::new(source.tool("psql"))
-        .args([
-            "-X",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .arg("-p")
-        .arg(port.to_string())
-        .arg("-c")
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// A source cluster archiving into a fresh S3 prefix, with one table of events.
 struct Archiving {
     server: S3Server,
@@ -158,7 +131,8 @@ impl Archiving {
     }
 
     fn notes_at(&self, port: u16) -> Vec<String> {
-        psql_at(&self.source, port, "select note from ev order by id")
+        self.source
+            .psql_on_port(port, "postgres", "select note from ev order by id")
             .lines()
             .map(str::to_string)
             .collect()
@@ -267,7 +241,9 @@ fn restore_to_a_time_an_lsn_and_a_named_point_gives_exactly_the_rows_before_it()
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(a.notes_at(port), ["before backup", "a"]);
     // Paused in recovery, for inspection.
-    let paused = psql_at(&a.source, port, "select pg_get_wal_replay_pause_state()");
+    let paused = a
+        .source
+        .psql_on_port(port, "postgres", "select pg_get_wal_replay_pause_state()");
     assert_eq!(paused, "paused");
 
     let dir = a.work.path().join("to-name");
@@ -280,7 +256,10 @@ fn restore_to_a_time_an_lsn_and_a_named_point_gives_exactly_the_rows_before_it()
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(a.notes_at(port), ["before backup", "a", "b"]);
     // Promoted, and not archiving: its new timeline never reaches the policy's archive.
-    assert_eq!(psql_at(&a.source, port, "show archive_mode"), "off");
+    assert_eq!(
+        a.source.psql_on_port(port, "postgres", "show archive_mode"),
+        "off"
+    );
 
     // "b" committed on timeline 1 after the first restore's promotion branched off:
     // follow the base backup's own timeline to reach it.
@@ -354,7 +333,7 @@ fn restore_follows_a_timeline_switch_to_the_end_of_the_archive() {
     };
     let (out, port) = a.restore(&promoted, &["--to-time", &time_after_a]);
     assert!(out.status.success(), "{}", text(&out));
-    let psql = |sql: &str| psql_at(&a.source, port, sql);
+    let psql = |sql: &str| a.source.psql_on_port(port, "postgres", sql);
     psql("insert into ev (note) values ('on timeline 2')");
     let segment = psql("select pg_walfile_name(pg_switch_wal())");
     pgvault_integration::wait_until("timeline 2 to be archived", 60, || {

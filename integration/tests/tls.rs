@@ -291,33 +291,6 @@ impl Drop for Restored<'_> {
     }
 }
 
-/// Run `sql` with psql (default sslmode=prefer) on a restored server on `port`.
-fn psql_at(source: &PgCluster, port: u16, sql: &str) -> String {
-    let out = Command::new(source.tool("psql"))
-        .args([
-            "-X",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .arg("-p")
-        .arg(port.to_string())
-        .arg("-c")
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn point_in_time_restore_from_base_backups_taken_over_require_and_verify_full() {
     // archive_command reads the policy written below (before any segment is complete).
@@ -430,13 +403,15 @@ fn point_in_time_restore_from_base_backups_taken_over_require_and_verify_full() 
             text(&out)
         );
         let port: u16 = port.parse().unwrap();
-        let notes = psql_at(&w.source, port, "select note from ev order by id");
+        let notes = w
+            .source
+            .psql_on_port(port, "postgres", "select note from ev order by id");
         assert_eq!(notes.lines().collect::<Vec<_>>(), rows);
         // The restored server kept the source's TLS configuration.
         assert_eq!(
-            psql_at(
-                &w.source,
+            w.source.psql_on_port(
                 port,
+                "postgres",
                 "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
             ),
             "t"

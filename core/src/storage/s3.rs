@@ -275,7 +275,7 @@ impl S3Storage {
                     .filter(|m| !m.is_empty());
                 let with_code = |text: &str| match (code.is_empty(), &said) {
                     (true, _) => format!("{text} (HTTP {status})"),
-                    (false, Some(m)) => format!("{text} ({code}: {})", crate::policy::safe_echo(m)),
+                    (false, Some(m)) => format!("{text} ({code}: {})", crate::error::safe_echo(m)),
                     (false, None) => format!("{text} ({code})"),
                 };
                 match (status, code.as_str()) {
