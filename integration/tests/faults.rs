@@ -533,3 +533,101 @@ fn the_agent_and_prune_hold_through_mixed_faults() {
         "a lease was left: {keys:?}"
     );
 }
+
+/// The contract through one fault mode alone: backup, deep verify, restore and
+/// wal-push/fetch all succeed, and with the network healthy everything checks out.
+fn contract_holds_through(mode: FaultMode, seed: u64) {
+    // Each stall costs a timeout (3 s): fewer of them keep the test short.
+    let rate = match mode {
+        FaultMode::Stall | FaultMode::StallBody => 0.12,
+        _ => 0.3,
+    };
+    let Some(f) = Faulty::start(6_000, FaultConfig::new(seed, rate, &[mode]), FAST_TIMEOUTS) else {
+        return;
+    };
+    let backup = run(f.cli(&["backup"]));
+    assert!(
+        backup.status.success(),
+        "backup through {mode} ({}): {}",
+        f.proxy.stats(),
+        text(&backup)
+    );
+    let verify = run(f.cli(&["verify", "--identity", f.identity()]));
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "verify through {mode}: {}",
+        text(&verify)
+    );
+    f.restore_and_compare("restored");
+    let wal = f.work.path().join("pg_wal");
+    std::fs::create_dir(&wal).unwrap();
+    let name = "000000010000000000000001";
+    let data: Vec<u8> = (0..(1 << 20)).map(|_| rand::random::<u8>()).collect();
+    std::fs::write(wal.join(name), &data).unwrap();
+    let push = run(f.cli(&["wal-push", wal.join(name).to_str().unwrap()]));
+    assert!(
+        push.status.success(),
+        "wal-push through {mode}: {}",
+        text(&push)
+    );
+    let dest = f.work.path().join("fetched");
+    let fetch = run(f.cli(&[
+        "wal-fetch",
+        "--prefetch",
+        "0",
+        "--identity",
+        f.identity(),
+        name,
+        dest.to_str().unwrap(),
+    ]));
+    assert!(
+        fetch.status.success(),
+        "wal-fetch through {mode}: {}",
+        text(&fetch)
+    );
+    assert!(std::fs::read(&dest).unwrap() == data);
+    assert!(
+        f.proxy.stats().count(mode) > 0,
+        "no {mode} fault happened: {}",
+        f.proxy.stats()
+    );
+    f.proxy.set_rate(0.0);
+    assert_eq!(f.open_uploads(), 0);
+    assert_eq!(f.manifests(), 1);
+}
+
+#[test]
+fn the_contract_holds_through_latency() {
+    contract_holds_through(FaultMode::Latency, 101);
+}
+
+#[test]
+fn the_contract_holds_through_503_slow_down() {
+    contract_holds_through(FaultMode::SlowDown, 102);
+}
+
+#[test]
+fn the_contract_holds_through_500_internal_error() {
+    contract_holds_through(FaultMode::InternalError, 103);
+}
+
+#[test]
+fn the_contract_holds_through_resets_mid_body() {
+    contract_holds_through(FaultMode::Reset, 104);
+}
+
+#[test]
+fn the_contract_holds_through_truncated_bodies() {
+    contract_holds_through(FaultMode::Truncate, 105);
+}
+
+#[test]
+fn the_contract_holds_through_stalled_requests() {
+    contract_holds_through(FaultMode::Stall, 106);
+}
+
+#[test]
+fn the_contract_holds_through_stalled_bodies() {
+    contract_holds_through(FaultMode::StallBody, 107);
+}
