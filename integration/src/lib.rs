@@ -303,6 +303,23 @@ pub fn no_dump_running(cluster: &PgCluster) -> bool {
     ) == "0"
 }
 
+/// Every file under `dir`, recursively (empty when `dir` does not exist): what a
+/// filesystem repository holds, for tests that check nothing is left behind.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// A new temporary directory (mode 0755) the PostgreSQL server's OS user can enter: for
 /// ephemeral clusters, spool files, and anything `archive_command` must read.
 pub fn server_reachable_tempdir(prefix: &str) -> tempfile::TempDir {

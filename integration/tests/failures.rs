@@ -270,26 +270,11 @@ fn assert_no_backup_and_no_upload(s: &Fixture) {
         leftovers.is_empty(),
         "open uploads left behind: {leftovers:?}"
     );
-    let objects = walk(&s.repo.join("app/backups"));
+    let objects = pgvault_integration::files_under(&s.repo.join("app/backups"));
     assert!(
         objects.is_empty(),
         "objects of the failed backup left behind: {objects:?}"
     );
-}
-
-fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 /// A `pgvault backup` of a slow-to-dump database, returned once pg_dump is mid-COPY and

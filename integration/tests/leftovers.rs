@@ -5,29 +5,12 @@
 //! scratch database: the next restore refuses naming it, and `check` names it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use pgvault_integration::{
-    agent_bin, free_port, http_get, make_slow_to_dump, pgvault, run, run_ok, slow_down_compression,
-    text, wait_until, Fixture, PgCluster,
+    agent_bin, files_under, free_port, http_get, make_slow_to_dump, pgvault, run, run_ok,
+    slow_down_compression, text, wait_until, Fixture, PgCluster,
 };
-
-/// Files under `dir`, recursively (empty when it does not exist).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
 
 fn kill_9(child: &mut Child) {
     let status = Command::new("kill")

@@ -28,22 +28,6 @@ fn backup(server: Option<&S3Server>, policy: &Path) {
     run_ok(cmd);
 }
 
-fn files_under(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| {
-                    if e.path().is_dir() {
-                        files_under(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn prune_follows_the_plan_and_cleans_up_old_leftovers_only() {
     let Some(f) = Fixture::start(
@@ -123,18 +107,18 @@ fn prune_follows_the_plan_and_cleans_up_old_leftovers_only() {
     assert_eq!(listed_ids(None, &policy), before[..2].to_vec());
     for id in &before[2..] {
         assert_eq!(
-            files_under(&backups.join(id)),
+            pgvault_integration::files_under(&backups.join(id)).len(),
             0,
             "objects of deleted backup {id} remain"
         );
     }
-    assert_eq!(files_under(&old_orphan), 0);
+    assert_eq!(pgvault_integration::files_under(&old_orphan).len(), 0);
     assert_eq!(
-        files_under(&backups.join(&recent_id)),
+        pgvault_integration::files_under(&backups.join(&recent_id)).len(),
         1,
         "a recent leftover was removed"
     );
-    assert_eq!(files_under(&uploads), 0);
+    assert_eq!(pgvault_integration::files_under(&uploads).len(), 0);
 
     // The kept backups are intact.
     let mut verify = pgvault(None);
