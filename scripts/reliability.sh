@@ -33,7 +33,7 @@ cleanup() {
     rm -rf "$GARAGE_DIR"
 }
 trap cleanup EXIT
-bash "$ROOT/scripts/garage.sh" start "$GARAGE_DIR"
+bash "$ROOT/scripts/garage.sh" start "$GARAGE_DIR" >&2
 # shellcheck source=/dev/null
 source "$GARAGE_DIR/env"
 
