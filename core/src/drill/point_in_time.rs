@@ -44,10 +44,22 @@ pub fn prove_target(target: DateTime<Utc>, reached: &[String]) -> CheckResult {
         .iter()
         .find(|l| l.contains("last completed transaction was at log time"))
         .and_then(|l| time_after(l, "log time "));
-    let passed = matches!((last, stopped), (Some(l), Some(s)) if l <= target && target < s);
+    // PostgreSQL logs the last completed transaction only when replay applied one. When
+    // it stopped before the first commit after the target without applying any, no
+    // commit lay between the base backup and the target: the base backup itself is the
+    // state at the target, which proves it as well.
+    let passed = match (last, stopped) {
+        (Some(l), Some(s)) => l <= target && target < s,
+        (None, Some(s)) => target < s,
+        _ => false,
+    };
     let show = |t: Option<DateTime<Utc>>| {
         t.map(|t| t.format("%H:%M:%S%.6f").to_string())
             .unwrap_or_else(|| "not logged".into())
+    };
+    let show_last = match (last, stopped) {
+        (None, Some(_)) => "none (no commit replayed before the target)".to_string(),
+        _ => show(last),
     };
     CheckResult {
         kind: "builtin".into(),
@@ -56,11 +68,7 @@ pub fn prove_target(target: DateTime<Utc>, reached: &[String]) -> CheckResult {
             "last applied commit <= {} < first skipped commit",
             target.format("%H:%M:%S%.6f")
         ),
-        actual: format!(
-            "last applied {}, first skipped {}",
-            show(last),
-            show(stopped)
-        ),
+        actual: format!("last applied {show_last}, first skipped {}", show(stopped)),
         status: if passed {
             Status::Passed
         } else {
@@ -416,5 +424,16 @@ mod tests {
         let silent = prove_target(target, &[]);
         assert_eq!(silent.status, Status::Failed);
         assert!(silent.actual.contains("not logged"));
+        // Stopped at the first commit after the target without replaying one: the base
+        // backup is the state at the target (a target just after the backup).
+        let stop_only = vec![lines("2026-11-28 06:37:39.2+00", "x")[0].clone()];
+        let proved = prove_target(target, &stop_only);
+        assert_eq!(proved.status, Status::Passed, "{proved:?}");
+        assert!(
+            proved.actual.contains("none (no commit replayed"),
+            "{proved:?}"
+        );
+        let early = prove_target(target, &[lines("2026-11-28 06:37:37.9+00", "x")[0].clone()]);
+        assert_eq!(early.status, Status::Failed);
     }
 }
