@@ -20,12 +20,12 @@ use crate::keys::Recipients;
 use crate::lease::RunLease;
 use crate::pipeline::{self, EncodeSettings, Progress};
 use crate::policy::Policy;
-use crate::postgres::{self, ChildReader, ConnTarget, PgTools, TableCount};
+use crate::postgres::{self, ConnTarget, TableCount};
 use crate::repository::{
     self, object, BackupKind, BackupManifest, CompressionInfo, EncryptionInfo, Repository,
     StoredObject, FORMAT_VERSION,
 };
-use crate::storage;
+use crate::server::{self, ChildReader, PgTools};
 
 /// The encrypted verification sidecar: what the data looked like at the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,8 +85,7 @@ impl SourceSession {
 
     /// Open the repository, connect to the source and find its tools.
     pub(crate) async fn open(policy: &Policy) -> Result<SourceSession> {
-        let storage = storage::open(&policy.repository).await?;
-        let repo = Repository::new(storage, &policy.name);
+        let repo = Repository::open(policy).await?;
         let source = ConnTarget::parse(&policy.source.url)?;
         let client = source.connect().await?;
         let info = postgres::server_info(&client).await?;
@@ -358,7 +357,7 @@ async fn dump_globals(
     if !include_passwords {
         cmd.arg("--no-role-passwords");
     }
-    tokio::task::spawn_blocking(move || postgres::run_tool("pg_dumpall", cmd))
+    tokio::task::spawn_blocking(move || server::run_tool("pg_dumpall", cmd))
         .await
         .map_err(|e| Error::Invalid(format!("pg_dumpall worker failed: {e}")))?
 }

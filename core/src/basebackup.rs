@@ -17,8 +17,8 @@ use crate::backup::{build_manifest, discard_objects, encode_settings, SourceSess
 use crate::error::{Error, Result};
 use crate::pipeline::{self, Progress};
 use crate::policy::Policy;
-use crate::postgres::ChildReader;
 use crate::repository::{self, object, BackupKind, BackupManifest, PhysicalInfo};
+use crate::server::ChildReader;
 use crate::wal::{self, parse_lsn};
 
 /// File name of a physical backup's tar object.

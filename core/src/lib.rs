@@ -31,6 +31,7 @@ pub mod restore;
 pub mod retention;
 pub mod runner;
 pub mod schedule;
+pub mod server;
 pub mod storage;
 pub mod verify;
 pub mod wal;

@@ -449,7 +449,7 @@ pub async fn execute(
     if options.start {
         // Before anything is written: only the backup's own major can start the copy.
         let major = (plan.base.server_version_num / 10000) as u32;
-        crate::drill::ephemeral::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major)?;
+        crate::server::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major)?;
     }
     let entries = entries_in(pgdata)?;
     if entries > 0 && !options.force {
@@ -472,7 +472,7 @@ pub async fn execute(
     }
     let extract_seconds = started.elapsed().as_secs_f64();
     write_recovery_settings(plan, options)?;
-    let owner = crate::drill::ephemeral::server_user(pgdata)?;
+    let owner = crate::server::host::server_user(pgdata)?;
     if owner.is_some() {
         chown_tree(pgdata, owner.as_deref())?;
     }
@@ -512,7 +512,7 @@ fn clear_dir(dir: &Path) -> Result<()> {
 }
 
 fn chown_tree(root: &Path, user: Option<&str>) -> Result<()> {
-    crate::drill::ephemeral::chown_to(root, user)?;
+    crate::server::host::chown_to(root, user)?;
     if root.is_dir() && !root.is_symlink() {
         let entries = std::fs::read_dir(root)
             .map_err(|e| Error::io(format!("cannot read {}", root.display()), e))?;
@@ -631,8 +631,7 @@ async fn start_and_wait(
     owner: Option<&str>,
 ) -> Result<(Vec<String>, PathBuf)> {
     let major = (plan.base.server_version_num / 10000) as u32;
-    let bin =
-        crate::drill::ephemeral::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major)?;
+    let bin = crate::server::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major)?;
     let log = plan.pgdata.join("pgvault-recovery.log");
     let mut cmd = bin.command_as("pg_ctl", owner);
     cmd.arg("-D")
@@ -651,7 +650,7 @@ async fn start_and_wait(
     if !server_options.is_empty() {
         cmd.arg("-o").arg(server_options.join(" "));
     }
-    let pg_ctl = tokio::task::spawn_blocking(move || crate::postgres::run_tool("pg_ctl", cmd));
+    let pg_ctl = tokio::task::spawn_blocking(move || crate::server::run_tool("pg_ctl", cmd));
     let started = pg_ctl
         .await
         .map_err(|e| Error::Invalid(format!("pg_ctl worker failed: {e}")))?;
@@ -728,7 +727,7 @@ async fn start_and_wait(
 
 /// Stop a server started by [`execute`] (immediate shutdown: drills throw it away).
 pub fn stop_server(pgdata: &Path, major: u32, bin_dir: Option<&Path>) -> Result<()> {
-    let bin = crate::drill::ephemeral::ServerBinaries::discover_exact(bin_dir, major)?;
+    let bin = crate::server::ServerBinaries::discover_exact(bin_dir, major)?;
     let owner = if nix::unistd::geteuid().is_root() {
         Some("postgres")
     } else {
@@ -738,7 +737,7 @@ pub fn stop_server(pgdata: &Path, major: u32, bin_dir: Option<&Path>) -> Result<
     cmd.arg("-D")
         .arg(pgdata)
         .args(["-m", "immediate", "-w", "stop"]);
-    crate::postgres::run_tool("pg_ctl", cmd).map(|_| ())
+    crate::server::run_tool("pg_ctl", cmd).map(|_| ())
 }
 
 /// The absolute path of the `pgvault` program for `restore_command`, so the server

@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::error::{Error, Result};
 use crate::keys::Recipients;
+use crate::storage::{LifecycleSettings, Location, RequestSettings, StorageSettings};
 
 /// Default size of one multipart upload part: small enough to keep memory bounded. The
 /// first 2000 parts (about 15.6 GiB) use it, then parts double in size every 2000 parts
@@ -295,40 +296,15 @@ pub struct SourceConfig {
     pub bin_dir: Option<PathBuf>,
 }
 
-/// Where a repository lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RepositoryLocation {
-    /// An S3 (or S3-compatible) bucket and key prefix.
-    S3 {
-        /// Bucket name.
-        bucket: String,
-        /// Key prefix inside the bucket, without leading or trailing `/` (may be empty).
-        prefix: String,
-    },
-    /// A directory on a local filesystem (the embedded default).
-    Filesystem {
-        /// The repository root directory.
-        root: PathBuf,
-    },
-}
-
 /// The repository section of a policy.
 #[derive(Debug, Clone)]
 pub struct RepositoryConfig {
-    /// Bucket/prefix or directory.
-    pub location: RepositoryLocation,
-    /// Custom S3 endpoint (MinIO, Garage, …); implies path-style addressing.
-    pub endpoint: Option<String>,
-    /// S3 region; when absent the AWS chain decides.
-    pub region: Option<String>,
+    /// Where the repository lives and how its storage is reached.
+    pub storage: StorageSettings,
     /// Size of each multipart part in bytes.
     pub part_size: u64,
     /// Parts uploaded concurrently.
     pub parts_in_flight: usize,
-    /// Lifecycle rules `pgvault storage init` applies (S3 only).
-    pub lifecycle: crate::storage::LifecycleSettings,
-    /// Timeouts and retries of every storage request (S3 only).
-    pub requests: crate::storage::RequestSettings,
 }
 
 /// zstd settings.
@@ -443,7 +419,7 @@ impl Policy {
                 None => Ok(None),
             }
         };
-        let lifecycle = crate::storage::LifecycleSettings {
+        let lifecycle = LifecycleSettings {
             abort_incomplete_after_days: positive_days(
                 &raw.repository.abort_incomplete_after_days,
             )?
@@ -459,7 +435,7 @@ impl Policy {
             }),
         };
         let requests = {
-            let defaults = crate::storage::RequestSettings::default();
+            let defaults = RequestSettings::default();
             let timeout = |v: &Option<Spanned<String>>,
                            default: std::time::Duration|
              -> Result<std::time::Duration> {
@@ -485,7 +461,7 @@ impl Policy {
                     ))
                 }
             };
-            crate::storage::RequestSettings {
+            RequestSettings {
                 connect_timeout: timeout(
                     &raw.repository.connect_timeout,
                     defaults.connect_timeout,
@@ -818,13 +794,15 @@ impl Policy {
                 bin_dir,
             },
             repository: RepositoryConfig {
-                location,
-                endpoint: raw.repository.endpoint.map(|e| e.into_inner()),
-                region: raw.repository.region,
+                storage: StorageSettings {
+                    location,
+                    endpoint: raw.repository.endpoint.map(|e| e.into_inner()),
+                    region: raw.repository.region,
+                    lifecycle,
+                    requests,
+                },
                 part_size,
                 parts_in_flight,
-                lifecycle,
-                requests,
             },
             recipients,
             compression: CompressionConfig {
@@ -892,10 +870,7 @@ fn validate_postgres_url(value: &str) -> std::result::Result<(), String> {
 
 /// Parse a repository URL: `s3://bucket/prefix` or `file:///abs/path` (or a relative
 /// `file://./dir`, resolved against the policy file's directory).
-pub fn parse_repository_url(
-    value: &str,
-    base_dir: &Path,
-) -> std::result::Result<RepositoryLocation, String> {
+pub fn parse_repository_url(value: &str, base_dir: &Path) -> std::result::Result<Location, String> {
     if let Some(rest) = value.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let bucket_ok = (3..=63).contains(&bucket.len())
@@ -907,7 +882,7 @@ pub fn parse_repository_url(
                 "repository url {value:?}: {bucket:?} is not a valid S3 bucket name (3-63 lowercase letters, digits, '-' or '.')"
             ));
         }
-        return Ok(RepositoryLocation::S3 {
+        return Ok(Location::S3 {
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
         });
@@ -925,7 +900,7 @@ pub fn parse_repository_url(
         } else {
             base_dir.join(path)
         };
-        return Ok(RepositoryLocation::Filesystem { root });
+        return Ok(Location::Filesystem { root });
     }
     Err(format!(
         "repository url {value:?} must start with s3:// (a bucket) or file:// (a local directory)"
@@ -976,8 +951,8 @@ mod tests {
         let p = parse(&minimal("")).unwrap();
         assert_eq!(p.name, "app");
         assert_eq!(
-            p.repository.location,
-            RepositoryLocation::S3 {
+            p.repository.storage.location,
+            Location::S3 {
                 bucket: "bucket".into(),
                 prefix: "pre/fix".into()
             }
@@ -1111,13 +1086,13 @@ mod tests {
     fn request_settings_have_defaults_and_bounds() {
         let p = parse(&minimal("stall_timeout = \"5s\"\nmax_attempts = 3\n")).unwrap();
         assert_eq!(
-            p.repository.requests.stall_timeout,
+            p.repository.storage.requests.stall_timeout,
             std::time::Duration::from_secs(5)
         );
-        assert_eq!(p.repository.requests.max_attempts, 3);
+        assert_eq!(p.repository.storage.requests.max_attempts, 3);
         assert_eq!(
-            p.repository.requests.connect_timeout,
-            crate::storage::RequestSettings::default().connect_timeout
+            p.repository.storage.requests.connect_timeout,
+            RequestSettings::default().connect_timeout
         );
         let err = parse(&minimal("max_attempts = 0\n"))
             .unwrap_err()

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::pipeline::ObjectDigest;
+use crate::policy::Policy;
 use crate::storage::Storage;
 
 /// The manifest format of logical backups (unchanged since version 1, so older readers
@@ -221,12 +222,20 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// The repository of `policy` on `storage`.
+    /// The repository of `policy` on a storage already open (a test's, or one shared by
+    /// several views).
     pub fn new(storage: Arc<dyn Storage>, policy: &str) -> Self {
         Repository {
             storage,
             policy: policy.to_string(),
         }
+    }
+
+    /// Open the repository a policy names: the one place pgvault opens storage, so every
+    /// command reaches the same bucket or directory with the same request settings.
+    pub async fn open(policy: &Policy) -> Result<Self> {
+        let storage = crate::storage::open(&policy.repository.storage).await?;
+        Ok(Repository::new(storage, &policy.name))
     }
 
     /// The underlying storage.

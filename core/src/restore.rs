@@ -25,8 +25,9 @@ use crate::error::{Error, Result};
 use crate::globals::{self, GlobalStatement};
 use crate::keys::Identities;
 use crate::pipeline::{self, Decode, Progress};
-use crate::postgres::{self, quote_ident, quote_literal, ConnTarget, PgTools};
+use crate::postgres::{self, quote_ident, quote_literal, ConnTarget};
 use crate::repository::{object, BackupKind, BackupManifest, Repository};
+use crate::server::{self, PgTools};
 
 /// What the restore will do with the target database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -703,7 +704,7 @@ async fn restore_dump(
                     if let Some(status) = status.filter(|s| !s.success()) {
                         return Err(Error::Tool {
                             tool: "pg_restore".into(),
-                            message: format!("{status}: {}", postgres::stderr_tail(&stderr)),
+                            message: format!("{status}: {}", server::stderr_tail(&stderr)),
                         });
                     }
                 }
@@ -718,7 +719,7 @@ async fn restore_dump(
         if !status.success() {
             return Err(Error::Tool {
                 tool: "pg_restore".into(),
-                message: format!("{status}: {}", postgres::stderr_tail(&stderr)),
+                message: format!("{status}: {}", server::stderr_tail(&stderr)),
             });
         }
         return Ok(());
@@ -728,7 +729,7 @@ async fn restore_dump(
         .ok_or_else(|| Error::Invalid("a parallel restore needs the dump spooled first".into()))?;
     cmd.arg(format!("--jobs={}", plan.jobs))
         .arg(spool.path.as_os_str());
-    tokio::task::spawn_blocking(move || postgres::run_tool("pg_restore", cmd))
+    tokio::task::spawn_blocking(move || server::run_tool("pg_restore", cmd))
         .await
         .map_err(|e| Error::Invalid(format!("pg_restore worker failed: {e}")))??;
     Ok(())
@@ -824,7 +825,7 @@ pub async fn spool_dump(
 pub async fn spooled_toc(plan: &RestorePlan, spool: &SpooledDump) -> Result<String> {
     let mut cmd = toc_command(&plan.tools);
     cmd.arg(spool.path());
-    let out = tokio::task::spawn_blocking(move || postgres::run_tool("pg_restore", cmd))
+    let out = tokio::task::spawn_blocking(move || server::run_tool("pg_restore", cmd))
         .await
         .map_err(|e| Error::Invalid(format!("pg_restore --list worker failed: {e}")))??;
     Ok(String::from_utf8_lossy(&out).into_owned())

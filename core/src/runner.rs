@@ -29,7 +29,6 @@ use crate::prune;
 use crate::repository::BackupKind;
 use crate::repository::Repository;
 use crate::schedule;
-use crate::storage;
 
 /// What the agent knows about one policy, for health and metrics.
 #[derive(Debug, Clone, Default)]
@@ -113,7 +112,7 @@ fn update(status: &SharedStatus, f: impl FnOnce(&mut PolicyStatus)) {
 
 /// Read the repository once to seed the status (newest backup, count).
 pub async fn seed_status(policy: &Policy, status: &SharedStatus) -> Result<Option<DateTime<Utc>>> {
-    let repo = Repository::new(storage::open(&policy.repository).await?, &policy.name);
+    let repo = Repository::open(&policy).await?;
     let backups = repo.list_backups().await?;
     let newest = backups.first().map(|m| (m.finished_at, m.consistent_at));
     update(status, |s| {
@@ -212,7 +211,7 @@ async fn attempt_run(
         tracing::info!(policy = %policy.name, "{why}; skipping this slot");
         return Ok(RunOutcome::Skipped(why));
     }
-    let repo = Repository::new(storage::open(&policy.repository).await?, &policy.name);
+    let repo = Repository::open(&policy).await?;
     let newest_of_kind = repo
         .list_backups()
         .await?
@@ -347,8 +346,8 @@ pub async fn run_schedule(
 /// Remove what this policy's crashed runs left in the repository (see
 /// [`crate::lease`]); the agent does it at start-up. Failures are logged.
 pub async fn remove_crashed_runs(policy: &Policy) {
-    match storage::open(&policy.repository).await {
-        Ok(storage) => prune::remove_crashed_runs(&Repository::new(storage, &policy.name)).await,
+    match Repository::open(policy).await {
+        Ok(repo) => prune::remove_crashed_runs(&repo).await,
         Err(e) => {
             tracing::warn!(policy = %policy.name, error = %e, "cannot open the repository to look for a crashed run's leftovers")
         }
@@ -357,7 +356,7 @@ pub async fn remove_crashed_runs(policy: &Policy) {
 
 /// Start time of the newest backup of `kind` (None when none or unreadable).
 async fn newest_started(policy: &Policy, kind: BackupKind) -> Option<DateTime<Utc>> {
-    let repo = Repository::new(storage::open(&policy.repository).await.ok()?, &policy.name);
+    let repo = Repository::open(policy).await.ok()?;
     repo.list_backups()
         .await
         .ok()?
@@ -375,37 +374,34 @@ pub async fn run_archive_watch(
     every: std::time::Duration,
 ) {
     loop {
-        match storage::open(&policy.repository).await {
-            Ok(storage) => {
-                let repo = Repository::new(storage, &policy.name);
-                match crate::archive_check::check(&repo, &policy.source.url).await {
-                    Ok(found) => {
-                        let gaps = found
-                            .backups
-                            .iter()
-                            .filter(|b| !b.missing.is_empty())
-                            .count();
-                        if gaps > 0 {
-                            tracing::warn!(policy = %policy.name, gaps, "WAL archive has gaps: point-in-time recovery from some base backups stops early");
-                        }
-                        update(&status, |s| {
-                            s.wal_archive_gaps = Some(gaps as u64);
-                            match &found.archiver {
-                                Ok(a) => {
-                                    s.wal_archiver_failing = Some(a.failing());
-                                    s.wal_archive_lag_seconds = a.last_archived_at.map(|t| {
-                                        (Utc::now() - t).num_milliseconds() as f64 / 1000.0
-                                    });
-                                }
-                                Err(_) => s.wal_archiver_failing = None,
+        match Repository::open(&policy).await {
+            Ok(repo) => match crate::archive_check::check(&repo, &policy.source.url).await {
+                Ok(found) => {
+                    let gaps = found
+                        .backups
+                        .iter()
+                        .filter(|b| !b.missing.is_empty())
+                        .count();
+                    if gaps > 0 {
+                        tracing::warn!(policy = %policy.name, gaps, "WAL archive has gaps: point-in-time recovery from some base backups stops early");
+                    }
+                    update(&status, |s| {
+                        s.wal_archive_gaps = Some(gaps as u64);
+                        match &found.archiver {
+                            Ok(a) => {
+                                s.wal_archiver_failing = Some(a.failing());
+                                s.wal_archive_lag_seconds = a
+                                    .last_archived_at
+                                    .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0);
                             }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(policy = %policy.name, error = %e, "cannot check the WAL archive")
-                    }
+                            Err(_) => s.wal_archiver_failing = None,
+                        }
+                    });
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(policy = %policy.name, error = %e, "cannot check the WAL archive")
+                }
+            },
             Err(e) => {
                 tracing::warn!(policy = %policy.name, error = %e, "cannot open the repository to check the WAL archive")
             }
@@ -549,7 +545,7 @@ async fn attempt_drill(
             ));
         }
     }
-    let repo = Repository::new(storage::open(&policy.repository).await?, &policy.name);
+    let repo = Repository::open(&policy).await?;
     if let Some(last) = drill::store::list_ids(&repo).await?.last() {
         let (report, _) = drill::store::load(&repo, last).await?;
         if report.started_at >= slot {
@@ -591,9 +587,8 @@ pub async fn run_drill_schedule(policy: Policy, status: SharedStatus, shutdown: 
     else {
         return;
     };
-    match storage::open(&policy.repository).await {
-        Ok(storage) => {
-            let repo = Repository::new(storage, &policy.name);
+    match Repository::open(&policy).await {
+        Ok(repo) => {
             if let Ok((report, _)) = drill::store::load(&repo, "latest").await {
                 record_drill(&status, &report);
             }

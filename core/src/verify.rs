@@ -14,8 +14,8 @@ use crate::backup::VerificationSidecar;
 use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::pipeline::{self, Decode, Progress};
-use crate::postgres::{self, PgTools};
 use crate::repository::{object, BackupManifest, Repository};
+use crate::server::{self, PgTools};
 
 /// The result of checking one object.
 #[derive(Debug)]
@@ -272,7 +272,7 @@ async fn deep_check_dump(
             object: stored.key.clone(),
             message: format!(
                 "the plaintext verifies but pg_restore --list cannot read it: {}",
-                postgres::stderr_tail(&errors)
+                server::stderr_tail(&errors)
             ),
         });
     }

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use pgvault_core::policy::{Policy, RepositoryLocation};
+use pgvault_core::policy::Policy;
+use pgvault_core::storage::Location;
 
 #[test]
 fn every_example_policy_parses() {
@@ -45,6 +46,6 @@ fn every_example_policy_parses() {
         Some(chrono::Duration::days(2))
     );
     assert!(
-        matches!(prod.repository.location, RepositoryLocation::S3 { ref bucket, .. } if bucket == "acme-pg-backups")
+        matches!(prod.repository.storage.location, Location::S3 { ref bucket, .. } if bucket == "acme-pg-backups")
     );
 }

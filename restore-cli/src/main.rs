@@ -376,10 +376,9 @@ fn load_policy(path: &std::path::Path) -> Result<Policy> {
 }
 
 async fn open_repository(policy: &Policy) -> Result<Repository> {
-    let storage = storage::open(&policy.repository)
+    Repository::open(policy)
         .await
-        .with_context(|| format!("cannot open the repository of policy {}", policy.name))?;
-    Ok(Repository::new(storage, &policy.name))
+        .with_context(|| format!("cannot open the repository of policy {}", policy.name))
 }
 
 async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
@@ -442,7 +441,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             action: StorageAction::Init { policy },
         } => {
             let policy = load_policy(&policy)?;
-            let set = storage::init(&policy.repository, &policy.name)
+            let set = storage::init(&policy.repository.storage, &policy.name)
                 .await
                 .with_context(|| format!("cannot set up the storage of policy {}", policy.name))?;
             for line in set {

@@ -22,7 +22,6 @@
 //! measurements meet their objectives.
 
 pub mod checks;
-pub mod ephemeral;
 pub mod expectation;
 pub mod point_in_time;
 pub mod render;
@@ -44,7 +43,7 @@ use crate::policy::{DrillPick, DrillTargetConfig, Policy, RestoreTestConfig};
 use crate::postgres::{self, quote_ident, ConnTarget};
 use crate::repository::{new_backup_id, object, BackupKind, BackupManifest, Repository};
 use crate::restore::{self, RestoreOptions};
-use ephemeral::{EphemeralCluster, ServerBinaries};
+use crate::server::{EphemeralCluster, ServerBinaries};
 use report::{
     human_seconds, sha256_hex, ChainLink, CheckResult, DrillReport, DrillTarget, ObjectiveResult,
     Phase, RenderDigests, RpoResult, Status, TestedBackup, ToolVersions, Verdict,

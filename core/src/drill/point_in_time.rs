@@ -145,7 +145,7 @@ pub(crate) async fn drill(
         }
     };
     let pgdata = work.path().join("data");
-    let port = crate::drill::ephemeral::free_port()?;
+    let port = crate::server::host::free_port()?;
     record.phase(
         "setup",
         Status::Passed,
@@ -389,7 +389,7 @@ fn work_dir(parent: Option<&std::path::Path>) -> Result<tempfile::TempDir> {
         None => builder.tempdir(),
     }
     .map_err(|e| Error::io("cannot create the drill's data directory", e))?;
-    crate::drill::ephemeral::server_user(dir.path())?;
+    crate::server::host::server_user(dir.path())?;
     Ok(dir)
 }
 

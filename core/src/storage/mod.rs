@@ -13,6 +13,7 @@
 mod fs;
 mod s3;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -23,7 +24,40 @@ pub use fs::FilesystemStorage;
 pub use s3::{LifecycleSettings, S3Storage};
 
 use crate::error::{Error, Result};
-use crate::policy::{RepositoryConfig, RepositoryLocation};
+
+/// Where a repository lives: the only part of a policy a backend needs to know, with
+/// [`StorageSettings`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An S3 (or S3-compatible) bucket and key prefix.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix inside the bucket, without leading or trailing `/` (may be empty).
+        prefix: String,
+    },
+    /// A directory on a local filesystem (the embedded default).
+    Filesystem {
+        /// The repository root directory.
+        root: PathBuf,
+    },
+}
+
+/// Everything needed to open a repository's storage, validated from a policy's
+/// `[repository]` section. Storage knows nothing of policies: the policy hands it this.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// Bucket/prefix or directory.
+    pub location: Location,
+    /// Custom S3 endpoint (MinIO, Garage, …); implies path-style addressing.
+    pub endpoint: Option<String>,
+    /// S3 region; when absent the AWS chain decides.
+    pub region: Option<String>,
+    /// Lifecycle rules `pgvault storage init` applies (S3 only).
+    pub lifecycle: LifecycleSettings,
+    /// Timeouts and retries of every storage request (S3 only).
+    pub requests: RequestSettings,
+}
 
 /// One stored object, as listing reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,13 +162,12 @@ pub trait Upload: Send + Sync {
     async fn abort(&self) -> Result<()>;
 }
 
-/// Open the storage a policy's repository section names.
-pub async fn open(config: &RepositoryConfig) -> Result<Arc<dyn Storage>> {
+/// Open the storage `config` names. [`crate::repository::Repository::open`] is how the
+/// rest of pgvault reaches it.
+pub async fn open(config: &StorageSettings) -> Result<Arc<dyn Storage>> {
     match &config.location {
-        RepositoryLocation::Filesystem { root } => {
-            Ok(Arc::new(FilesystemStorage::new(root.clone())?))
-        }
-        RepositoryLocation::S3 { bucket, prefix } => Ok(Arc::new(
+        Location::Filesystem { root } => Ok(Arc::new(FilesystemStorage::new(root.clone())?)),
+        Location::S3 { bucket, prefix } => Ok(Arc::new(
             S3Storage::connect(
                 bucket,
                 prefix,
@@ -149,13 +182,13 @@ pub async fn open(config: &RepositoryConfig) -> Result<Arc<dyn Storage>> {
 
 /// Prepare a policy's repository: on S3, apply the lifecycle rules (abort incomplete
 /// uploads, optional transition to a colder class). Returns what was set, one line each.
-pub async fn init(config: &RepositoryConfig, policy: &str) -> Result<Vec<String>> {
+pub async fn init(config: &StorageSettings, policy: &str) -> Result<Vec<String>> {
     match &config.location {
-        RepositoryLocation::Filesystem { root } => Ok(vec![format!(
+        Location::Filesystem { root } => Ok(vec![format!(
             "{}: a filesystem repository has no lifecycle rules; `pgvault prune` removes stale uploads",
             root.display()
         )]),
-        RepositoryLocation::S3 { bucket, prefix } => {
+        Location::S3 { bucket, prefix } => {
             let s3 = S3Storage::connect(
                 bucket,
                 prefix,
