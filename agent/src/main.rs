@@ -169,9 +169,9 @@ async fn serve(
 }
 
 async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
-    let grace = pgvault_core::retention::parse_span(&args.grace)
+    let grace = pgvault_core::units::parse_span(&args.grace)
         .map_err(|m| anyhow::anyhow!("--grace: {m}"))?;
-    let archive_every = pgvault_core::retention::parse_span(&args.archive_check_every)
+    let archive_every = pgvault_core::units::parse_span(&args.archive_check_every)
         .map_err(|m| anyhow::anyhow!("--archive-check-every: {m}"))?
         .to_std()
         .unwrap_or(std::time::Duration::from_secs(60))

@@ -1,40 +1,38 @@
 //! `pgvault-core`: every capability of pgvault, as a library the binaries stay thin over.
 //!
-//! The modules follow the concepts of the system (see `docs/FORMAT.md` and the design):
+//! The modules follow the concepts of the system, in layers that import only
+//! downwards (the table is in `docs/ARCHITECTURE.md`, and `tests/layers.rs` checks it):
 //!
+//! - the operations: [`logical`] (dumps, restores, verify), [`physical`] (base backups,
+//!   WAL, point-in-time restores), [`retention`] (plans and prune), [`drill`] (restore
+//!   tests and their reports), and [`runner`] (what the agent runs on a schedule);
+//! - [`repository`]: the on-storage layout, manifests, leases and leftovers, and
+//!   [`repository::Repository::open`], the one place storage is opened;
 //! - [`policy`]: the TOML policy file, parsed strictly and validated into typed values;
-//! - [`storage`]: the [`storage::Storage`] trait with S3 and filesystem backends;
 //! - [`pipeline`]: the byte stream stages (sha256 → zstd → age → sha256 and the mirror);
-//! - [`keys`]: age recipients and identities, and the fingerprints the manifest records;
-//! - [`repository`]: the on-storage layout, backup ids and manifests;
-//! - [`postgres`]: tool discovery, child processes and queries against PostgreSQL;
-//! - [`backup`], [`restore`], [`verify`]: the operations users run.
+//! - the infrastructure: [`storage`] (S3 and filesystem backends, knowing nothing of
+//!   policies), [`server`] (finding and running PostgreSQL's programs), [`postgres`]
+//!   (connections and queries), [`keys`], [`schedule`], [`notify`];
+//! - the ground floor: [`error`] and [`units`].
 //!
 //! Errors are typed ([`Error`]) and carry which backup, object or table they concern.
 
-pub mod archive_check;
-pub mod backup;
-pub mod basebackup;
 pub mod drill;
 pub mod error;
-pub mod globals;
 pub mod keys;
-pub mod lease;
+pub mod logical;
 pub mod notify;
+pub mod physical;
 pub mod pipeline;
-pub mod pitr;
 pub mod policy;
 pub mod postgres;
-pub mod prune;
 pub mod repository;
-pub mod restore;
 pub mod retention;
 pub mod runner;
 pub mod schedule;
 pub mod server;
 pub mod storage;
-pub mod verify;
-pub mod wal;
+pub mod units;
 
 pub use error::{Error, Result};
 

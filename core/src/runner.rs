@@ -17,17 +17,17 @@ use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup;
 use crate::drill::{self, report::DrillReport, report::Verdict};
 use crate::error::{Error, Result};
 use crate::keys::Identities;
+use crate::logical::backup;
 use crate::notify::{Event, EventKind};
 use crate::pipeline::Progress;
 use crate::policy::{Policy, ScheduleConfig};
 use crate::postgres::ConnTarget;
-use crate::prune;
 use crate::repository::BackupKind;
 use crate::repository::Repository;
+use crate::retention::prune;
 use crate::schedule;
 
 /// What the agent knows about one policy, for health and metrics.
@@ -112,7 +112,7 @@ fn update(status: &SharedStatus, f: impl FnOnce(&mut PolicyStatus)) {
 
 /// Read the repository once to seed the status (newest backup, count).
 pub async fn seed_status(policy: &Policy, status: &SharedStatus) -> Result<Option<DateTime<Utc>>> {
-    let repo = Repository::open(&policy).await?;
+    let repo = Repository::open(policy).await?;
     let backups = repo.list_backups().await?;
     let newest = backups.first().map(|m| (m.finished_at, m.consistent_at));
     update(status, |s| {
@@ -211,7 +211,7 @@ async fn attempt_run(
         tracing::info!(policy = %policy.name, "{why}; skipping this slot");
         return Ok(RunOutcome::Skipped(why));
     }
-    let repo = Repository::open(&policy).await?;
+    let repo = Repository::open(policy).await?;
     let newest_of_kind = repo
         .list_backups()
         .await?
@@ -241,7 +241,7 @@ async fn attempt_run(
     let result = match kind {
         BackupKind::Logical => backup::run_logical_backup(policy, progress, &backup_cancel).await,
         BackupKind::Physical => {
-            crate::basebackup::run_physical_backup(policy, progress, &backup_cancel).await
+            crate::physical::basebackup::run_physical_backup(policy, progress, &backup_cancel).await
         }
     };
     watcher.abort();
@@ -344,10 +344,10 @@ pub async fn run_schedule(
 }
 
 /// Remove what this policy's crashed runs left in the repository (see
-/// [`crate::lease`]); the agent does it at start-up. Failures are logged.
+/// [`crate::repository::lease`]); the agent does it at start-up. Failures are logged.
 pub async fn remove_crashed_runs(policy: &Policy) {
     match Repository::open(policy).await {
-        Ok(repo) => prune::remove_crashed_runs(&repo).await,
+        Ok(repo) => crate::repository::leftovers::remove_crashed_runs(&repo).await,
         Err(e) => {
             tracing::warn!(policy = %policy.name, error = %e, "cannot open the repository to look for a crashed run's leftovers")
         }
@@ -366,7 +366,7 @@ async fn newest_started(policy: &Policy, kind: BackupKind) -> Option<DateTime<Ut
 }
 
 /// Check the policy's WAL archive every `every` until `shutdown` (see
-/// [`crate::archive_check`]) and record continuity and lag for the metrics.
+/// [`crate::physical::archive_check`]) and record continuity and lag for the metrics.
 pub async fn run_archive_watch(
     policy: Policy,
     status: SharedStatus,
@@ -375,33 +375,35 @@ pub async fn run_archive_watch(
 ) {
     loop {
         match Repository::open(&policy).await {
-            Ok(repo) => match crate::archive_check::check(&repo, &policy.source.url).await {
-                Ok(found) => {
-                    let gaps = found
-                        .backups
-                        .iter()
-                        .filter(|b| !b.missing.is_empty())
-                        .count();
-                    if gaps > 0 {
-                        tracing::warn!(policy = %policy.name, gaps, "WAL archive has gaps: point-in-time recovery from some base backups stops early");
-                    }
-                    update(&status, |s| {
-                        s.wal_archive_gaps = Some(gaps as u64);
-                        match &found.archiver {
-                            Ok(a) => {
-                                s.wal_archiver_failing = Some(a.failing());
-                                s.wal_archive_lag_seconds = a
-                                    .last_archived_at
-                                    .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0);
-                            }
-                            Err(_) => s.wal_archiver_failing = None,
+            Ok(repo) => {
+                match crate::physical::archive_check::check(&repo, &policy.source.url).await {
+                    Ok(found) => {
+                        let gaps = found
+                            .backups
+                            .iter()
+                            .filter(|b| !b.missing.is_empty())
+                            .count();
+                        if gaps > 0 {
+                            tracing::warn!(policy = %policy.name, gaps, "WAL archive has gaps: point-in-time recovery from some base backups stops early");
                         }
-                    });
+                        update(&status, |s| {
+                            s.wal_archive_gaps = Some(gaps as u64);
+                            match &found.archiver {
+                                Ok(a) => {
+                                    s.wal_archiver_failing = Some(a.failing());
+                                    s.wal_archive_lag_seconds = a.last_archived_at.map(|t| {
+                                        (Utc::now() - t).num_milliseconds() as f64 / 1000.0
+                                    });
+                                }
+                                Err(_) => s.wal_archiver_failing = None,
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(policy = %policy.name, error = %e, "cannot check the WAL archive")
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(policy = %policy.name, error = %e, "cannot check the WAL archive")
-                }
-            },
+            }
             Err(e) => {
                 tracing::warn!(policy = %policy.name, error = %e, "cannot open the repository to check the WAL archive")
             }
@@ -545,7 +547,7 @@ async fn attempt_drill(
             ));
         }
     }
-    let repo = Repository::open(&policy).await?;
+    let repo = Repository::open(policy).await?;
     if let Some(last) = drill::store::list_ids(&repo).await?.last() {
         let (report, _) = drill::store::load(&repo, last).await?;
         if report.started_at >= slot {

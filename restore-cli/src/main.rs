@@ -12,10 +12,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pgvault_core::error::ErrorKind;
 use pgvault_core::keys::Identities;
+use pgvault_core::logical::{backup, restore, verify};
+use pgvault_core::physical::{basebackup, pitr, wal};
 use pgvault_core::pipeline::Progress;
 use pgvault_core::policy::Policy;
 use pgvault_core::repository::Repository;
-use pgvault_core::{backup, basebackup, drill, pitr, prune, restore, storage, verify, wal};
+use pgvault_core::retention::prune;
+use pgvault_core::{drill, storage};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code when a verification or restore check failed (as opposed to an error).
@@ -513,7 +516,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
         Command::Check { policy } => {
             let policy = load_policy(&policy)?;
             let repo = open_repository(&policy).await?;
-            let found = pgvault_core::archive_check::check(&repo, &policy.source.url)
+            let found = pgvault_core::physical::archive_check::check(&repo, &policy.source.url)
                 .await
                 .with_context(|| format!("cannot read the repository of policy {}", policy.name))?;
             print!(
@@ -547,7 +550,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 &repo,
                 &path,
                 &policy.recipients,
-                backup::encode_settings(&policy),
+                pgvault_core::repository::new_backup::encode_settings(&policy),
                 cancel,
             )
             .await

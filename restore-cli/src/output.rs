@@ -10,10 +10,11 @@ use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use pgvault_core::drill::report::{human_seconds, DrillReport, ObjectiveResult, Status};
+use pgvault_core::logical::restore::RestoreReport;
+use pgvault_core::logical::verify::{Finding, VerifyReport};
 use pgvault_core::pipeline::Progress;
 use pgvault_core::repository::{BackupManifest, DamagedBackup};
-use pgvault_core::restore::{human_bytes, RestoreReport};
-use pgvault_core::verify::{Finding, VerifyReport};
+use pgvault_core::units::human_bytes;
 
 /// An error and its causes on one line, each cause once.
 pub fn one_line(e: &anyhow::Error) -> String {
@@ -107,7 +108,7 @@ pub fn backup_table(backups: &[BackupManifest], damaged: &[DamagedBackup]) -> St
 }
 
 /// The `prune` plan: every backup with KEEP/DELETE and its reasons, then leftovers.
-pub fn prune_plan(plan: &pgvault_core::prune::PrunePlan) -> String {
+pub fn prune_plan(plan: &pgvault_core::retention::prune::PrunePlan) -> String {
     let mut out = String::new();
     if let Some(stale) = &plan.retention.stale {
         let _ = writeln!(out, "warning: {stale}");
@@ -449,7 +450,7 @@ pub fn report_table(reports: &[DrillReport]) -> String {
 /// What `pgvault check` prints.
 pub fn archive_check(
     policy: &str,
-    found: &pgvault_core::archive_check::ArchiveCheck,
+    found: &pgvault_core::physical::archive_check::ArchiveCheck,
     now: chrono::DateTime<chrono::Utc>,
 ) -> String {
     let mut out = String::new();
@@ -527,7 +528,7 @@ pub fn archive_check(
 }
 
 /// `check`'s lines for scratch databases left by interrupted restores or drills.
-pub fn leftover_databases(found: &[pgvault_core::restore::LeftoverDatabase]) -> String {
+pub fn leftover_databases(found: &[pgvault_core::logical::restore::LeftoverDatabase]) -> String {
     let mut out = String::new();
     for d in found {
         let _ = writeln!(
@@ -556,6 +557,6 @@ mod tests {
     fn bytes_are_human() {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
-        assert_eq!(pgvault_core::restore::human_age(90), "90s");
+        assert_eq!(pgvault_core::units::human_age(90), "90s");
     }
 }

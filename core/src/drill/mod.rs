@@ -22,7 +22,6 @@
 //! measurements meet their objectives.
 
 pub mod checks;
-pub mod expectation;
 pub mod point_in_time;
 pub mod render;
 pub mod report;
@@ -38,11 +37,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::keys::Identities;
+use crate::logical::restore::{self, RestoreOptions};
 use crate::pipeline::Progress;
 use crate::policy::{DrillPick, DrillTargetConfig, Policy, RestoreTestConfig};
 use crate::postgres::{self, quote_ident, ConnTarget};
 use crate::repository::{new_backup_id, object, BackupKind, BackupManifest, Repository};
-use crate::restore::{self, RestoreOptions};
 use crate::server::{EphemeralCluster, ServerBinaries};
 use report::{
     human_seconds, sha256_hex, ChainLink, CheckResult, DrillReport, DrillTarget, ObjectiveResult,
@@ -647,7 +646,7 @@ async fn restore_phases(
         Status::Passed,
         format!(
             "all matched; {} authenticated and decompressed",
-            restore::human_bytes(spool.bytes)
+            crate::units::human_bytes(spool.bytes)
         ),
     ));
     record.phase(
@@ -656,13 +655,13 @@ async fn restore_phases(
         verify_seconds,
         format!(
             "downloaded {}, authenticated, decompressed {} to a spool file",
-            restore::human_bytes(
+            crate::units::human_bytes(
                 manifest
                     .object(object::DUMP)
                     .map(|o| o.digest.stored_size)
                     .unwrap_or(0)
             ),
-            restore::human_bytes(spool.bytes)
+            crate::units::human_bytes(spool.bytes)
         ),
     );
 
@@ -785,8 +784,8 @@ async fn restore_phases(
 /// fail the digest check; a read that failed (storage, network) leaves it not run, in
 /// words that cannot be mistaken for corruption.
 pub(crate) fn failure_detail(e: &Error) -> (Status, String) {
-    match crate::verify::finding_of(e) {
-        crate::verify::Finding::Bad => (Status::Failed, e.to_string()),
+    match crate::logical::verify::finding_of(e) {
+        crate::logical::verify::Finding::Bad => (Status::Failed, e.to_string()),
         _ if e.kind() == crate::error::ErrorKind::Repository => (
             Status::Skipped,
             format!("could not read the backup from the repository, so its integrity is unknown (a storage or network failure, not corruption): {e}"),

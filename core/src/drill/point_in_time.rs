@@ -25,7 +25,7 @@ use super::report::{
 };
 use super::{seconds_of, tested_backup, DrillRequest, Record};
 use crate::error::{Error, Result};
-use crate::pitr::{self, PitrOptions, RecoveryAction, RecoveryTarget};
+use crate::physical::pitr::{self, PitrOptions, RecoveryAction, RecoveryTarget};
 use crate::repository::{BackupKind, BackupManifest, Repository};
 
 /// A log line's timestamp after `marker` (`… time 2026-11-28 06:37:39.220544+00`).
@@ -93,7 +93,7 @@ pub(crate) async fn drill(
         .into_iter()
         .filter(|m| m.kind == BackupKind::Physical)
         .collect();
-    let archiver = crate::archive_check::check(repo, &request.policy.source.url)
+    let archiver = crate::physical::archive_check::check(repo, &request.policy.source.url)
         .await
         .ok()
         .and_then(|c| c.archiver.ok());

@@ -19,7 +19,7 @@ use super::report::{
     human_seconds, ChainLink, CheckResult, DrillReport, DrillTarget, HistoryPoint, ObjectiveResult,
     Phase, RpoResult, Status, TestedBackup, ToolVersions, Verdict,
 };
-use crate::restore::human_bytes;
+use crate::units::human_bytes;
 
 /// Shown where a value is absent.
 const ABSENT: &str = "—";

@@ -8,9 +8,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
+use crate::physical::wal::{self, parse_lsn, ArchivedWal, WalFileKind};
 use crate::postgres::ConnTarget;
 use crate::repository::{BackupKind, Repository};
-use crate::wal::{self, parse_lsn, ArchivedWal, WalFileKind};
 
 /// WAL continuity from one base backup.
 #[derive(Debug, Clone)]

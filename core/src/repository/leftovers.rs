@@ -1,27 +1,20 @@
-//! Carrying out retention on a repository: deleting the backups a [`RetentionPlan`]
-//! gives up, and cleaning up what crashed runs left behind.
-//!
-//! Deletion removes a backup's manifest first, so the backup stops existing atomically;
-//! its data objects go next. A prune interrupted half-way leaves only orphans (data
-//! without a manifest), never a listed backup without its data.
+//! What runs that ended without a manifest left in the repository, and removing it.
 //!
 //! Leftovers (objects without a manifest, pending multipart uploads) are removed when
-//! the run that made them is known to be over: its run lease is dead (see
-//! [`crate::lease`]: its process is gone, or its heartbeat stopped), which is decided
-//! at once; or, for a run without a lease, when they are older than the policy's
-//! `orphan_min_age`. A backup that is still running is never touched. The next backup
-//! of a policy and the agent at start-up remove crashed runs' leftovers the same way
+//! the run that made them is known to be over: its run lease is dead (see [`lease`]:
+//! its process is gone, or its heartbeat stopped), which is decided at once; or, for a
+//! run without a lease, when they are older than the policy's `orphan_min_age` (only
+//! `pgvault prune` applies that rule). A backup that is still running is never touched.
+//! Every backup of a policy and the agent at start-up remove crashed runs' leftovers
 //! ([`remove_crashed_runs`]).
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
+use super::lease::{self, Liveness};
+use super::{Repository, MANIFEST};
 use crate::error::Result;
-use crate::lease::Liveness;
-use crate::policy::RetentionConfig;
-use crate::repository::{BackupKind, Repository, MANIFEST};
-use crate::retention::{self, BackupRef, RetentionPlan};
 use crate::storage::PendingUpload;
 
 /// A backup directory without a manifest.
@@ -60,23 +53,6 @@ pub struct Leftovers {
     pub recent: usize,
 }
 
-/// What a prune will do (or did).
-#[derive(Debug, Clone)]
-pub struct PrunePlan {
-    /// KEEP/DELETE per backup with reasons.
-    pub retention: RetentionPlan,
-    /// Orphan directories to remove.
-    pub orphans: Vec<Orphan>,
-    /// Pending uploads to abort.
-    pub stale_uploads: Vec<StaleUpload>,
-    /// Lease objects of runs that are over.
-    pub dead_leases: Vec<String>,
-    /// Orphans and uploads left alone because their run may still be going.
-    pub recent_leftovers: usize,
-    /// Archived WAL files no retained base backup needs (see [`crate::wal::wal_not_needed`]).
-    pub wal_to_delete: Vec<String>,
-}
-
 /// Find what ended runs left behind. A dead lease makes its run's leftovers removable at
 /// once; without a lease, only leftovers older than `orphan_min_age` are (none when it
 /// is `None`: the next backup and the agent remove only crashed runs' leftovers).
@@ -98,9 +74,9 @@ pub async fn leftovers(
     // Leases are read after the objects. A run writes its manifest before it drops its
     // lease, and each orphan's manifest is looked for again before it is deleted, so a
     // run that finishes meanwhile is never touched.
-    let leases = crate::lease::read_leases(repo).await?;
+    let leases = lease::read_leases(repo).await?;
     let removable = |id: &str| -> Option<String> {
-        match crate::lease::liveness(leases.get(id), now) {
+        match lease::liveness(leases.get(id), now) {
             Liveness::Running => None,
             Liveness::Crashed(why) => Some(format!("crashed run: {why}")),
             Liveness::Unknown => {
@@ -136,11 +112,7 @@ pub async fn leftovers(
     }
     // WAL uploads carry no lease: the age rule only.
     if let Some(min_age) = orphan_min_age {
-        for upload in repo
-            .storage()
-            .pending_uploads(&crate::wal::wal_prefix(repo))
-            .await?
-        {
+        for upload in repo.storage().pending_uploads(&repo.wal_prefix()).await? {
             if upload.started.is_some_and(|t| t < now - min_age) {
                 found.stale_uploads.push(StaleUpload {
                     upload,
@@ -152,8 +124,8 @@ pub async fn leftovers(
         }
     }
     for (id, lease) in &leases {
-        if let Liveness::Crashed(_) = crate::lease::liveness(Some(lease), now) {
-            found.dead_leases.push(crate::lease::lease_key(repo, id));
+        if let Liveness::Crashed(_) = lease::liveness(Some(lease), now) {
+            found.dead_leases.push(lease::lease_key(repo, id));
         }
     }
     Ok(found)
@@ -188,7 +160,10 @@ pub async fn remove_crashed_runs(repo: &Repository) {
 
 /// Remove `found`: each orphan after checking again that its manifest is still absent,
 /// then uploads, then dead leases. Returns (orphans removed, uploads aborted).
-async fn remove_leftovers(repo: &Repository, found: &Leftovers) -> Result<(usize, usize)> {
+pub(crate) async fn remove_leftovers(
+    repo: &Repository,
+    found: &Leftovers,
+) -> Result<(usize, usize)> {
     let mut orphans = 0;
     for orphan in &found.orphans {
         let manifest = repo.object_key(&orphan.id, MANIFEST);
@@ -217,130 +192,6 @@ pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
     NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
         .ok()
         .map(|t| t.and_utc())
-}
-
-/// Plan a prune of `repo` at `now`. Reads the repository; changes nothing.
-pub async fn plan(
-    repo: &Repository,
-    config: &RetentionConfig,
-    now: DateTime<Utc>,
-) -> Result<PrunePlan> {
-    let manifests = repo.list_backups().await?;
-    // Logical and physical backups serve different restores: the rules apply to each
-    // kind on its own, so nightly dumps never push out the last base backup.
-    let mut retention = RetentionPlan {
-        entries: Vec::new(),
-        stale: None,
-    };
-    for kind in [BackupKind::Logical, BackupKind::Physical] {
-        let refs: Vec<BackupRef> = manifests
-            .iter()
-            .filter(|m| m.kind == kind)
-            .map(|m| BackupRef {
-                id: m.id.clone(),
-                time: m.started_at,
-            })
-            .collect();
-        if refs.is_empty() {
-            continue;
-        }
-        let part = retention::plan(&refs, &config.rules, now, config.max_age)?;
-        retention.entries.extend(part.entries);
-        if let Some(stale) = part.stale {
-            let text = format!("{kind} backups: {stale}");
-            retention.stale = Some(match retention.stale.take() {
-                Some(before) => format!("{before}; {text}"),
-                None => text,
-            });
-        }
-    }
-    retention.entries.sort_by(|a, b| {
-        b.backup
-            .time
-            .cmp(&a.backup.time)
-            .then(b.backup.id.cmp(&a.backup.id))
-    });
-
-    let found = leftovers(repo, now, Some(config.orphan_min_age)).await?;
-    let deleted: Vec<&str> = retention
-        .to_delete()
-        .iter()
-        .map(|b| b.id.as_str())
-        .collect();
-    let mut retained_starts = Vec::new();
-    for m in &manifests {
-        if let (Some(p), false) = (&m.physical, deleted.contains(&m.id.as_str())) {
-            retained_starts.push((crate::wal::parse_lsn(&p.start_lsn)?, p.wal_segment_size));
-        }
-    }
-    let wal_to_delete = if retained_starts.is_empty() {
-        Vec::new()
-    } else {
-        let archive = crate::wal::list_archive(repo).await?;
-        crate::wal::wal_not_needed(&archive, &retained_starts)
-            .into_iter()
-            .map(|a| a.key.clone())
-            .collect()
-    };
-    Ok(PrunePlan {
-        retention,
-        orphans: found.orphans,
-        stale_uploads: found.stale_uploads,
-        dead_leases: found.dead_leases,
-        recent_leftovers: found.recent,
-        wal_to_delete,
-    })
-}
-
-/// What an executed prune removed.
-#[derive(Debug, Clone, Default)]
-pub struct PruneOutcome {
-    /// Backups deleted.
-    pub deleted_backups: Vec<String>,
-    /// Orphan directories removed.
-    pub removed_orphans: usize,
-    /// Pending uploads aborted.
-    pub aborted_uploads: usize,
-    /// Archived WAL files deleted.
-    pub deleted_wal: usize,
-}
-
-/// Carry out a plan: delete each given-up backup (manifest first), then orphans,
-/// stale uploads, and WAL no retained base backup needs.
-pub async fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneOutcome> {
-    let mut outcome = PruneOutcome::default();
-    for backup in plan.retention.to_delete() {
-        repo.storage()
-            .delete(&repo.object_key(&backup.id, MANIFEST))
-            .await?;
-        for object in repo
-            .storage()
-            .list(&repo.object_key(&backup.id, ""))
-            .await?
-        {
-            repo.storage().delete(&object.key).await?;
-        }
-        tracing::info!(backup = %backup.id, "backup deleted by retention");
-        outcome.deleted_backups.push(backup.id.clone());
-    }
-    let (orphans, uploads) = remove_leftovers(
-        repo,
-        &Leftovers {
-            orphans: plan.orphans.clone(),
-            stale_uploads: plan.stale_uploads.clone(),
-            dead_leases: plan.dead_leases.clone(),
-            recent: plan.recent_leftovers,
-        },
-    )
-    .await?;
-    outcome.removed_orphans += orphans;
-    outcome.aborted_uploads += uploads;
-    // WAL last: it was planned against the backups kept above.
-    for key in &plan.wal_to_delete {
-        repo.storage().delete(key).await?;
-        outcome.deleted_wal += 1;
-    }
-    Ok(outcome)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Physical base backups: `pg_basebackup` of the whole cluster as one tar stream
 //! (`-Ft -D - -X none`, fast checkpoint) through the same sha256 → zstd → age pipeline,
-//! for point-in-time recovery together with the archived WAL (see [`crate::wal`]).
+//! for point-in-time recovery together with the archived WAL (see [`crate::physical::wal`]).
 //!
 //! The WAL the backup needs is not in the tar (`-X none`): it comes from the archive, so
 //! the source must archive with `pgvault wal-push` (see `pgvault archive setup`). The
@@ -13,13 +13,15 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{build_manifest, discard_objects, encode_settings, SourceSession};
 use crate::error::{Error, Result};
+use crate::physical::wal::{self, parse_lsn};
 use crate::pipeline::{self, Progress};
 use crate::policy::Policy;
+use crate::repository::new_backup::{
+    build_manifest, discard_objects, encode_settings, SourceSession,
+};
 use crate::repository::{self, object, BackupKind, BackupManifest, PhysicalInfo};
 use crate::server::ChildReader;
-use crate::wal::{self, parse_lsn};
 
 /// File name of a physical backup's tar object.
 pub(crate) const BASE_FILE: &str = "base.tar.zst.age";

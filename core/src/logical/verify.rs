@@ -10,9 +10,9 @@ use std::io::{self, Read, Write};
 use std::process::{ChildStdin, Stdio};
 use std::sync::Arc;
 
-use crate::backup::VerificationSidecar;
 use crate::error::{Error, Result};
 use crate::keys::Identities;
+use crate::logical::backup::VerificationSidecar;
 use crate::pipeline::{self, Decode, Progress};
 use crate::repository::{object, BackupManifest, Repository};
 use crate::server::{self, PgTools};
@@ -222,7 +222,7 @@ async fn deep_check_dump(
     source_major: u32,
 ) -> Result<String> {
     let tools = PgTools::discover(bin_dir, source_major)?;
-    let mut cmd = crate::restore::toc_command(&tools);
+    let mut cmd = crate::logical::restore::toc_command(&tools);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

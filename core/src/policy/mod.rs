@@ -6,6 +6,9 @@
 //! Secrets are referenced, never inlined: `${ENV_VAR}` in the source URL is expanded from
 //! the environment at load time.
 
+pub mod expectation;
+pub mod retention;
+
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -221,7 +224,7 @@ pub struct SqlCheck {
     /// The query, run read-only in the restored database.
     pub sql: String,
     /// What its result must be.
-    pub expect: crate::drill::expectation::Expectation,
+    pub expect: crate::policy::expectation::Expectation,
 }
 
 /// The `[restore_test]` section: the drill the agent runs on schedule and
@@ -279,7 +282,7 @@ pub struct ScheduleConfig {
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
     /// The keep rules.
-    pub rules: crate::retention::RetentionRules,
+    pub rules: retention::RetentionRules,
     /// If the newest backup is older than this, retention deletes nothing.
     pub max_age: Option<chrono::Duration>,
     /// Orphans and pending uploads younger than this are left alone (a backup may be
@@ -442,7 +445,7 @@ impl Policy {
                 match v {
                     None => Ok(default),
                     Some(s) => {
-                        let d = crate::retention::parse_span(s.get_ref())
+                        let d = crate::units::parse_span(s.get_ref())
                             .map_err(|m| at(Some(s.span()), m))?;
                         match d.to_std() {
                             Ok(d) if !d.is_zero() => Ok(d),
@@ -527,12 +530,11 @@ impl Policy {
                 let parse = |v: &Option<Spanned<String>>| -> Result<Option<chrono::Duration>> {
                     v.as_ref()
                         .map(|s| {
-                            crate::retention::parse_span(s.get_ref())
-                                .map_err(|m| at(Some(s.span()), m))
+                            crate::units::parse_span(s.get_ref()).map_err(|m| at(Some(s.span()), m))
                         })
                         .transpose()
                 };
-                let rules = crate::retention::RetentionRules {
+                let rules = retention::RetentionRules {
                     keep_last: r.keep_last,
                     keep_hourly: r.keep_hourly,
                     keep_daily: r.keep_daily,
@@ -541,7 +543,7 @@ impl Policy {
                     keep_yearly: r.keep_yearly,
                     keep_within: parse(&r.keep_within)?,
                 };
-                if rules == crate::retention::RetentionRules::default() {
+                if rules == retention::RetentionRules::default() {
                     return Err(at(
                         Some(span),
                         "[retention] needs at least one keep rule (keep_last, keep_daily, …, keep_within)".into(),
@@ -574,8 +576,9 @@ impl Policy {
                  -> Result<chrono::Duration> {
                     match v {
                         None => Ok(default),
-                        Some(s) => crate::retention::parse_span(s.get_ref())
-                            .map_err(|m| at(Some(s.span()), m)),
+                        Some(s) => {
+                            crate::units::parse_span(s.get_ref()).map_err(|m| at(Some(s.span()), m))
+                        }
                     }
                 };
                 let physical = sch
@@ -646,7 +649,7 @@ impl Policy {
                 let span = |v: &Option<Spanned<String>>| -> Result<Option<chrono::Duration>> {
                     v.as_ref()
                         .map(|s| {
-                            crate::retention::parse_span(s.get_ref())
+                            crate::units::parse_span(s.get_ref())
                                 .map_err(|m| at(Some(s.span()), format!("[restore_test] {m}")))
                         })
                         .transpose()
@@ -745,7 +748,7 @@ impl Policy {
                             format!("[[restore_test.checks]] {name:?} has an empty sql"),
                         ));
                     }
-                    let expect = crate::drill::expectation::Expectation::parse(c.expect.get_ref())
+                    let expect = crate::policy::expectation::Expectation::parse(c.expect.get_ref())
                         .map_err(|m| at(Some(c.expect.span()), m))?;
                     checks.push(SqlCheck {
                         name,

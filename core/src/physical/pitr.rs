@@ -18,10 +18,10 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 use crate::keys::Identities;
+use crate::physical::wal::{self, parse_lsn, ArchivedWal, WalFileKind};
 use crate::pipeline::{self, Decode, Progress};
 use crate::repository::{object, BackupKind, BackupManifest, PhysicalInfo, Repository};
-use crate::restore::human_bytes;
-use crate::wal::{self, parse_lsn, ArchivedWal, WalFileKind};
+use crate::units::human_bytes;
 
 /// Where recovery stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -836,7 +836,7 @@ mod tests {
         assert!(
             command.starts_with(&format!(
                 "{} wal-fetch --policy ",
-                crate::wal::shell_quote(&exe.display().to_string())
+                crate::physical::wal::shell_quote(&exe.display().to_string())
             )),
             "{command}"
         );

@@ -16,7 +16,7 @@
 //!   lease: only the age rule (`orphan_min_age`) may remove those.
 //!
 //! A crashed run's objects and multipart uploads are removed by the next backup of the
-//! policy, by the agent at start-up and by `pgvault prune` ([`crate::prune`]). Before
+//! policy, by the agent at start-up and by `pgvault prune` ([`crate::retention::prune`]). Before
 //! deleting, the absence of the manifest is checked again after the lease was read: a
 //! run writes its manifest before it drops its lease, so a run that finished in between
 //! is never touched.

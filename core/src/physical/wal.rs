@@ -145,13 +145,8 @@ pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
-/// Prefix of all of a policy's archived WAL.
-pub fn wal_prefix(repo: &Repository) -> String {
-    format!("{}/wal/", repo.policy())
-}
-
 fn object_prefix(repo: &Repository, file: &WalFileName) -> String {
-    format!("{}{:08X}/{}.", wal_prefix(repo), file.timeline, file.name)
+    format!("{}{:08X}/{}.", repo.wal_prefix(), file.timeline, file.name)
 }
 
 /// One archived WAL file.
@@ -189,7 +184,7 @@ fn parse_key(prefix: &str, object: &crate::storage::ObjectInfo) -> Option<Archiv
 
 /// Every archived WAL file of the policy, sorted by timeline and name.
 pub async fn list_archive(repo: &Repository) -> Result<Vec<ArchivedWal>> {
-    let prefix = wal_prefix(repo);
+    let prefix = repo.wal_prefix();
     let mut all: Vec<ArchivedWal> = repo
         .storage()
         .list(&prefix)
@@ -202,7 +197,7 @@ pub async fn list_archive(repo: &Repository) -> Result<Vec<ArchivedWal>> {
 }
 
 async fn find(repo: &Repository, file: &WalFileName) -> Result<Vec<ArchivedWal>> {
-    let prefix = wal_prefix(repo);
+    let prefix = repo.wal_prefix();
     Ok(repo
         .storage()
         .list(&object_prefix(repo, file))

@@ -20,14 +20,15 @@ use std::time::Instant;
 
 use chrono::Utc;
 
-use crate::backup::VerificationSidecar;
 use crate::error::{Error, Result};
-use crate::globals::{self, GlobalStatement};
 use crate::keys::Identities;
+use crate::logical::backup::VerificationSidecar;
+use crate::logical::globals::{self, GlobalStatement};
 use crate::pipeline::{self, Decode, Progress};
 use crate::postgres::{self, quote_ident, quote_literal, ConnTarget};
 use crate::repository::{object, BackupKind, BackupManifest, Repository};
 use crate::server::{self, PgTools};
+use crate::units::{human_age, human_bytes};
 
 /// What the restore will do with the target database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,33 +359,6 @@ fn leftovers_error(target: &str, leftovers: &[(String, i64)]) -> Error {
         names.join(", "),
         drops.join(" ")
     ))
-}
-
-/// Byte counts for people: `512 B`, `1.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
-/// A duration in the largest sensible units, for "backup age" lines.
-pub fn human_age(seconds: i64) -> String {
-    let s = seconds.max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
-    }
 }
 
 impl fmt::Display for RestorePlan {

@@ -12,6 +12,10 @@
 //! A backup exists when its manifest exists: data objects are written first and the
 //! manifest last, so a crash never leaves a listed backup without its data.
 
+pub mod lease;
+pub mod leftovers;
+pub mod new_backup;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -246,6 +250,11 @@ impl Repository {
     /// The policy name.
     pub fn policy(&self) -> &str {
         &self.policy
+    }
+
+    /// Prefix of this policy's WAL archive (`<policy>/wal/`, one folder per timeline).
+    pub fn wal_prefix(&self) -> String {
+        format!("{}/wal/", self.policy)
     }
 
     /// Prefix of all of this policy's backups.

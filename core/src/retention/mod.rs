@@ -16,43 +16,15 @@
 //! - when the newest backup is older than `max_age` (the schedule is broken), nothing is
 //!   deleted at all, and the plan says so.
 
+pub mod prune;
+
 use std::collections::BTreeSet;
 use std::fmt;
 
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 
 use crate::error::{Error, Result};
-
-/// The keep rules of a policy's `[retention]` section.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RetentionRules {
-    /// Keep the N newest backups.
-    pub keep_last: Option<u32>,
-    /// Keep the newest backup of each of the N newest hours.
-    pub keep_hourly: Option<u32>,
-    /// Keep the newest backup of each of the N newest days.
-    pub keep_daily: Option<u32>,
-    /// Keep the newest backup of each of the N newest ISO weeks.
-    pub keep_weekly: Option<u32>,
-    /// Keep the newest backup of each of the N newest months.
-    pub keep_monthly: Option<u32>,
-    /// Keep the newest backup of each of the N newest years.
-    pub keep_yearly: Option<u32>,
-    /// Keep every backup within this span before the newest one.
-    pub keep_within: Option<Duration>,
-}
-
-impl RetentionRules {
-    fn is_empty(&self) -> bool {
-        self.keep_last.is_none()
-            && self.keep_hourly.is_none()
-            && self.keep_daily.is_none()
-            && self.keep_weekly.is_none()
-            && self.keep_monthly.is_none()
-            && self.keep_yearly.is_none()
-            && self.keep_within.is_none()
-    }
-}
+pub use crate::policy::retention::RetentionRules;
 
 /// Why a backup is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -236,42 +208,6 @@ pub fn plan(
     Ok(RetentionPlan { entries, stale })
 }
 
-/// Parse spans such as `7d`, `36h`, `2w`, `90m`, `1d12h`.
-pub fn parse_span(value: &str) -> std::result::Result<Duration, String> {
-    let v = value.trim();
-    if v.is_empty() {
-        return Err("empty duration; use e.g. \"7d\", \"36h\" or \"2w\"".into());
-    }
-    let mut total = Duration::zero();
-    let mut digits = String::new();
-    for c in v.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: i64 = digits
-            .parse()
-            .map_err(|_| format!("{value:?} is not a duration such as \"7d\" or \"36h\""))?;
-        digits.clear();
-        total += match c {
-            's' => Duration::seconds(n),
-            'm' => Duration::minutes(n),
-            'h' => Duration::hours(n),
-            'd' => Duration::days(n),
-            'w' => Duration::weeks(n),
-            other => {
-                return Err(format!(
-                    "unknown unit {other:?} in {value:?}; use s, m, h, d or w"
-                ))
-            }
-        };
-    }
-    if !digits.is_empty() {
-        return Err(format!("{value:?} lacks a unit; write e.g. \"{digits}d\""));
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,14 +331,6 @@ mod tests {
         .unwrap();
         assert!(p.stale.is_some());
         assert!(p.to_delete().is_empty());
-    }
-
-    #[test]
-    fn spans_parse() {
-        assert_eq!(parse_span("7d").unwrap(), Duration::days(7));
-        assert_eq!(parse_span("1d12h").unwrap(), Duration::hours(36));
-        assert!(parse_span("7").is_err());
-        assert!(parse_span("7y").is_err());
     }
 }
 

@@ -1,0 +1,8 @@
+//! Physical backups and point-in-time recovery: base backups with `pg_basebackup`
+//! ([`basebackup`]), the WAL archive ([`wal`]), its continuity check
+//! ([`archive_check`]), and restores to a time, LSN, transaction or name ([`pitr`]).
+
+pub mod archive_check;
+pub mod basebackup;
+pub mod pitr;
+pub mod wal;

@@ -1,0 +1,160 @@
+//! Carrying out retention on a repository: deleting the backups a [`RetentionPlan`]
+//! gives up, and cleaning up what crashed runs left behind.
+//!
+//! Deletion removes a backup's manifest first, so the backup stops existing atomically;
+//! its data objects go next. A prune interrupted half-way leaves only orphans (data
+//! without a manifest), never a listed backup without its data.
+//!
+//! What crashed runs left is found and removed by [`crate::repository::leftovers`].
+
+use chrono::{DateTime, Utc};
+
+use crate::error::Result;
+use crate::policy::RetentionConfig;
+use crate::repository::leftovers::{leftovers, remove_leftovers, Leftovers, Orphan, StaleUpload};
+use crate::repository::{BackupKind, Repository, MANIFEST};
+use crate::retention::{self, BackupRef, RetentionPlan};
+
+/// What a prune will do (or did).
+#[derive(Debug, Clone)]
+pub struct PrunePlan {
+    /// KEEP/DELETE per backup with reasons.
+    pub retention: RetentionPlan,
+    /// Orphan directories to remove.
+    pub orphans: Vec<Orphan>,
+    /// Pending uploads to abort.
+    pub stale_uploads: Vec<StaleUpload>,
+    /// Lease objects of runs that are over.
+    pub dead_leases: Vec<String>,
+    /// Orphans and uploads left alone because their run may still be going.
+    pub recent_leftovers: usize,
+    /// Archived WAL files no retained base backup needs (see [`crate::physical::wal::wal_not_needed`]).
+    pub wal_to_delete: Vec<String>,
+}
+
+/// Plan a prune of `repo` at `now`. Reads the repository; changes nothing.
+pub async fn plan(
+    repo: &Repository,
+    config: &RetentionConfig,
+    now: DateTime<Utc>,
+) -> Result<PrunePlan> {
+    let manifests = repo.list_backups().await?;
+    // Logical and physical backups serve different restores: the rules apply to each
+    // kind on its own, so nightly dumps never push out the last base backup.
+    let mut retention = RetentionPlan {
+        entries: Vec::new(),
+        stale: None,
+    };
+    for kind in [BackupKind::Logical, BackupKind::Physical] {
+        let refs: Vec<BackupRef> = manifests
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(|m| BackupRef {
+                id: m.id.clone(),
+                time: m.started_at,
+            })
+            .collect();
+        if refs.is_empty() {
+            continue;
+        }
+        let part = retention::plan(&refs, &config.rules, now, config.max_age)?;
+        retention.entries.extend(part.entries);
+        if let Some(stale) = part.stale {
+            let text = format!("{kind} backups: {stale}");
+            retention.stale = Some(match retention.stale.take() {
+                Some(before) => format!("{before}; {text}"),
+                None => text,
+            });
+        }
+    }
+    retention.entries.sort_by(|a, b| {
+        b.backup
+            .time
+            .cmp(&a.backup.time)
+            .then(b.backup.id.cmp(&a.backup.id))
+    });
+
+    let found = leftovers(repo, now, Some(config.orphan_min_age)).await?;
+    let deleted: Vec<&str> = retention
+        .to_delete()
+        .iter()
+        .map(|b| b.id.as_str())
+        .collect();
+    let mut retained_starts = Vec::new();
+    for m in &manifests {
+        if let (Some(p), false) = (&m.physical, deleted.contains(&m.id.as_str())) {
+            retained_starts.push((
+                crate::physical::wal::parse_lsn(&p.start_lsn)?,
+                p.wal_segment_size,
+            ));
+        }
+    }
+    let wal_to_delete = if retained_starts.is_empty() {
+        Vec::new()
+    } else {
+        let archive = crate::physical::wal::list_archive(repo).await?;
+        crate::physical::wal::wal_not_needed(&archive, &retained_starts)
+            .into_iter()
+            .map(|a| a.key.clone())
+            .collect()
+    };
+    Ok(PrunePlan {
+        retention,
+        orphans: found.orphans,
+        stale_uploads: found.stale_uploads,
+        dead_leases: found.dead_leases,
+        recent_leftovers: found.recent,
+        wal_to_delete,
+    })
+}
+
+/// What an executed prune removed.
+#[derive(Debug, Clone, Default)]
+pub struct PruneOutcome {
+    /// Backups deleted.
+    pub deleted_backups: Vec<String>,
+    /// Orphan directories removed.
+    pub removed_orphans: usize,
+    /// Pending uploads aborted.
+    pub aborted_uploads: usize,
+    /// Archived WAL files deleted.
+    pub deleted_wal: usize,
+}
+
+/// Carry out a plan: delete each given-up backup (manifest first), then orphans,
+/// stale uploads, and WAL no retained base backup needs.
+pub async fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneOutcome> {
+    let mut outcome = PruneOutcome::default();
+    for backup in plan.retention.to_delete() {
+        repo.storage()
+            .delete(&repo.object_key(&backup.id, MANIFEST))
+            .await?;
+        for object in repo
+            .storage()
+            .list(&repo.object_key(&backup.id, ""))
+            .await?
+        {
+            repo.storage().delete(&object.key).await?;
+        }
+        tracing::info!(backup = %backup.id, "backup deleted by retention");
+        outcome.deleted_backups.push(backup.id.clone());
+    }
+    let (orphans, uploads) = remove_leftovers(
+        repo,
+        &Leftovers {
+            orphans: plan.orphans.clone(),
+            stale_uploads: plan.stale_uploads.clone(),
+            dead_leases: plan.dead_leases.clone(),
+            recent: plan.recent_leftovers,
+        },
+    )
+    .await?;
+    outcome.removed_orphans += orphans;
+    outcome.aborted_uploads += uploads;
+    // WAL last: it was planned against the backups kept above.
+    for key in &plan.wal_to_delete {
+        repo.storage().delete(key).await?;
+        outcome.deleted_wal += 1;
+    }
+    Ok(outcome)
+}
