@@ -586,7 +586,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             let exe = std::env::current_exe().context("cannot find the pgvault executable")?;
             let policy_abs = std::fs::canonicalize(&policy_path)
                 .with_context(|| format!("cannot resolve {}", policy_path.display()))?;
-            let settings = wal::archive_settings(&exe, &policy_abs, timeout);
+            let settings = wal::archive_settings(&exe, &policy_abs, timeout)?;
             if !apply {
                 println!("# settings to archive WAL into policy {} (apply with --apply, or put them in postgresql.conf):", policy.name);
                 for (name, value) in &settings {
@@ -768,7 +768,7 @@ fn pitr_options(
     prefetch: usize,
     policy: &Policy,
 ) -> Result<pitr::PitrOptions> {
-    let restore_command = pitr::restore_command(policy_path, identity, prefetch)?;
+    let restore_command = wal::restore_command(policy_path, identity, prefetch)?;
     Ok(pitr::PitrOptions {
         force,
         action: pitr::RecoveryAction::parse(target_action)?,

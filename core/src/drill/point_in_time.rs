@@ -188,20 +188,23 @@ pub(crate) async fn drill(
             target.format("%Y-%m-%d %H:%M:%S UTC")
         ),
     );
-    let restore_command =
-        match pitr::restore_command(&request.policy.path, request.identities.path(), 4) {
-            Ok(command) => command,
-            Err(e) => {
-                record.phase(
-                    "verify",
-                    Status::Failed,
-                    Some(verify_started.elapsed().as_secs_f64()),
-                    e.to_string(),
-                );
-                record.not_reached(&["restore", "checks"]);
-                return Ok((Some(tested), None, rpo));
-            }
-        };
+    let restore_command = match crate::physical::wal::restore_command(
+        &request.policy.path,
+        request.identities.path(),
+        4,
+    ) {
+        Ok(command) => command,
+        Err(e) => {
+            record.phase(
+                "verify",
+                Status::Failed,
+                Some(verify_started.elapsed().as_secs_f64()),
+                e.to_string(),
+            );
+            record.not_reached(&["restore", "checks"]);
+            return Ok((Some(tested), None, rpo));
+        }
+    };
     let options = PitrOptions {
         force: false,
         action: RecoveryAction::Promote,

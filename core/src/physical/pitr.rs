@@ -740,49 +740,6 @@ pub fn stop_server(pgdata: &Path, major: u32, bin_dir: Option<&Path>) -> Result<
     crate::server::run_tool("pg_ctl", cmd).map(|_| ())
 }
 
-/// The absolute path of the `pgvault` program for `restore_command`, so the server
-/// never depends on its own PATH: the running executable itself, whatever it is named,
-/// or, when the agent (`pgvault-agent`) runs a drill, the `pgvault` CLI installed beside
-/// it. A missing CLI is an error that says where it is expected.
-pub fn pgvault_program() -> Result<PathBuf> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::io("cannot find the running pgvault executable", e))?;
-    let is_agent = exe
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("pgvault-agent"));
-    if !is_agent {
-        return Ok(exe);
-    }
-    let cli = exe.with_file_name("pgvault");
-    if cli.is_file() {
-        Ok(cli)
-    } else {
-        Err(Error::ToolNotFound {
-            message: format!(
-                "a point-in-time drill runs `pgvault wal-fetch` as the restored server's restore_command, but {} does not exist; install the pgvault CLI beside pgvault-agent",
-                cli.display()
-            ),
-        })
-    }
-}
-
-/// The `restore_command` that fetches WAL from `policy`'s archive: this pgvault (by
-/// absolute path, see [`pgvault_program`]) running `wal-fetch` with the policy and
-/// identity files by absolute path, prefetching `prefetch` segments ahead.
-pub fn restore_command(policy: &Path, identity: &Path, prefetch: usize) -> Result<String> {
-    let absolute = |p: &Path| {
-        std::fs::canonicalize(p)
-            .map_err(|e| Error::io(format!("cannot resolve {}", p.display()), e))
-    };
-    Ok(format!(
-        "{} wal-fetch --policy {} --identity {} --prefetch {prefetch} %f %p",
-        wal::shell_quote(&pgvault_program()?.display().to_string()),
-        wal::shell_quote(&absolute(policy)?.display().to_string()),
-        wal::shell_quote(&absolute(identity)?.display().to_string()),
-    ))
-}
-
 /// Parse `--to-time`: RFC 3339 or `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM]]` (UTC when no
 /// offset is given).
 pub fn parse_target_time(text: &str) -> Result<DateTime<Utc>> {
@@ -821,26 +778,6 @@ mod tests {
         assert_eq!(parse_target_time("2026-11-24T13:04:59Z").unwrap(), want);
         assert_eq!(parse_target_time("2026-11-24 13:04:59").unwrap(), want);
         assert!(parse_target_time("yesterday").is_err());
-    }
-
-    #[test]
-    fn restore_command_names_this_executable_by_absolute_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let (policy, key) = (dir.path().join("p.toml"), dir.path().join("k.txt"));
-        std::fs::write(&policy, "").unwrap();
-        std::fs::write(&key, "").unwrap();
-        let command = restore_command(&policy, &key, 4).unwrap();
-        // The test binary's own name is nothing like "pgvault".
-        let exe = std::env::current_exe().unwrap();
-        assert!(exe.is_absolute());
-        assert!(
-            command.starts_with(&format!(
-                "{} wal-fetch --policy ",
-                crate::physical::wal::shell_quote(&exe.display().to_string())
-            )),
-            "{command}"
-        );
-        assert!(command.ends_with("--prefetch 4 %f %p"), "{command}");
     }
 
     #[test]

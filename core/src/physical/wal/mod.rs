@@ -1,0 +1,21 @@
+//! WAL for point-in-time recovery, in three parts: [`name`] (file names, segment
+//! numbers, LSNs, timeline histories), [`archive`] (push, fetch with prefetch, listing
+//! and retention of the archive), and [`settings`] (the `archive_command` and
+//! `restore_command` the server runs, and `ALTER SYSTEM`). The names callers use are
+//! re-exported here.
+
+pub mod archive;
+pub mod name;
+pub mod settings;
+
+pub use archive::{
+    fetch, list_archive, push, wal_not_needed, ArchivedWal, FetchOutcome, PushOutcome, PREFETCH_DIR,
+};
+pub use name::{
+    format_lsn, needed_segments, parse_history, parse_lsn, segment_name, segments_per_log,
+    TimelineSwitch, WalFileKind, WalFileName, DEFAULT_SEGMENT_SIZE,
+};
+pub use settings::{
+    apply_archive_settings, archive_settings, command_word, pgvault_program, restore_command,
+    AppliedSetting,
+};
