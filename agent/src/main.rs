@@ -27,6 +27,7 @@ use clap::Parser;
 use pgvault_core::policy::Policy;
 use pgvault_core::repository::BackupKind;
 use pgvault_core::runner::{self, PolicyStatus, RunOutcome, SharedStatus};
+use pgvault_core::stop_signal::StopStage;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -56,8 +57,17 @@ struct Args {
     #[arg(long, default_value = "1m")]
     archive_check_every: String,
     /// Log format.
-    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 fn policy_files(args: &Args) -> Result<Vec<PathBuf>> {
@@ -265,34 +275,21 @@ async fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(pgvault_core::colour_on_stderr());
-    if args.log_format == "json" {
+    if args.log_format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
     }
     let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            tracing::warn!(
-                "stopping: no new runs; a running backup may finish within the grace period (signal again to stop at once)"
-            );
-            token.cancel();
-            // A second signal stops at once; what a cut-off run left is removed by the
-            // next start (run leases).
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            tracing::warn!("stopping now, without waiting for running work");
-            std::process::exit(1);
-        }
+    // A second signal stops at once; what a cut-off run left is removed by the next
+    // start (run leases).
+    pgvault_core::stop_signal::cancel_on_signals(shutdown.clone(), 1, |stage| {
+        match stage {
+        StopStage::Cancelling => tracing::warn!(
+            "stopping: no new runs; a running backup may finish within the grace period (signal again to stop at once)"
+        ),
+        StopStage::Now => tracing::warn!("stopping now, without waiting for running work"),
+    }
     });
     match run(args, shutdown).await {
         Ok(true) => ExitCode::SUCCESS,

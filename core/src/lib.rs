@@ -13,6 +13,7 @@
 //! - the infrastructure: [`storage`] (S3 and filesystem backends, knowing nothing of
 //!   policies), [`server`] (finding and running PostgreSQL's programs), [`postgres`]
 //!   (connections and queries), [`keys`], [`schedule`], [`notify`];
+//! - [`stop_signal`]: Ctrl-C and SIGTERM, handled alike by every binary;
 //! - the ground floor: [`error`] and [`units`].
 //!
 //! Errors are typed ([`Error`]) and carry which backup, object or table they concern.
@@ -31,6 +32,7 @@ pub mod retention;
 pub mod runner;
 pub mod schedule;
 pub mod server;
+pub mod stop_signal;
 pub mod storage;
 pub mod units;
 

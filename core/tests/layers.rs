@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules of `core/src`, lowest layer first. Modules on one line share a
 /// layer.
 const LAYERS: &[&[&str]] = &[
-    &["error", "units"],
+    &["error", "units", "stop_signal"],
     &[
         "keys", "notify", "schedule", "postgres", "server", "storage",
     ],

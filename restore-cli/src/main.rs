@@ -1,15 +1,19 @@
 //! `pgvault`: the operator CLI. It parses arguments, loads the policy, calls
 //! `pgvault-core`, and turns results into output and exit codes. Logic lives in core.
 
+mod args;
 mod output;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use args::{
+    ArchiveAction, ArchiveMode, BackupKindArg, Cli, Command, PitrArgs, ReportFormat, ReportsAction,
+    StorageAction,
+};
+use clap::Parser;
 use pgvault_core::error::ErrorKind;
 use pgvault_core::keys::Identities;
 use pgvault_core::logical::{backup, restore, verify};
@@ -18,6 +22,7 @@ use pgvault_core::pipeline::Progress;
 use pgvault_core::policy::Policy;
 use pgvault_core::repository::Repository;
 use pgvault_core::retention::prune;
+use pgvault_core::stop_signal::StopStage;
 use pgvault_core::{drill, storage};
 use tokio_util::sync::CancellationToken;
 
@@ -27,276 +32,6 @@ const EXIT_CHECK_FAILED: u8 = 2;
 const EXIT_UNREADABLE: u8 = 1;
 /// Exit code after Ctrl-C or SIGTERM.
 const EXIT_CANCELLED: u8 = 130;
-
-#[derive(Parser)]
-#[command(
-    name = "pgvault",
-    version,
-    about = "Encrypted, verified PostgreSQL backups and restores"
-)]
-struct Cli {
-    /// More detail in logs (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
-    #[command(subcommand)]
-    command: Command,
-}
-
-// Parsed once per process: the size difference between variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Subcommand)]
-enum Command {
-    /// Take a logical backup of the policy's database.
-    Backup {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// `logical` (pg_dump of the database) or `physical` (pg_basebackup of the
-        /// cluster, for point-in-time recovery with archived WAL).
-        #[arg(long, value_parser = ["logical", "physical"], default_value = "logical")]
-        kind: String,
-        /// Print the manifest and peak memory as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
-    /// archive_command: store one WAL file (`%p`) in the policy's archive. Exits 0 only
-    /// once it is durably stored; the same file again is success, different content
-    /// under the same name is refused.
-    WalPush {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// The WAL file (`%p`).
-        path: PathBuf,
-    },
-    /// restore_command: fetch one WAL file (`%f`) to `%p`, verified, atomically. Exits
-    /// non-zero when the archive does not have it, so recovery ends there.
-    WalFetch {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// age identity file able to decrypt the archive.
-        #[arg(long)]
-        identity: PathBuf,
-        /// Segments to download ahead in parallel for the next calls.
-        #[arg(long, default_value_t = 4)]
-        prefetch: usize,
-        /// The WAL file name (`%f`).
-        name: String,
-        /// Where PostgreSQL wants it (`%p`).
-        dest: PathBuf,
-    },
-    /// Validate the policy, probe its database and repository, and report WAL continuity
-    /// from every physical base backup and the archiver's lag (the RPO of PITR now).
-    /// Exit 2 when a gap is found or archiving is failing.
-    Check {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-    },
-    /// WAL archiving settings of the source server.
-    Archive {
-        #[command(subcommand)]
-        action: ArchiveAction,
-    },
-    /// List backups, newest first.
-    List {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check a backup's stored bytes (and, with an identity, its contents).
-    Verify {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// Backup id (or a unique prefix), or "latest".
-        #[arg(default_value = "latest")]
-        backup: String,
-        /// age identity file: also decrypt, decompress and read the dump's table of contents.
-        #[arg(long)]
-        identity: Option<PathBuf>,
-    },
-    /// Apply the policy's [retention]: delete backups no rule keeps, clean up leftovers.
-    Prune {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// Print each backup with KEEP/DELETE and the rules that keep it; delete nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Prepare the repository's storage.
-    Storage {
-        #[command(subcommand)]
-        action: StorageAction,
-    },
-    /// Generate an age key pair: the identity (private key) goes to FILE, the recipient
-    /// (public key, for the policy) is printed.
-    Keygen {
-        /// Where to write the identity; refuses to overwrite an existing file.
-        #[arg(long)]
-        output: PathBuf,
-    },
-    /// Restore a backup somewhere harmless, check it, and measure RTO and RPO against the
-    /// policy's [restore_test] objectives. Writes a report; exit 0 on PASS, 2 on FAIL.
-    RestoreTest {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// age identity file (default: [restore_test] identity_file).
-        #[arg(long)]
-        identity: Option<PathBuf>,
-        /// Test this backup (id or unique prefix) instead of the configured pick.
-        #[arg(long)]
-        backup: Option<String>,
-        /// Also write the report's JSON, Markdown and HTML to this directory.
-        #[arg(long)]
-        report_dir: Option<PathBuf>,
-        /// Keep the restored database on the staging server.
-        #[arg(long)]
-        keep: bool,
-        /// Print the report JSON instead of a summary.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Restore-test reports: list, show, verify their hash chain.
-    Reports {
-        #[command(subcommand)]
-        action: ReportsAction,
-    },
-    /// Restore a backup into a database, verified, without touching the target on failure.
-    Restore {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// Backup id (or a unique prefix), or "latest".
-        #[arg(default_value = "latest")]
-        backup: String,
-        /// Target database URL, e.g. postgres://postgres@127.0.0.1:5432/app_restored
-        /// (logical restore).
-        #[arg(long, conflicts_with = "pgdata", required_unless_present = "pgdata")]
-        target: Option<String>,
-        /// Data directory for a point-in-time restore from a physical base backup and
-        /// archived WAL (with one of --to-time, --to-lsn, --to-xid, --to-name, --to-latest).
-        #[arg(long)]
-        pgdata: Option<PathBuf>,
-        /// Recover to this time, e.g. "2026-11-24 13:04:59+00".
-        #[arg(long, requires = "pgdata", group = "point")]
-        to_time: Option<String>,
-        /// Recover to this LSN, e.g. 0/3000028.
-        #[arg(long, requires = "pgdata", group = "point")]
-        to_lsn: Option<String>,
-        /// Recover to just after this transaction id.
-        #[arg(long, requires = "pgdata", group = "point")]
-        to_xid: Option<String>,
-        /// Recover to this named restore point.
-        #[arg(long, requires = "pgdata", group = "point")]
-        to_name: Option<String>,
-        /// Recover to the end of the archived WAL.
-        #[arg(long, requires = "pgdata", group = "point")]
-        to_latest: bool,
-        /// Timeline to recover along: latest (PostgreSQL's default: follows promotions,
-        /// including those of restored copies that archive into the policy), current
-        /// (the base backup's), or a number.
-        #[arg(long, default_value = "latest", requires = "pgdata")]
-        target_timeline: String,
-        /// What the server does at the target: promote, pause or shutdown.
-        #[arg(long, default_value = "promote", requires = "pgdata")]
-        target_action: String,
-        /// Start the server and wait until recovery reaches the target.
-        #[arg(long, requires = "pgdata")]
-        start: bool,
-        /// Port to start the restored server on (with --start).
-        #[arg(long, requires = "start")]
-        port: Option<u16>,
-        /// WAL segments restore_command prefetches in parallel.
-        #[arg(long, default_value_t = 4, requires = "pgdata")]
-        prefetch: usize,
-        /// `preserve`: the restored server keeps the backup's archive settings (after
-        /// promotion it archives into the policy on a new timeline, as a new primary
-        /// should); `off`: no archiving, for inspection copies.
-        #[arg(long, value_parser = ["preserve", "off"], default_value = "preserve", requires = "pgdata")]
-        archive_mode: String,
-        /// age identity file able to decrypt the backup.
-        #[arg(long)]
-        identity: PathBuf,
-        /// Print the plan and change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Replace a target database that has user tables.
-        #[arg(long)]
-        force: bool,
-        /// pg_restore parallel jobs; above 1 the decrypted dump is spooled to a temp file.
-        #[arg(long, default_value_t = 1)]
-        jobs: u32,
-        /// Directory for the spool file used with --jobs > 1.
-        #[arg(long)]
-        spool_dir: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-enum ArchiveAction {
-    /// Print (or with --apply, set via ALTER SYSTEM) wal_level, archive_mode,
-    /// archive_command and archive_timeout for archiving into the policy.
-    Setup {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// Apply the settings to the source server (needs a superuser) and reload.
-        #[arg(long)]
-        apply: bool,
-        /// archive_timeout in seconds: the longest a quiet server waits to archive (the RPO bound).
-        #[arg(long, default_value_t = 60)]
-        timeout: u32,
-    },
-}
-
-#[derive(Subcommand)]
-enum ReportsAction {
-    /// List the policy's restore-test reports, oldest first.
-    List {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print one report (Markdown by default).
-    Show {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-        /// Report id (or a unique prefix), or "latest".
-        #[arg(default_value = "latest")]
-        id: String,
-        /// Output format.
-        #[arg(long, value_parser = ["md", "json", "html"], default_value = "md")]
-        format: String,
-    },
-    /// Check the reports' hash chain: no report altered, deleted or reordered.
-    Verify {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum StorageAction {
-    /// Apply lifecycle rules to the bucket (abort stale multipart uploads; optional
-    /// transition to a colder storage class). Idempotent; other rules are kept.
-    Init {
-        /// Policy file.
-        #[arg(long)]
-        policy: PathBuf,
-    },
-}
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
@@ -314,31 +49,15 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-/// Cancel the token on Ctrl-C or SIGTERM.
+/// Cancel the token on Ctrl-C or SIGTERM; a second signal exits at once.
 fn cancel_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    pgvault_core::stop_signal::cancel_on_signals(token, i32::from(EXIT_CANCELLED), |stage| {
+        match stage {
+            StopStage::Cancelling => eprintln!(
+                "pgvault: stopping: cancelling the running operation (again to stop at once)"
+            ),
+            StopStage::Now => eprintln!("pgvault: stopping now, without clean-up"),
         }
-        eprintln!("pgvault: stopping: cancelling the running operation (again to stop at once)");
-        token.cancel();
-        // A second signal stops at once: the operation's clean-up is skipped, and what it
-        // left is removed by the next run (see `pgvault prune`).
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("pgvault: stopping now, without clean-up");
-        std::process::exit(i32::from(EXIT_CANCELLED));
     });
 }
 
@@ -391,7 +110,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             let progress = Arc::new(Progress::default());
             let display = output::ProgressDisplay::start(progress.clone(), "backing up");
             let started = Instant::now();
-            let result = if kind == "physical" {
+            let result = if kind == BackupKindArg::Physical {
                 basebackup::run_physical_backup(&policy, progress, cancel).await
             } else {
                 backup::run_logical_backup(&policy, progress, cancel).await
@@ -677,60 +396,23 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             policy: policy_path,
             backup,
             target,
-            pgdata,
-            to_time,
-            to_lsn,
-            to_xid,
-            to_name,
-            to_latest,
-            target_action,
-            target_timeline,
-            start,
-            port,
-            prefetch,
-            archive_mode,
+            pitr,
             identity,
             dry_run,
             force,
-            jobs,
-            spool_dir,
+            logical,
         } => {
             let policy = load_policy(&policy_path)?;
-            if let Some(pgdata) = pgdata {
-                let point = match (to_time, to_lsn, to_xid, to_name, to_latest) {
-                    (Some(t), ..) => pitr::RecoveryTarget::Time(pitr::parse_target_time(&t)?),
-                    (_, Some(l), ..) => pitr::RecoveryTarget::Lsn(wal::parse_lsn(&l)?),
-                    (_, _, Some(x), ..) => pitr::RecoveryTarget::Xid(x),
-                    (_, _, _, Some(n), _) => pitr::RecoveryTarget::Name(n),
-                    (.., true) => pitr::RecoveryTarget::Latest,
-                    _ => anyhow::bail!(
-                        "a point-in-time restore needs one of --to-time, --to-lsn, --to-xid, --to-name or --to-latest"
-                    ),
-                };
-                let mut options = pitr_options(
-                    &policy_path,
-                    &identity,
-                    &target_action,
-                    force,
-                    start,
-                    port,
-                    prefetch,
-                    &policy,
-                )?;
-                options.keep_archiving = archive_mode == "preserve";
-                let timeline = pitr::TimelineChoice::parse(&target_timeline)?;
-                return run_pitr(
-                    &policy, point, timeline, &pgdata, &identity, options, dry_run,
-                )
-                .await;
+            if pitr.pgdata.is_some() {
+                return run_pitr(&policy, &policy_path, &identity, pitr, force, dry_run).await;
             }
             let target = target.context("--target or --pgdata is required")?;
             let repo = open_repository(&policy).await?;
             let identities = Identities::load(&identity)?;
             let options = restore::RestoreOptions {
                 force,
-                jobs,
-                spool_dir,
+                jobs: logical.jobs,
+                spool_dir: logical.spool_dir,
                 spool: false,
                 bin_dir: policy.source.bin_dir.clone(),
                 download_parallelism: policy.repository.parts_in_flight,
@@ -757,40 +439,41 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn pitr_options(
-    policy_path: &std::path::Path,
-    identity: &std::path::Path,
-    target_action: &str,
-    force: bool,
-    start: bool,
-    port: Option<u16>,
-    prefetch: usize,
-    policy: &Policy,
-) -> Result<pitr::PitrOptions> {
-    let restore_command = wal::restore_command(policy_path, identity, prefetch)?;
-    Ok(pitr::PitrOptions {
-        force,
-        action: pitr::RecoveryAction::parse(target_action)?,
-        restore_command,
-        start,
-        port,
-        bin_dir: policy.source.bin_dir.clone(),
-        download_parallelism: policy.repository.parts_in_flight,
-        keep_archiving: true,
-        server_settings: Vec::new(),
-    })
-}
-
+/// A point-in-time restore: `restore --pgdata`.
 async fn run_pitr(
     policy: &Policy,
-    point: pitr::RecoveryTarget,
-    timeline: pitr::TimelineChoice,
-    pgdata: &std::path::Path,
+    policy_path: &std::path::Path,
     identity: &std::path::Path,
-    options: pitr::PitrOptions,
+    args: PitrArgs,
+    force: bool,
     dry_run: bool,
 ) -> Result<u8> {
+    let Some(pgdata) = args.pgdata else {
+        anyhow::bail!("a point-in-time restore needs --pgdata");
+    };
+    let point = match (args.to_time, args.to_lsn, args.to_xid, args.to_name, args.to_latest) {
+        (Some(t), ..) => pitr::RecoveryTarget::Time(pitr::parse_target_time(&t)?),
+        (_, Some(l), ..) => pitr::RecoveryTarget::Lsn(wal::parse_lsn(&l)?),
+        (_, _, Some(x), ..) => pitr::RecoveryTarget::Xid(x),
+        (_, _, _, Some(n), _) => pitr::RecoveryTarget::Name(n),
+        (.., true) => pitr::RecoveryTarget::Latest,
+        _ => anyhow::bail!(
+            "a point-in-time restore needs one of --to-time, --to-lsn, --to-xid, --to-name or --to-latest"
+        ),
+    };
+    let timeline = pitr::TimelineChoice::parse(&args.target_timeline)?;
+    let options = pitr::PitrOptions {
+        force,
+        action: args.target_action.into(),
+        restore_command: wal::restore_command(policy_path, identity, args.prefetch)?,
+        start: args.start,
+        port: args.port,
+        bin_dir: policy.source.bin_dir.clone(),
+        download_parallelism: policy.repository.parts_in_flight,
+        keep_archiving: args.archive_mode == ArchiveMode::Preserve,
+        server_settings: Vec::new(),
+    };
+    let pgdata = pgdata.as_path();
     let identities = Identities::load(identity)?;
     let repo = open_repository(policy).await?;
     let plan = pitr::plan(&repo, point, timeline, pgdata, &identities)
@@ -873,10 +556,10 @@ async fn run_reports(action: ReportsAction) -> Result<u8> {
             let policy = load_policy(&policy)?;
             let repo = open_repository(&policy).await?;
             let (report, json) = drill::store::load(&repo, &id).await?;
-            match format.as_str() {
-                "json" => print!("{}", String::from_utf8_lossy(&json)),
-                ext => {
-                    let key = drill::store::report_key(&repo, &report.id, ext);
+            match format {
+                ReportFormat::Json => print!("{}", String::from_utf8_lossy(&json)),
+                ReportFormat::Md | ReportFormat::Html => {
+                    let key = drill::store::report_key(&repo, &report.id, format.extension());
                     let bytes = repo
                         .storage()
                         .get(&key)

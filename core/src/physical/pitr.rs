@@ -103,18 +103,6 @@ impl RecoveryAction {
             RecoveryAction::Shutdown => "shutdown",
         }
     }
-
-    /// Parse `promote`, `pause` or `shutdown`.
-    pub fn parse(text: &str) -> Result<RecoveryAction> {
-        match text {
-            "promote" => Ok(RecoveryAction::Promote),
-            "pause" => Ok(RecoveryAction::Pause),
-            "shutdown" => Ok(RecoveryAction::Shutdown),
-            other => Err(Error::Invalid(format!(
-                "--target-action {other:?} is not promote, pause or shutdown"
-            ))),
-        }
-    }
 }
 
 /// A point-in-time restore, decided but not started.
@@ -778,14 +766,5 @@ mod tests {
         assert_eq!(parse_target_time("2026-11-24T13:04:59Z").unwrap(), want);
         assert_eq!(parse_target_time("2026-11-24 13:04:59").unwrap(), want);
         assert!(parse_target_time("yesterday").is_err());
-    }
-
-    #[test]
-    fn actions_parse() {
-        assert_eq!(
-            RecoveryAction::parse("pause").unwrap(),
-            RecoveryAction::Pause
-        );
-        assert!(RecoveryAction::parse("explode").is_err());
     }
 }

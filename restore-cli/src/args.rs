@@ -1,0 +1,433 @@
+//! The command line, as typed values: every closed set of values is a `ValueEnum`, and
+//! a point-in-time restore's arguments ([`PitrArgs`]) are kept apart from a logical
+//! restore's ([`LogicalRestoreArgs`]). `main` dispatches each command into core.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pgvault_core::physical::pitr;
+
+/// The `pgvault` command line.
+#[derive(Parser)]
+#[command(
+    name = "pgvault",
+    version,
+    about = "Encrypted, verified PostgreSQL backups and restores"
+)]
+pub(crate) struct Cli {
+    /// More detail in logs (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Take a logical backup of the policy's database.
+    Backup {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// `logical` (pg_dump of the database) or `physical` (pg_basebackup of the
+        /// cluster, for point-in-time recovery with archived WAL).
+        #[arg(long, value_enum, default_value_t = BackupKindArg::Logical)]
+        kind: BackupKindArg,
+        /// Print the manifest and peak memory as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// archive_command: store one WAL file (`%p`) in the policy's archive. Exits 0 only
+    /// once it is durably stored; the same file again is success, different content
+    /// under the same name is refused.
+    WalPush {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// The WAL file (`%p`).
+        path: PathBuf,
+    },
+    /// restore_command: fetch one WAL file (`%f`) to `%p`, verified, atomically. Exits
+    /// non-zero when the archive does not have it, so recovery ends there.
+    WalFetch {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// age identity file able to decrypt the archive.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Segments to download ahead in parallel for the next calls.
+        #[arg(long, default_value_t = 4)]
+        prefetch: usize,
+        /// The WAL file name (`%f`).
+        name: String,
+        /// Where PostgreSQL wants it (`%p`).
+        dest: PathBuf,
+    },
+    /// Validate the policy, probe its database and repository, and report WAL continuity
+    /// from every physical base backup and the archiver's lag (the RPO of PITR now).
+    /// Exit 2 when a gap is found or archiving is failing.
+    Check {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+    },
+    /// WAL archiving settings of the source server.
+    Archive {
+        #[command(subcommand)]
+        action: ArchiveAction,
+    },
+    /// List backups, newest first.
+    List {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a backup's stored bytes (and, with an identity, its contents).
+    Verify {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Backup id (or a unique prefix), or "latest".
+        #[arg(default_value = "latest")]
+        backup: String,
+        /// age identity file: also decrypt, decompress and read the dump's table of contents.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+    /// Apply the policy's [retention]: delete backups no rule keeps, clean up leftovers.
+    Prune {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print each backup with KEEP/DELETE and the rules that keep it; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Prepare the repository's storage.
+    Storage {
+        #[command(subcommand)]
+        action: StorageAction,
+    },
+    /// Generate an age key pair: the identity (private key) goes to FILE, the recipient
+    /// (public key, for the policy) is printed.
+    Keygen {
+        /// Where to write the identity; refuses to overwrite an existing file.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Restore a backup somewhere harmless, check it, and measure RTO and RPO against the
+    /// policy's [restore_test] objectives. Writes a report; exit 0 on PASS, 2 on FAIL.
+    RestoreTest {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// age identity file (default: [restore_test] identity_file).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// Test this backup (id or unique prefix) instead of the configured pick.
+        #[arg(long)]
+        backup: Option<String>,
+        /// Also write the report's JSON, Markdown and HTML to this directory.
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+        /// Keep the restored database on the staging server.
+        #[arg(long)]
+        keep: bool,
+        /// Print the report JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore-test reports: list, show, verify their hash chain.
+    Reports {
+        #[command(subcommand)]
+        action: ReportsAction,
+    },
+    /// Restore a backup into a database, verified, without touching the target on failure.
+    Restore {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Backup id (or a unique prefix), or "latest".
+        #[arg(default_value = "latest")]
+        backup: String,
+        /// Target database URL, e.g. postgres://postgres@127.0.0.1:5432/app_restored
+        /// (logical restore).
+        #[arg(long, conflicts_with = "pgdata", required_unless_present = "pgdata")]
+        target: Option<String>,
+        #[command(flatten)]
+        pitr: PitrArgs,
+        /// age identity file able to decrypt the backup.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace a target database that has user tables.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        logical: LogicalRestoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ArchiveAction {
+    /// Print (or with --apply, set via ALTER SYSTEM) wal_level, archive_mode,
+    /// archive_command and archive_timeout for archiving into the policy.
+    Setup {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Apply the settings to the source server (needs a superuser) and reload.
+        #[arg(long)]
+        apply: bool,
+        /// archive_timeout in seconds: the longest a quiet server waits to archive (the RPO bound).
+        #[arg(long, default_value_t = 60)]
+        timeout: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ReportsAction {
+    /// List the policy's restore-test reports, oldest first.
+    List {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one report (Markdown by default).
+    Show {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Report id (or a unique prefix), or "latest".
+        #[arg(default_value = "latest")]
+        id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
+    },
+    /// Check the reports' hash chain: no report altered, deleted or reordered.
+    Verify {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum StorageAction {
+    /// Apply lifecycle rules to the bucket (abort stale multipart uploads; optional
+    /// transition to a colder storage class). Idempotent; other rules are kept.
+    Init {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+    },
+}
+
+/// The arguments of a point-in-time restore (`restore --pgdata`), apart from the
+/// logical restore's: where the data directory goes, the recovery target and what the
+/// restored server does. Each conflicts with `--target` (rather than requiring
+/// `--pgdata`, which clap does not enforce once `--target` is given), so a logical
+/// restore never silently ignores a recovery target.
+#[derive(Args)]
+pub(crate) struct PitrArgs {
+    /// Data directory for a point-in-time restore from a physical base backup and
+    /// archived WAL (with one of --to-time, --to-lsn, --to-xid, --to-name, --to-latest).
+    #[arg(long, required_unless_present = "target")]
+    pub(crate) pgdata: Option<PathBuf>,
+    /// Recover to this time, e.g. "2026-11-24 13:04:59+00".
+    #[arg(long, conflicts_with = "target", group = "point")]
+    pub(crate) to_time: Option<String>,
+    /// Recover to this LSN, e.g. 0/3000028.
+    #[arg(long, conflicts_with = "target", group = "point")]
+    pub(crate) to_lsn: Option<String>,
+    /// Recover to just after this transaction id.
+    #[arg(long, conflicts_with = "target", group = "point")]
+    pub(crate) to_xid: Option<String>,
+    /// Recover to this named restore point.
+    #[arg(long, conflicts_with = "target", group = "point")]
+    pub(crate) to_name: Option<String>,
+    /// Recover to the end of the archived WAL.
+    #[arg(long, conflicts_with = "target", group = "point")]
+    pub(crate) to_latest: bool,
+    /// Timeline to recover along: latest (PostgreSQL's default: follows promotions,
+    /// including those of restored copies that archive into the policy), current
+    /// (the base backup's), or a number.
+    #[arg(long, default_value = "latest", conflicts_with = "target")]
+    pub(crate) target_timeline: String,
+    /// What the server does at the target.
+    #[arg(long, value_enum, default_value_t = TargetAction::Promote, conflicts_with = "target")]
+    pub(crate) target_action: TargetAction,
+    /// Start the server and wait until recovery reaches the target.
+    #[arg(long, conflicts_with = "target")]
+    pub(crate) start: bool,
+    /// Port to start the restored server on (with --start).
+    #[arg(long, requires = "start")]
+    pub(crate) port: Option<u16>,
+    /// WAL segments restore_command prefetches in parallel.
+    #[arg(long, default_value_t = 4, conflicts_with = "target")]
+    pub(crate) prefetch: usize,
+    /// Whether the restored server archives WAL.
+    #[arg(long, value_enum, default_value_t = ArchiveMode::Preserve, conflicts_with = "target")]
+    pub(crate) archive_mode: ArchiveMode,
+}
+
+/// The arguments only a logical restore (`restore --target`) takes.
+#[derive(Args)]
+pub(crate) struct LogicalRestoreArgs {
+    /// pg_restore parallel jobs; above 1 the decrypted dump is spooled to a temp file.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) jobs: u32,
+    /// Directory for the spool file used with --jobs > 1.
+    #[arg(long)]
+    pub(crate) spool_dir: Option<PathBuf>,
+}
+
+/// `backup --kind`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub(crate) enum BackupKindArg {
+    /// pg_dump of the policy's database.
+    Logical,
+    /// pg_basebackup of the cluster, for point-in-time recovery with archived WAL.
+    Physical,
+}
+
+/// `restore --target-action`: what the server does when recovery reaches the target.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub(crate) enum TargetAction {
+    /// End recovery and accept writes (a new timeline begins).
+    Promote,
+    /// Stay in recovery, paused, for inspection.
+    Pause,
+    /// Stop the server.
+    Shutdown,
+}
+
+impl From<TargetAction> for pitr::RecoveryAction {
+    fn from(action: TargetAction) -> Self {
+        match action {
+            TargetAction::Promote => pitr::RecoveryAction::Promote,
+            TargetAction::Pause => pitr::RecoveryAction::Pause,
+            TargetAction::Shutdown => pitr::RecoveryAction::Shutdown,
+        }
+    }
+}
+
+/// `restore --archive-mode`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub(crate) enum ArchiveMode {
+    /// The restored server keeps the backup's archive settings: after promotion it
+    /// archives into the policy on a new timeline, as a new primary should.
+    Preserve,
+    /// No archiving, for inspection copies.
+    Off,
+}
+
+/// `reports show --format`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub(crate) enum ReportFormat {
+    /// The Markdown render.
+    Md,
+    /// The report's JSON, as stored (with its digests).
+    Json,
+    /// The HTML render.
+    Html,
+}
+
+impl ReportFormat {
+    /// The extension of the stored file.
+    pub(crate) fn extension(self) -> &'static str {
+        match self {
+            ReportFormat::Md => "md",
+            ReportFormat::Json => "json",
+            ReportFormat::Html => "html",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn closed_sets_parse_into_their_types() {
+        let cli = Cli::try_parse_from([
+            "pgvault",
+            "restore",
+            "--policy",
+            "p.toml",
+            "--identity",
+            "k",
+            "--pgdata",
+            "d",
+            "--to-latest",
+            "--target-action",
+            "pause",
+            "--archive-mode",
+            "off",
+        ])
+        .unwrap();
+        let Command::Restore { pitr, target, .. } = cli.command else {
+            panic!("not a restore");
+        };
+        assert_eq!(target, None);
+        assert_eq!(pitr.target_action, TargetAction::Pause);
+        assert_eq!(pitr.archive_mode, ArchiveMode::Off);
+        assert!(matches!(
+            pitr::RecoveryAction::from(pitr.target_action),
+            pitr::RecoveryAction::Pause
+        ));
+        assert!(Cli::try_parse_from([
+            "pgvault",
+            "restore",
+            "--policy",
+            "p.toml",
+            "--identity",
+            "k",
+            "--pgdata",
+            "d",
+            "--to-latest",
+            "--target-action",
+            "explode",
+        ])
+        .is_err());
+        // A recovery target with --target is refused, never silently ignored.
+        assert!(Cli::try_parse_from([
+            "pgvault",
+            "restore",
+            "--policy",
+            "p.toml",
+            "--identity",
+            "k",
+            "--target",
+            "postgres://h/db",
+            "--to-latest",
+        ])
+        .is_err());
+        let cli = Cli::try_parse_from(["pgvault", "backup", "--policy", "p.toml"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Backup {
+                kind: BackupKindArg::Logical,
+                ..
+            }
+        ));
+    }
+}
