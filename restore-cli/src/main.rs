@@ -180,10 +180,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             json,
         } => {
             let policy = load_policy(&policy)?;
-            let config = policy
-                .restore_test
-                .clone()
-                .unwrap_or_else(drill::default_config);
+            let config = policy.restore_test.clone().unwrap_or_default();
             let identity = identity
                 .or_else(|| config.identity_file.clone())
                 .with_context(|| {

@@ -77,28 +77,6 @@ pub struct DrillOutcome {
     pub html: String,
 }
 
-/// Settings of a drill when the policy has no `[restore_test]` section: an ephemeral
-/// cluster, the latest backup, no objectives.
-pub fn default_config() -> RestoreTestConfig {
-    RestoreTestConfig {
-        kind: crate::policy::DrillKind::Logical,
-        schedule: None,
-        target: DrillTargetConfig::Ephemeral,
-        pick: DrillPick::Latest,
-        rto_objective: None,
-        rpo_objective: None,
-        rpo_window: chrono::Duration::days(30),
-        identity_file: None,
-        bin_dir: None,
-        work_dir: None,
-        allow_source_server: false,
-        jobs: 2,
-        amcheck: true,
-        check_timeout: chrono::Duration::minutes(10),
-        checks: Vec::new(),
-    }
-}
-
 /// The phases, checks and failures recorded so far.
 #[derive(Default)]
 pub(crate) struct Record {
@@ -823,12 +801,7 @@ async fn verify_phase(
         options,
     )
     .await?;
-    if let restore::TargetAction::Refuse { tables } = plan.action {
-        return Err(Error::TargetNotEmpty {
-            database: plan.target_database.clone(),
-            tables,
-        });
-    }
+    plan.refusal()?;
     let spool =
         restore::spool_dump(repo, &plan, request.identities, request.progress.clone()).await?;
     let toc = restore::spooled_toc(&plan, &spool).await?;

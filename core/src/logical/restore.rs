@@ -11,6 +11,7 @@
 //! [`plan`] computes what would happen and changes nothing (`--dry-run` prints it);
 //! [`execute`] carries a plan out.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use crate::keys::Identities;
 use crate::logical::backup::VerificationSidecar;
 use crate::logical::globals::{self, GlobalStatement};
 use crate::pipeline::{self, Decode, Progress};
-use crate::postgres::{self, quote_ident, quote_literal, ConnTarget};
+use crate::postgres::{self, quote_ident, quote_literal, ConnTarget, TableCount};
 use crate::repository::{object, BackupKind, BackupManifest, Repository};
 use crate::server::{self, PgTools};
 use crate::units::{human_age, human_bytes};
@@ -100,6 +101,23 @@ pub struct RestorePlan {
 }
 
 impl RestorePlan {
+    /// Whether this plan must not run: the target has user tables and `--force` was not
+    /// given, or an interrupted restore left scratch databases beside it. Every way of
+    /// carrying a plan out (a restore, a drill) checks it first, before anything is
+    /// downloaded or changed.
+    pub fn refusal(&self) -> Result<()> {
+        if let TargetAction::Refuse { tables } = self.action {
+            return Err(Error::TargetNotEmpty {
+                database: self.target_database.clone(),
+                tables,
+            });
+        }
+        if !self.leftovers.is_empty() {
+            return Err(leftovers_error(&self.target_database, &self.leftovers));
+        }
+        Ok(())
+    }
+
     /// Whether the dump is downloaded and verified into a temp file before pg_restore
     /// starts (parallel restores and drills), rather than streamed into it.
     pub fn spools(&self) -> bool {
@@ -467,15 +485,7 @@ pub async fn execute(
     progress: Arc<Progress>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<RestoreReport> {
-    if let TargetAction::Refuse { tables } = plan.action {
-        return Err(Error::TargetNotEmpty {
-            database: plan.target_database.clone(),
-            tables,
-        });
-    }
-    if !plan.leftovers.is_empty() {
-        return Err(leftovers_error(&plan.target_database, &plan.leftovers));
-    }
+    plan.refusal()?;
     let spool = if plan.spools() {
         let spooled = tokio::select! {
             r = spool_dump(repo, &plan, identities, progress.clone()) => r?,
@@ -498,15 +508,7 @@ pub async fn execute_prepared(
     progress: Arc<Progress>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<RestoreReport> {
-    if let TargetAction::Refuse { tables } = plan.action {
-        return Err(Error::TargetNotEmpty {
-            database: plan.target_database.clone(),
-            tables,
-        });
-    }
-    if !plan.leftovers.is_empty() {
-        return Err(leftovers_error(&plan.target_database, &plan.leftovers));
-    }
+    plan.refusal()?;
     let admin = plan.target.with_database("postgres").connect().await?;
     let warnings = apply_globals(&admin, &plan.statements).await?;
 
@@ -775,7 +777,7 @@ pub async fn spool_dump(
     .await;
     let mut writer = match written {
         Ok(w) => w,
-        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(28) => {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::StorageFull => {
             return Err(Error::NoSpace {
                 path: spool_dir,
                 needed,
@@ -818,30 +820,36 @@ fn free_space(dir: &Path) -> Result<u64> {
 async fn compare_counts(plan: &RestorePlan, scratch: &str) -> Result<Vec<TableCheck>> {
     let client = plan.target.with_database(scratch).connect().await?;
     let actual = postgres::table_row_counts(&client).await?;
-    let mut checks: Vec<TableCheck> = plan
-        .sidecar
-        .tables
+    Ok(match_counts(&plan.sidecar.tables, &actual))
+}
+
+/// Pair the row counts the backup recorded with those of the restored database: every
+/// recorded table in its order, then the tables only the restore has. Linear in the
+/// number of tables (a database may have tens of thousands).
+fn match_counts(expected: &[TableCount], actual: &[TableCount]) -> Vec<TableCheck> {
+    let key = |t: &TableCount| (t.schema.clone(), t.table.clone());
+    let actual_rows: HashMap<(String, String), i64> =
+        actual.iter().map(|a| (key(a), a.rows)).collect();
+    let recorded: HashSet<(String, String)> = expected.iter().map(key).collect();
+    let mut checks: Vec<TableCheck> = expected
         .iter()
         .map(|t| TableCheck {
             table: format!("{}.{}", t.schema, t.table),
             expected: Some(t.rows),
-            actual: actual
-                .iter()
-                .find(|a| a.schema == t.schema && a.table == t.table)
-                .map(|a| a.rows),
+            actual: actual_rows.get(&key(t)).copied(),
         })
         .collect();
-    for a in &actual {
-        let name = format!("{}.{}", a.schema, a.table);
-        if !checks.iter().any(|c| c.table == name) {
-            checks.push(TableCheck {
-                table: name,
+    checks.extend(
+        actual
+            .iter()
+            .filter(|a| !recorded.contains(&key(a)))
+            .map(|a| TableCheck {
+                table: format!("{}.{}", a.schema, a.table),
                 expected: None,
                 actual: Some(a.rows),
-            });
-        }
-    }
-    Ok(checks)
+            }),
+    );
+    checks
 }
 
 /// Rename the verified scratch database into place, keeping the old one until the
@@ -928,4 +936,57 @@ pub(crate) fn toc_command(tools: &PgTools) -> Command {
     let mut cmd = Command::new(tools.tool("pg_restore"));
     cmd.arg("--list");
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(schema: &str, table: &str, rows: i64) -> TableCount {
+        TableCount {
+            schema: schema.into(),
+            table: table.into(),
+            rows,
+        }
+    }
+
+    #[test]
+    fn counts_pair_up_by_schema_and_table() {
+        let expected = [
+            count("public", "a", 1),
+            count("public", "b", 2),
+            count("s", "a", 3),
+        ];
+        let actual = [
+            count("s", "a", 3),
+            count("public", "a", 1),
+            count("public", "c", 9),
+        ];
+        let checks = match_counts(&expected, &actual);
+        let seen: Vec<(&str, Option<i64>, Option<i64>)> = checks
+            .iter()
+            .map(|c| (c.table.as_str(), c.expected, c.actual))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("public.a", Some(1), Some(1)),
+                ("public.b", Some(2), None),
+                ("s.a", Some(3), Some(3)),
+                ("public.c", None, Some(9)),
+            ]
+        );
+    }
+
+    #[test]
+    fn twenty_thousand_tables_pair_up() {
+        let tables: Vec<TableCount> = (0..20_000)
+            .map(|i| count("public", &format!("t{i}"), i))
+            .collect();
+        let mut restored = tables.clone();
+        restored.reverse();
+        let checks = match_counts(&tables, &restored);
+        assert_eq!(checks.len(), 20_000);
+        assert!(checks.iter().all(|c| c.expected == c.actual));
+    }
 }

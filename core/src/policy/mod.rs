@@ -207,6 +207,9 @@ pub enum DrillKind {
     Pitr,
 }
 
+/// How far back `pick = "random"` looks when `within` is not set.
+const RANDOM_PICK_WITHIN: chrono::Duration = chrono::Duration::days(30);
+
 /// Which backup a restore test restores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrillPick {
@@ -261,6 +264,31 @@ pub struct RestoreTestConfig {
     pub check_timeout: chrono::Duration,
     /// The policy's SQL checks.
     pub checks: Vec<SqlCheck>,
+}
+
+/// The drill a policy without a `[restore_test]` section gets on demand (and what each
+/// setting the section leaves out falls back to): the latest logical backup restored
+/// into an ephemeral cluster, amcheck on, no objectives.
+impl Default for RestoreTestConfig {
+    fn default() -> Self {
+        RestoreTestConfig {
+            kind: DrillKind::Logical,
+            schedule: None,
+            target: DrillTargetConfig::Ephemeral,
+            pick: DrillPick::Latest,
+            rto_objective: None,
+            rpo_objective: None,
+            rpo_window: chrono::Duration::days(30),
+            identity_file: None,
+            bin_dir: None,
+            work_dir: None,
+            allow_source_server: false,
+            jobs: 2,
+            amcheck: true,
+            check_timeout: chrono::Duration::minutes(10),
+            checks: Vec::new(),
+        }
+    }
 }
 
 /// The `[schedule]` section: when the agent backs the policy up.
@@ -392,7 +420,8 @@ impl Policy {
         let part_size = match &raw.repository.part_size {
             None => DEFAULT_PART_SIZE,
             Some(s) => {
-                let bytes = parse_byte_size(s.get_ref()).map_err(|m| at(Some(s.span()), m))?;
+                let bytes = crate::units::parse_byte_size(s.get_ref())
+                    .map_err(|m| at(Some(s.span()), m))?;
                 if bytes < MIN_PART_SIZE {
                     return Err(at(
                         Some(s.span()),
@@ -646,6 +675,7 @@ impl Policy {
         let restore_test = match raw.restore_test {
             None => None,
             Some(rt) => {
+                let defaults = RestoreTestConfig::default();
                 let span = |v: &Option<Spanned<String>>| -> Result<Option<chrono::Duration>> {
                     v.as_ref()
                         .map(|s| {
@@ -671,7 +701,7 @@ impl Policy {
                     }
                 };
                 let target = match rt.target.as_ref().map(|t| (t.get_ref().trim(), t.span())) {
-                    None => DrillTargetConfig::Ephemeral,
+                    None => defaults.target.clone(),
                     Some(("ephemeral", _)) => DrillTargetConfig::Ephemeral,
                     Some((url, sp)) => {
                         let url = expand_env(url).map_err(|m| at(Some(sp.clone()), m))?;
@@ -704,10 +734,9 @@ impl Policy {
                 };
                 let within = span(&rt.within)?;
                 let pick = match rt.pick.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
-                    None | Some(("latest", _)) => DrillPick::Latest,
-                    Some(("random", _)) => {
-                        DrillPick::Random(within.unwrap_or_else(|| chrono::Duration::days(30)))
-                    }
+                    None => defaults.pick,
+                    Some(("latest", _)) => DrillPick::Latest,
+                    Some(("random", _)) => DrillPick::Random(within.unwrap_or(RANDOM_PICK_WITHIN)),
                     Some((other, sp)) => {
                         return Err(at(
                             Some(sp),
@@ -718,7 +747,7 @@ impl Policy {
                     }
                 };
                 let jobs = match &rt.jobs {
-                    None => 2,
+                    None => defaults.jobs,
                     Some(j) if (1..=64).contains(j.get_ref()) => *j.get_ref(),
                     Some(j) => {
                         return Err(at(
@@ -771,15 +800,14 @@ impl Policy {
                     pick,
                     rto_objective: span(&rt.rto_objective)?,
                     rpo_objective: span(&rt.rpo_objective)?,
-                    rpo_window: span(&rt.rpo_window)?.unwrap_or_else(|| chrono::Duration::days(30)),
+                    rpo_window: span(&rt.rpo_window)?.unwrap_or(defaults.rpo_window),
                     identity_file: path_of(&rt.identity_file),
                     bin_dir: path_of(&rt.bin_dir),
                     work_dir: path_of(&rt.work_dir),
                     allow_source_server: rt.allow_source_server,
                     jobs,
-                    amcheck: rt.amcheck.unwrap_or(true),
-                    check_timeout: span(&rt.check_timeout)?
-                        .unwrap_or_else(|| chrono::Duration::minutes(10)),
+                    amcheck: rt.amcheck.unwrap_or(defaults.amcheck),
+                    check_timeout: span(&rt.check_timeout)?.unwrap_or(defaults.check_timeout),
                     checks,
                 })
             }
@@ -908,29 +936,6 @@ pub fn parse_repository_url(value: &str, base_dir: &Path) -> std::result::Result
     Err(format!(
         "repository url {value:?} must start with s3:// (a bucket) or file:// (a local directory)"
     ))
-}
-
-/// Parse sizes such as `8MiB`, `16MB`, `5242880`.
-pub fn parse_byte_size(value: &str) -> std::result::Result<u64, String> {
-    let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{value:?} is not a size such as \"8MiB\""))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {value:?}; use KiB, MiB or GiB"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{value:?} is too large"))
 }
 
 #[cfg(test)]
@@ -1109,9 +1114,23 @@ mod tests {
 
     #[test]
     fn sizes_parse() {
-        assert_eq!(parse_byte_size("8MiB").unwrap(), 8 << 20);
-        assert_eq!(parse_byte_size("1g").unwrap(), 1 << 30);
-        assert!(parse_byte_size("8 parsecs").is_err());
+        assert_eq!(crate::units::parse_byte_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(crate::units::parse_byte_size("1g").unwrap(), 1 << 30);
+        assert!(crate::units::parse_byte_size("8 parsecs").is_err());
+    }
+
+    #[test]
+    fn huge_spans_are_reported_with_their_place_not_a_panic() {
+        for section in [
+            "[retention]\nkeep_within = \"9999999999999w\"\n",
+            "[retention]\nkeep_last = 3\norphan_min_age = \"100000000d\"\n",
+            "[restore_test]\npick = \"random\"\nwithin = \"100000000d\"\n",
+        ] {
+            let text = format!("{}{section}", minimal(""));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("longer than any duration"), "{section}: {err}");
+            assert!(err.contains("p.toml:"), "{section}: {err}");
+        }
     }
 
     #[test]

@@ -39,12 +39,21 @@ impl std::fmt::Display for ConnTarget {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
+/// Percent-decode a URL part as libpq does: `%XX` only, never `+` as a space (a `+` in a
+/// password, user or database name is a `+`). An invalid `%` sequence stays as written.
+pub(crate) fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
+
+/// What a database name must escape to be one URL path segment: everything but
+/// letters, digits and `-._~`.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 impl ConnTarget {
     /// Parse a `postgres://` URL; its password (if any) is kept out of the displayed URL.
@@ -74,8 +83,8 @@ impl ConnTarget {
     /// The same server and credentials, another database.
     pub fn with_database(&self, database: &str) -> ConnTarget {
         let mut url = self.url.clone();
-        let encoded: String = url::form_urlencoded::byte_serialize(database.as_bytes()).collect();
-        url.set_path(&format!("/{}", encoded.replace('+', "%20")));
+        let encoded = percent_encoding::utf8_percent_encode(database, PATH_SEGMENT);
+        url.set_path(&format!("/{encoded}"));
         ConnTarget {
             url,
             password: self.password.clone(),
@@ -333,6 +342,20 @@ mod tests {
         assert_eq!(t.database(), "app");
         assert_eq!(t.with_database("other db").database(), "other db");
         assert!(!format!("{t} {t:?}").contains("cret"));
+    }
+
+    #[test]
+    fn a_plus_in_a_url_stays_a_plus() {
+        let t = ConnTarget::parse("postgres://us+er:pa+ss%2B@db/app+1%20x").unwrap();
+        assert_eq!(t.password.as_deref(), Some("pa+ss+"));
+        assert_eq!(t.user(), "us+er");
+        assert_eq!(t.database(), "app+1 x");
+        let other = t.with_database("a+b c/d");
+        assert_eq!(other.database(), "a+b c/d");
+        assert_eq!(
+            other.url_without_password(),
+            "postgres://us+er@db/a%2Bb%20c%2Fd"
+        );
     }
 
     #[test]

@@ -345,6 +345,7 @@ mod tests {
             archived_at: None,
         }
     }
+
     #[test]
     fn wal_older_than_the_oldest_base_backup_goes_history_stays() {
         let archive: Vec<ArchivedWal> = [
@@ -374,6 +375,7 @@ mod tests {
         );
         assert!(wal_not_needed(&archive, &[]).is_empty());
     }
+
     proptest::proptest! {
         #[test]
         fn retention_keeps_every_segment_a_retained_backup_needs(
@@ -400,6 +402,7 @@ mod tests {
             }
         }
     }
+
     #[test]
     fn keys_parse_back() {
         let sha = "a".repeat(64);

@@ -103,17 +103,18 @@ pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {
     )
 }
 
-/// Parse an LSN such as `0/3000028`.
+/// Parse an LSN such as `0/3000028`: two hexadecimal halves of at most 32 bits each,
+/// as PostgreSQL writes them. A half out of range is refused, not wrapped.
 pub fn parse_lsn(text: &str) -> Result<u64> {
-    let (hi, lo) = text
-        .trim()
-        .split_once('/')
-        .ok_or_else(|| Error::Invalid(format!("{text:?} is not an LSN such as 0/3000028")))?;
-    let hi = u64::from_str_radix(hi, 16)
-        .map_err(|_| Error::Invalid(format!("{text:?} is not an LSN")))?;
-    let lo = u64::from_str_radix(lo, 16)
-        .map_err(|_| Error::Invalid(format!("{text:?} is not an LSN")))?;
-    Ok((hi << 32) | lo)
+    let bad = || Error::Invalid(format!("{text:?} is not an LSN such as 0/3000028"));
+    let (hi, lo) = text.trim().split_once('/').ok_or_else(bad)?;
+    let half = |h: &str| {
+        if h.is_empty() || h.len() > 8 {
+            return Err(bad());
+        }
+        u32::from_str_radix(h, 16).map_err(|_| bad())
+    };
+    Ok((u64::from(half(hi)?) << 32) | u64::from(half(lo)?))
 }
 
 /// Format an LSN as PostgreSQL does.
@@ -226,6 +227,7 @@ mod tests {
             assert!(WalFileName::parse(bad).is_err(), "{bad}");
         }
     }
+
     #[test]
     fn other_segment_sizes_count_differently() {
         // 64 MiB segments: 64 per log unit.
@@ -236,13 +238,21 @@ mod tests {
             "000000010000000200000000"
         );
     }
+
     #[test]
     fn lsns_parse_and_format() {
         assert_eq!(parse_lsn("0/3000028").unwrap(), 0x3000028);
         assert_eq!(parse_lsn("1/0").unwrap(), 1 << 32);
         assert_eq!(format_lsn(0x1_0300_0028), "1/3000028");
         assert!(parse_lsn("3000028").is_err());
+        // Each half is 32 bits: out-of-range halves are refused, not wrapped.
+        assert!(parse_lsn("1/100000000").is_err());
+        assert!(parse_lsn("100000000/0").is_err());
+        assert!(parse_lsn("FFFFFFFF/FFFFFFFF").is_ok());
+        assert!(parse_lsn("/0").is_err());
+        assert!(parse_lsn("-1/0").is_err());
     }
+
     #[test]
     fn history_files_parse() {
         let h = parse_history(
@@ -263,6 +273,7 @@ mod tests {
             ]
         );
     }
+
     #[test]
     fn needed_segments_follow_timeline_switches() {
         let switches = parse_history("1\t0/3000198\treason\n").unwrap();
