@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::keys::{Identities, Recipients};
+use crate::stop_signal::unless_cancelled;
 use crate::storage::{Storage, Upload};
 
 /// Sizes and SHA-256 digests of one stored object, before (raw) and after (stored)
@@ -319,18 +320,6 @@ const ABORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Upload one part; one function, so that every part's future has the same type.
 async fn store_part(upload: Arc<dyn Upload>, number: u32, data: Bytes) -> Result<()> {
     upload.put_part(number, data).await
-}
-
-/// Wait for `work` unless `cancel` fires first.
-async fn unless_cancelled<T>(
-    cancel: &CancellationToken,
-    work: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => Err(Error::Cancelled),
-        r = work => r,
-    }
 }
 
 async fn drive_upload(

@@ -270,7 +270,7 @@ async fn attempt_run(
         if let Some(stale) = &plan.retention.stale {
             tracing::warn!(policy = %policy.name, "{stale}");
         }
-        let done = prune::execute(&repo, &plan).await?;
+        let done = prune::execute(&repo, &plan, &backup_cancel).await?;
         if let (Some(notify), false) = (&policy.notify, done.deleted_backups.is_empty()) {
             let mut event = Event::new(EventKind::RetentionDeleted, &policy.name);
             event.deleted = done.deleted_backups.clone();

@@ -5,6 +5,8 @@
 
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{Error, Result};
+
 /// Which signal of the two has arrived, for the process to say what it does now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopStage {
@@ -49,4 +51,17 @@ pub fn cancel_on_signals(
         announce(StopStage::Now);
         std::process::exit(exit_code);
     });
+}
+
+/// Wait for `work` unless `cancel` fires first; then `work` is dropped (which stops the
+/// streams and blocking stages it owns) and the answer is [`Error::Cancelled`].
+pub async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Cancelled),
+        r = work => r,
+    }
 }

@@ -147,7 +147,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 println!("dry run: nothing was deleted");
                 return Ok(0);
             }
-            let done = prune::execute(&repo, &plan)
+            let done = prune::execute(&repo, &plan, cancel)
                 .await
                 .context("prune failed part-way; re-run it to finish")?;
             println!(
@@ -287,7 +287,16 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             let identities = Identities::load(&identity)?;
             let repo = open_repository(&policy).await?;
             let recipients = policy.recipients.fingerprints();
-            wal::fetch(&repo, &name, &dest, &identities, &recipients, prefetch).await?;
+            wal::fetch(
+                &repo,
+                &name,
+                &dest,
+                &identities,
+                &recipients,
+                prefetch,
+                cancel,
+            )
+            .await?;
             Ok(0)
         }
         Command::Archive {
@@ -378,6 +387,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 &manifest,
                 identities.as_ref(),
                 policy.source.bin_dir.as_deref(),
+                cancel,
             )
             .await?;
             print!("{}", output::verify_summary(&report));
@@ -401,7 +411,16 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
         } => {
             let policy = load_policy(&policy_path)?;
             if pitr.pgdata.is_some() {
-                return run_pitr(&policy, &policy_path, &identity, pitr, force, dry_run).await;
+                return run_pitr(
+                    &policy,
+                    &policy_path,
+                    &identity,
+                    pitr,
+                    force,
+                    dry_run,
+                    cancel,
+                )
+                .await;
             }
             let target = target.context("--target or --pgdata is required")?;
             let repo = open_repository(&policy).await?;
@@ -444,6 +463,7 @@ async fn run_pitr(
     args: PitrArgs,
     force: bool,
     dry_run: bool,
+    cancel: &CancellationToken,
 ) -> Result<u8> {
     let Some(pgdata) = args.pgdata else {
         anyhow::bail!("a point-in-time restore needs --pgdata");
@@ -483,7 +503,7 @@ async fn run_pitr(
     }
     let progress = Arc::new(Progress::default());
     let display = output::ProgressDisplay::start(progress.clone(), "restoring base backup");
-    let result = pitr::execute(&repo, &plan, &identities, &options, progress).await;
+    let result = pitr::execute(&repo, &plan, &identities, &options, progress, cancel).await;
     display.finish();
     let report = result.context("point-in-time restore failed")?;
     println!(

@@ -112,6 +112,22 @@ impl Record {
         self.not_reached(&["verify", "restore", "checks"]);
     }
 
+    /// The drill stopped on an error before it finished: the first phase not yet
+    /// recorded fails with the error's words, the later ones were not reached. A drill
+    /// that cannot finish still leaves a report that says why.
+    pub(crate) fn interrupted(&mut self, error: &Error) {
+        const PHASES: [&str; 4] = ["setup", "verify", "restore", "checks"];
+        let Some(at) = PHASES
+            .iter()
+            .position(|p| !self.phases.iter().any(|recorded| recorded.name == *p))
+        else {
+            self.failures.push(format!("the drill stopped: {error}"));
+            return;
+        };
+        self.phase(PHASES[at], Status::Failed, None, failure_detail(error).1);
+        self.not_reached(&PHASES[at + 1..]);
+    }
+
     pub(crate) fn not_reached(&mut self, names: &[&str]) {
         for name in names {
             self.phase(
@@ -163,13 +179,20 @@ pub async fn run(
         pg_restore: String::new(),
         host: crate::notify::host_name(),
     };
-    let (tested, target_info, rpo) = match config.kind {
+    let drilled = match config.kind {
         crate::policy::DrillKind::Pitr => {
-            point_in_time::drill(repo, &request, started_at, &mut record, &mut tools, cancel)
-                .await?
+            point_in_time::drill(repo, &request, started_at, &mut record, &mut tools, cancel).await
         }
         crate::policy::DrillKind::Logical => {
-            logical_drill(repo, &request, started_at, &mut record, &mut tools, cancel).await?
+            logical_drill(repo, &request, started_at, &mut record, &mut tools, cancel).await
+        }
+    };
+    let (tested, target_info, rpo) = match drilled {
+        Ok(found) => found,
+        Err(Error::Cancelled) => return Err(Error::Cancelled),
+        Err(e) => {
+            record.interrupted(&e);
+            (None, None, None)
         }
     };
 
@@ -418,10 +441,9 @@ async fn setup_target(
                 ));
             }
             let major = (manifest.server_version_num / 10000) as u32;
-            let bin_dir = config.bin_dir.clone();
+            let bin = ServerBinaries::discover(config.bin_dir.as_deref(), major).await?;
             let work_dir = config.work_dir.clone();
             let cluster = tokio::task::spawn_blocking(move || {
-                let bin = ServerBinaries::discover(bin_dir.as_deref(), major)?;
                 EphemeralCluster::start(bin, work_dir.as_deref())
             })
             .await
@@ -619,7 +641,7 @@ async fn restore_phases(
             return Ok(());
         }
     };
-    tools.pg_restore = pg_restore_version(&plan);
+    tools.pg_restore = pg_restore_version(&plan).await;
     record.check(digest_check(
         Status::Passed,
         format!(
@@ -776,11 +798,13 @@ fn short(hex: &str) -> String {
     hex.chars().take(16).collect::<String>() + "…"
 }
 
-fn pg_restore_version(plan: &restore::RestorePlan) -> String {
-    std::process::Command::new(plan.tools().tool("pg_restore"))
+async fn pg_restore_version(plan: &restore::RestorePlan) -> String {
+    tokio::process::Command::new(plan.tools().tool("pg_restore"))
         .arg("--version")
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
         .output()
+        .await
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
@@ -849,4 +873,60 @@ async fn store_history(
         });
     }
     Ok((history, previous))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A point-in-time drill whose repository cannot be listed (a manifest that is
+    /// listed but cannot be read) still stores a FAIL report that says why.
+    #[tokio::test]
+    async fn a_drill_that_cannot_finish_still_stores_its_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        std::fs::create_dir_all(root.join("app/backups/20261201T000000Z-00000000")).unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("nowhere"),
+            root.join("app/backups/20261201T000000Z-00000000/manifest.json"),
+        )
+        .unwrap();
+        let key = dir.path().join("key.txt");
+        let recipient = crate::keys::generate_identity_file(&key).unwrap();
+        let text = format!(
+            "name = \"app\"\n[source]\nurl = \"postgres://u@127.0.0.1:1/app\"\n[repository]\nurl = \"file://{}\"\n[encryption]\nrecipients = [\"{recipient}\"]\n[restore_test]\nkind = \"pitr\"\n",
+            root.display()
+        );
+        let policy = Policy::parse(&dir.path().join("p.toml"), &text).unwrap();
+        let config = policy.restore_test.clone().unwrap();
+        let identities = Identities::load(&key).unwrap();
+        let repo = Repository::open(&policy).await.unwrap();
+        let request = DrillRequest {
+            policy: &policy,
+            config: &config,
+            identities: &identities,
+            backup: None,
+            keep: false,
+            progress: Arc::new(Progress::default()),
+        };
+        let outcome = run(&repo, request, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(outcome.report.verdict, Verdict::Fail);
+        let setup = &outcome.report.phases[0];
+        assert_eq!(
+            (setup.name.as_str(), setup.status),
+            ("setup", Status::Failed)
+        );
+        assert!(setup.detail.contains("manifest.json"), "{}", setup.detail);
+        assert!(outcome
+            .report
+            .phases
+            .iter()
+            .skip(1)
+            .all(|p| p.status == Status::NotReached));
+        let stored = store::list_ids(&repo).await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0], outcome.report.id);
+    }
 }

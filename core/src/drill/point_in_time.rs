@@ -228,14 +228,14 @@ pub(crate) async fn drill(
     };
     tools.pg_restore = format!("pg_basebackup archive of {}", plan.base.dump_tool_version);
     let executed = tokio::select! {
-        r = pitr::execute(repo, &plan, request.identities, &options, request.progress.clone()) => r,
+        r = pitr::execute(repo, &plan, request.identities, &options, request.progress.clone(), cancel) => r,
         _ = cancel.cancelled() => Err(Error::Cancelled),
     };
     let verify_wall = verify_started.elapsed().as_secs_f64();
     let major = (plan.base.server_version_num / 10000) as u32;
     let outcome = match executed {
         Err(Error::Cancelled) => {
-            let _ = pitr::stop_server(&pgdata, major, config.bin_dir.as_deref());
+            let _ = pitr::stop_server(&pgdata, major, config.bin_dir.as_deref()).await;
             return Err(Error::Cancelled);
         }
         Err(e) => {
@@ -312,7 +312,7 @@ pub(crate) async fn drill(
         );
     }
     let cleanup_started = Instant::now();
-    let stopped = pitr::stop_server(&pgdata, major, config.bin_dir.as_deref());
+    let stopped = pitr::stop_server(&pgdata, major, config.bin_dir.as_deref()).await;
     drop(work);
     match stopped {
         Ok(()) => record.phase(

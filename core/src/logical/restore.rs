@@ -215,7 +215,8 @@ pub async fn plan_into(
     let admin = target.with_database("postgres").connect().await?;
     let server = postgres::server_info(&admin).await?;
     let source_major = (manifest.server_version_num / 10000) as u32;
-    let tools = PgTools::discover(options.bin_dir.as_deref(), server.major().max(source_major))?;
+    let tools =
+        PgTools::discover(options.bin_dir.as_deref(), server.major().max(source_major)).await?;
 
     let exists = admin
         .query_opt(
@@ -674,8 +675,11 @@ async fn restore_dump(
                 if stream_failed {
                     let _ = child.kill();
                 }
-                let status = child.wait().ok();
-                let stderr = stderr_thread.join().unwrap_or_default();
+                let (status, stderr) = tokio::task::spawn_blocking(move || {
+                    (child.wait().ok(), stderr_thread.join().unwrap_or_default())
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("pg_restore waiter failed: {e}")))?;
                 if !stream_failed {
                     if let Some(status) = status.filter(|s| !s.success()) {
                         return Err(Error::Tool {

@@ -113,12 +113,14 @@ impl Write for UntilClosed {
 }
 
 /// Verify `manifest`'s objects. A failing object does not stop the others from being
-/// checked; the report names each one.
+/// checked; the report names each one. `cancel` stops the check (nothing is written, so
+/// there is nothing to undo) and the answer is [`Error::Cancelled`], not a verdict.
 pub async fn verify_backup(
     repo: &Repository,
     manifest: &BackupManifest,
     identities: Option<&Identities>,
     bin_dir: Option<&std::path::Path>,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<VerifyReport> {
     if let Some(ids) = identities {
         if !ids.matches_any(&manifest.encryption.recipients) {
@@ -131,70 +133,78 @@ pub async fn verify_backup(
     let recipients = &manifest.encryption.recipients;
     let mut objects = Vec::new();
     for (role, stored) in &manifest.objects {
-        let outcome = match identities {
-            None => pipeline::download_stream(
-                repo.storage(),
-                &stored.key,
-                &stored.digest,
-                Decode::StoredOnly,
-                recipients,
-                io::sink(),
-                4,
-                Arc::new(Progress::default()),
-            )
-            .await
-            .map(|_| format!("{} stored bytes, sha256 matches", stored.digest.stored_size)),
-            Some(ids) if role == object::DUMP => {
-                let source_major = (manifest.server_version_num / 10000) as u32;
-                deep_check_dump(repo, stored, ids, recipients, bin_dir, source_major).await
-            }
-            Some(ids) if role == object::BASE => pipeline::download_stream(
-                repo.storage(),
-                &stored.key,
-                &stored.digest,
-                Decode::Full(ids),
-                recipients,
-                io::sink(),
-                4,
-                Arc::new(Progress::default()),
-            )
-            .await
-            .map(|_| {
-                format!(
-                    "decrypts and verifies ({} bytes of base backup tar)",
-                    stored.digest.raw_size
-                )
-            }),
-            Some(ids) => {
-                match pipeline::download_bytes(
+        let check = async {
+            let outcome = match identities {
+                None => pipeline::download_stream(
                     repo.storage(),
                     &stored.key,
                     &stored.digest,
-                    ids,
+                    Decode::StoredOnly,
                     recipients,
+                    io::sink(),
+                    4,
+                    Arc::new(Progress::default()),
                 )
                 .await
-                {
-                    Ok(bytes) if role == object::VERIFICATION => {
-                        serde_json::from_slice::<VerificationSidecar>(&bytes)
-                            .map(|s| {
-                                format!(
-                                    "decrypts and verifies; row counts of {} tables",
-                                    s.tables.len()
-                                )
-                            })
-                            .map_err(|e| Error::Integrity {
-                                object: stored.key.clone(),
-                                message: format!("the sidecar is not valid JSON: {e}"),
-                            })
-                    }
-                    Ok(bytes) => Ok(format!(
-                        "decrypts and verifies; {} bytes of SQL",
-                        bytes.len()
-                    )),
-                    Err(e) => Err(e),
+                .map(|_| format!("{} stored bytes, sha256 matches", stored.digest.stored_size)),
+                Some(ids) if role == object::DUMP => {
+                    let source_major = (manifest.server_version_num / 10000) as u32;
+                    deep_check_dump(repo, stored, ids, recipients, bin_dir, source_major).await
                 }
-            }
+                Some(ids) if role == object::BASE => pipeline::download_stream(
+                    repo.storage(),
+                    &stored.key,
+                    &stored.digest,
+                    Decode::Full(ids),
+                    recipients,
+                    io::sink(),
+                    4,
+                    Arc::new(Progress::default()),
+                )
+                .await
+                .map(|_| {
+                    format!(
+                        "decrypts and verifies ({} bytes of base backup tar)",
+                        stored.digest.raw_size
+                    )
+                }),
+                Some(ids) => {
+                    match pipeline::download_bytes(
+                        repo.storage(),
+                        &stored.key,
+                        &stored.digest,
+                        ids,
+                        recipients,
+                    )
+                    .await
+                    {
+                        Ok(bytes) if role == object::VERIFICATION => {
+                            serde_json::from_slice::<VerificationSidecar>(&bytes)
+                                .map(|s| {
+                                    format!(
+                                        "decrypts and verifies; row counts of {} tables",
+                                        s.tables.len()
+                                    )
+                                })
+                                .map_err(|e| Error::Integrity {
+                                    object: stored.key.clone(),
+                                    message: format!("the sidecar is not valid JSON: {e}"),
+                                })
+                        }
+                        Ok(bytes) => Ok(format!(
+                            "decrypts and verifies; {} bytes of SQL",
+                            bytes.len()
+                        )),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            outcome
+        };
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            outcome = check => outcome,
         };
         if let Err(Error::WrongKey { .. }) = &outcome {
             // Same keys for every object: report once, as the command's error.
@@ -221,7 +231,7 @@ async fn deep_check_dump(
     bin_dir: Option<&std::path::Path>,
     source_major: u32,
 ) -> Result<String> {
-    let tools = PgTools::discover(bin_dir, source_major)?;
+    let tools = PgTools::discover(bin_dir, source_major).await?;
     let mut cmd = crate::logical::restore::toc_command(&tools);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -262,11 +272,17 @@ async fn deep_check_dump(
     }
     let sink = streamed?;
     drop(sink);
-    let status = child
-        .wait()
-        .map_err(|e| Error::io("waiting for pg_restore --list", e))?;
-    let listing = out_thread.join().unwrap_or_default();
-    let errors = err_thread.join().unwrap_or_default();
+    // The child and its reader threads end on their own now that its input is closed;
+    // waiting for them blocks, so it happens on a blocking thread.
+    let (status, listing, errors) = tokio::task::spawn_blocking(move || {
+        let status = child.wait();
+        let listing = out_thread.join().unwrap_or_default();
+        let errors = err_thread.join().unwrap_or_default();
+        (status, listing, errors)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("pg_restore --list waiter failed: {e}")))?;
+    let status = status.map_err(|e| Error::io("waiting for pg_restore --list", e))?;
     if !status.success() {
         return Err(Error::Integrity {
             object: stored.key.clone(),

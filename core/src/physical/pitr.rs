@@ -15,12 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::physical::wal::{self, parse_lsn, ArchivedWal, WalFileKind};
 use crate::pipeline::{self, Decode, Progress};
 use crate::repository::{object, BackupKind, BackupManifest, PhysicalInfo, Repository};
+use crate::stop_signal::unless_cancelled;
 use crate::units::human_bytes;
 
 /// Where recovery stops.
@@ -420,12 +422,16 @@ pub struct PitrReport {
 }
 
 /// Carry out a plan: extract, configure recovery, optionally start and wait.
+///
+/// `cancel` stops the extraction (the data directory is emptied again) or the wait for
+/// recovery (the server is stopped); the answer is then [`Error::Cancelled`].
 pub async fn execute(
     repo: &Repository,
     plan: &PitrPlan,
     identities: &Identities,
     options: &PitrOptions,
     progress: Arc<Progress>,
+    cancel: &CancellationToken,
 ) -> Result<PitrReport> {
     let pgdata = &plan.pgdata;
     if pgdata.join("postmaster.pid").exists() {
@@ -437,7 +443,7 @@ pub async fn execute(
     if options.start {
         // Before anything is written: only the backup's own major can start the copy.
         let major = (plan.base.server_version_num / 10000) as u32;
-        crate::server::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major)?;
+        crate::server::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major).await?;
     }
     let entries = entries_in(pgdata)?;
     if entries > 0 && !options.force {
@@ -454,7 +460,7 @@ pub async fn execute(
     set_mode(pgdata, 0o700)?;
 
     let started = Instant::now();
-    if let Err(e) = extract_base(repo, plan, identities, options, progress).await {
+    if let Err(e) = extract_base(repo, plan, identities, options, progress, cancel).await {
         let _ = clear_dir(pgdata);
         return Err(e);
     }
@@ -470,7 +476,7 @@ pub async fn execute(
     };
     if options.start {
         let replay_started = Instant::now();
-        let (reached, log) = start_and_wait(plan, options, owner.as_deref()).await?;
+        let (reached, log) = start_and_wait(plan, options, owner.as_deref(), cancel).await?;
         report.replay_seconds = Some(replay_started.elapsed().as_secs_f64());
         report.reached = reached;
         report.log = Some(log);
@@ -518,6 +524,7 @@ async fn extract_base(
     identities: &Identities,
     options: &PitrOptions,
     progress: Arc<Progress>,
+    cancel: &CancellationToken,
 ) -> Result<()> {
     let base = plan.base.object(object::BASE)?;
     let (reader, writer) = std::io::pipe().map_err(|e| Error::io("cannot create a pipe", e))?;
@@ -533,15 +540,20 @@ async fn extract_base(
             )
         })
     });
-    let streamed = pipeline::download_stream(
-        repo.storage(),
-        &base.key,
-        &base.digest,
-        Decode::Full(identities),
-        &plan.base.encryption.recipients,
-        writer,
-        options.download_parallelism.max(1),
-        progress,
+    // On cancel the download is dropped, and with it the writer: the extractor's input
+    // ends and it returns.
+    let streamed = unless_cancelled(
+        cancel,
+        pipeline::download_stream(
+            repo.storage(),
+            &base.key,
+            &base.digest,
+            Decode::Full(identities),
+            &plan.base.encryption.recipients,
+            writer,
+            options.download_parallelism.max(1),
+            progress,
+        ),
     )
     .await;
     // Dropping the writer ends the extractor's input either way.
@@ -613,13 +625,18 @@ fn write_recovery_settings(plan: &PitrPlan, options: &PitrOptions) -> Result<()>
 
 /// Start the server on the restored directory and wait until its log says recovery
 /// reached the target (or failed). Returns the log lines that say where it stopped.
+///
+/// The log is followed line by line; a server that logs nothing for
+/// [`RECOVERY_SILENCE_LIMIT`] is stopped and reported, and `cancel` stops it at once.
 async fn start_and_wait(
     plan: &PitrPlan,
     options: &PitrOptions,
     owner: Option<&str>,
+    cancel: &CancellationToken,
 ) -> Result<(Vec<String>, PathBuf)> {
     let major = (plan.base.server_version_num / 10000) as u32;
-    let bin = crate::server::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major)?;
+    let bin =
+        crate::server::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major).await?;
     let log = plan.pgdata.join("pgvault-recovery.log");
     let mut cmd = bin.command_as("pg_ctl", owner);
     cmd.arg("-D")
@@ -672,50 +689,122 @@ async fn start_and_wait(
         RecoveryAction::Pause => "pausing at the end of recovery",
         RecoveryAction::Shutdown => "database system is shut down",
     };
+    let mut follower = LogFollower::new(log.clone());
+    let mut reached = Vec::new();
+    let mut last_heard = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| {
-            l.contains("FATAL:")
-                && (l.contains("recovery ended before") || l.contains("recovery target"))
-        }) {
-            return Err(Error::Invalid(format!(
-                "recovery failed: {}; the server log is {}",
-                line.trim(),
-                log.display()
-            )));
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                let _ = stop_server(&plan.pgdata, major, options.bin_dir.as_deref()).await;
+                return Err(Error::Cancelled);
+            }
+            _ = tick.tick() => {}
         }
-        if text.lines().any(|l| l.contains(done)) {
-            let reached = text
-                .lines()
-                .filter(|l| {
-                    l.contains("recovery stopping")
-                        || l.contains("redo done at")
-                        || l.contains("last completed transaction")
-                        || l.contains("selected new timeline")
-                        || l.contains("consistent recovery state reached")
-                })
-                .map(|l| l.trim().to_string())
-                .collect();
-            return Ok((reached, log));
+        let lines = follower.new_lines().await;
+        if !lines.is_empty() {
+            last_heard = Instant::now();
+        }
+        let mut shut_down = false;
+        for line in &lines {
+            if line.contains("FATAL:")
+                && (line.contains("recovery ended before") || line.contains("recovery target"))
+            {
+                return Err(Error::Invalid(format!(
+                    "recovery failed: {}; the server log is {}",
+                    line.trim(),
+                    log.display()
+                )));
+            }
+            if REACHED_LINES.iter().any(|r| line.contains(r)) {
+                reached.push(line.trim().to_string());
+            }
+            if line.contains(done) {
+                return Ok((reached, log));
+            }
+            shut_down |= line.contains("database system is shut down");
         }
         // A postmaster that died without logging (killed) leaves no shutdown line.
-        let stopped = text
-            .lines()
-            .any(|l| l.contains("database system is shut down"))
-            || !plan.pgdata.join("postmaster.pid").exists();
-        if stopped {
+        let running = tokio::fs::try_exists(plan.pgdata.join("postmaster.pid"))
+            .await
+            .unwrap_or(false);
+        if shut_down || !running {
             return Err(Error::Invalid(format!(
                 "the server stopped before recovery reached the target; see {}",
                 log.display()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if last_heard.elapsed() > RECOVERY_SILENCE_LIMIT {
+            let _ = stop_server(&plan.pgdata, major, options.bin_dir.as_deref()).await;
+            return Err(Error::Invalid(format!(
+                "the recovering server logged nothing for {} minutes (each fetched WAL file logs a line), so it was stopped; see {}",
+                RECOVERY_SILENCE_LIMIT.as_secs() / 60,
+                log.display()
+            )));
+        }
+    }
+}
+
+/// Log lines that say where recovery stopped, reported to the user.
+const REACHED_LINES: &[&str] = &[
+    "recovery stopping",
+    "redo done at",
+    "last completed transaction",
+    "selected new timeline",
+    "consistent recovery state reached",
+];
+
+/// How long a recovering server may log nothing before pgvault gives up on it: every
+/// WAL file it fetches logs a line, so this silence means it hangs, however long the
+/// whole recovery takes.
+const RECOVERY_SILENCE_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// Reads the lines a server appends to its log, each once: the file is read from where
+/// the last call stopped, not again from its start.
+struct LogFollower {
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+}
+
+impl LogFollower {
+    fn new(path: PathBuf) -> LogFollower {
+        LogFollower {
+            path,
+            offset: 0,
+            partial: String::new(),
+        }
+    }
+
+    /// The complete lines written since the last call (none while the file is absent).
+    async fn new_lines(&mut self) -> Vec<String> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let Ok(mut file) = tokio::fs::File::open(&self.path).await else {
+            return Vec::new();
+        };
+        let mut bytes = Vec::new();
+        if file
+            .seek(std::io::SeekFrom::Start(self.offset))
+            .await
+            .is_err()
+            || file.read_to_end(&mut bytes).await.is_err()
+        {
+            return Vec::new();
+        }
+        self.offset += bytes.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&bytes));
+        let Some(end) = self.partial.rfind('\n') else {
+            return Vec::new();
+        };
+        let complete: String = self.partial.drain(..=end).collect();
+        complete.lines().map(str::to_string).collect()
     }
 }
 
 /// Stop a server started by [`execute`] (immediate shutdown: drills throw it away).
-pub fn stop_server(pgdata: &Path, major: u32, bin_dir: Option<&Path>) -> Result<()> {
-    let bin = crate::server::ServerBinaries::discover_exact(bin_dir, major)?;
+pub async fn stop_server(pgdata: &Path, major: u32, bin_dir: Option<&Path>) -> Result<()> {
+    let bin = crate::server::ServerBinaries::discover_exact(bin_dir, major).await?;
     let owner = if nix::unistd::geteuid().is_root() {
         Some("postgres")
     } else {
@@ -725,7 +814,10 @@ pub fn stop_server(pgdata: &Path, major: u32, bin_dir: Option<&Path>) -> Result<
     cmd.arg("-D")
         .arg(pgdata)
         .args(["-m", "immediate", "-w", "stop"]);
-    crate::server::run_tool("pg_ctl", cmd).map(|_| ())
+    tokio::task::spawn_blocking(move || crate::server::run_tool("pg_ctl", cmd))
+        .await
+        .map_err(|e| Error::Internal(format!("pg_ctl worker failed: {e}")))?
+        .map(|_| ())
 }
 
 /// Parse `--to-time`: RFC 3339 or `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM]]` (UTC when no

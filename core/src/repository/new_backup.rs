@@ -65,7 +65,7 @@ impl SourceSession {
         let source = ConnTarget::parse(&policy.source.url)?;
         let client = source.connect().await?;
         let info = postgres::server_info(&client).await?;
-        let tools = PgTools::discover(policy.source.bin_dir.as_deref(), info.major())?;
+        let tools = PgTools::discover(policy.source.bin_dir.as_deref(), info.major()).await?;
         Ok(SourceSession {
             repo,
             source,

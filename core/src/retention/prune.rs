@@ -9,7 +9,9 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::error::Result;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
 use crate::policy::RetentionConfig;
 use crate::repository::leftovers::{leftovers, remove_leftovers, Leftovers, Orphan, StaleUpload};
 use crate::repository::{BackupKind, Repository, MANIFEST};
@@ -123,9 +125,24 @@ pub struct PruneOutcome {
 
 /// Carry out a plan: delete each given-up backup (manifest first), then orphans,
 /// stale uploads, and WAL no retained base backup needs.
-pub async fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneOutcome> {
+///
+/// `cancel` stops it between two deletions, never inside one: what was deleted is gone,
+/// what remains is still whole, and running the prune again finishes the work.
+pub async fn execute(
+    repo: &Repository,
+    plan: &PrunePlan,
+    cancel: &CancellationToken,
+) -> Result<PruneOutcome> {
+    let stop_here = || {
+        if cancel.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    };
     let mut outcome = PruneOutcome::default();
     for backup in plan.retention.to_delete() {
+        stop_here()?;
         repo.storage()
             .delete(&repo.object_key(&backup.id, MANIFEST))
             .await?;
@@ -139,6 +156,7 @@ pub async fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneOutcome
         tracing::info!(backup = %backup.id, "backup deleted by retention");
         outcome.deleted_backups.push(backup.id.clone());
     }
+    stop_here()?;
     let (orphans, uploads) = remove_leftovers(
         repo,
         &Leftovers {
@@ -153,6 +171,7 @@ pub async fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneOutcome
     outcome.aborted_uploads += uploads;
     // WAL last: it was planned against the backups kept above.
     for key in &plan.wal_to_delete {
+        stop_here()?;
         repo.storage().delete(key).await?;
         outcome.deleted_wal += 1;
     }

@@ -37,11 +37,13 @@ struct Installation {
 }
 
 /// The `--version` line of a program, when it runs and succeeds.
-fn version_line(program: &Path) -> Option<String> {
-    let out = Command::new(program)
+async fn version_line(program: &Path) -> Option<String> {
+    let out = tokio::process::Command::new(program)
         .arg("--version")
         .stdin(Stdio::null())
+        .kill_on_drop(true)
         .output()
+        .await
         .ok()?;
     out.status
         .success()
@@ -50,13 +52,14 @@ fn version_line(program: &Path) -> Option<String> {
 
 /// Probe one directory for an installation of `kind`. Symlinks (Debian's `/usr/bin`
 /// wrappers) are followed so the directory found holds the real programs.
-fn probe(dir: &Path, kind: Kind) -> Option<Installation> {
+async fn probe(dir: &Path, kind: Kind) -> Option<Installation> {
+    let exists = |path: PathBuf| async move { tokio::fs::try_exists(path).await.unwrap_or(false) };
     let (version_line, dir) = match kind {
         Kind::Client => {
-            let line = version_line(&dir.join("pg_dump"))?;
-            let real = std::fs::canonicalize(dir.join("pg_dump")).ok()?;
+            let line = version_line(&dir.join("pg_dump")).await?;
+            let real = tokio::fs::canonicalize(dir.join("pg_dump")).await.ok()?;
             let real_dir = real.parent()?.to_path_buf();
-            let dir = if real_dir.join("pg_restore").exists() {
+            let dir = if exists(real_dir.join("pg_restore")).await {
                 real_dir
             } else {
                 dir.to_path_buf()
@@ -64,12 +67,12 @@ fn probe(dir: &Path, kind: Kind) -> Option<Installation> {
             (line, dir)
         }
         Kind::Server => {
-            if !dir.join("initdb").exists() || !dir.join("pg_ctl").exists() {
+            if !exists(dir.join("initdb")).await || !exists(dir.join("pg_ctl")).await {
                 return None;
             }
-            let real = std::fs::canonicalize(dir.join("initdb")).ok()?;
+            let real = tokio::fs::canonicalize(dir.join("initdb")).await.ok()?;
             let dir = real.parent()?.to_path_buf();
-            (version_line(&dir.join("postgres"))?, dir)
+            (version_line(&dir.join("postgres")).await?, dir)
         }
     };
     Some(Installation {
@@ -81,12 +84,15 @@ fn probe(dir: &Path, kind: Kind) -> Option<Installation> {
 
 /// The installations of `kind` in `bin_dir` (or the standard places), lowest major
 /// first, and a list of them for messages (`none` when there are none).
-fn installations(bin_dir: Option<&Path>, kind: Kind) -> (Vec<Installation>, String) {
+async fn installations(bin_dir: Option<&Path>, kind: Kind) -> (Vec<Installation>, String) {
     let candidates = match bin_dir {
         Some(dir) => vec![dir.to_path_buf()],
         None => candidate_dirs(),
     };
-    let mut found: Vec<Installation> = candidates.iter().filter_map(|d| probe(d, kind)).collect();
+    let mut found: Vec<Installation> = Vec::new();
+    for dir in &candidates {
+        found.extend(probe(dir, kind).await);
+    }
     found.sort_by_key(|b| b.major);
     found.dedup_by(|a, b| a.dir == b.dir);
     let seen = if found.is_empty() {
@@ -145,9 +151,9 @@ impl PgTools {
     /// Find client tools able to dump or restore a server of major version `server_major`:
     /// the configured `bin_dir`, else the same major in standard locations, else the
     /// lowest newer one. PATH is searched too.
-    pub fn discover(bin_dir: Option<&Path>, server_major: u32) -> Result<PgTools> {
+    pub async fn discover(bin_dir: Option<&Path>, server_major: u32) -> Result<PgTools> {
         if let Some(dir) = bin_dir {
-            let tools = probe(dir, Kind::Client).ok_or_else(|| Error::ToolNotFound {
+            let tools = probe(dir, Kind::Client).await.ok_or_else(|| Error::ToolNotFound {
                 message: format!(
                     "no working pg_dump in bin_dir {}; point [source] bin_dir at a PostgreSQL bin directory",
                     dir.display()
@@ -164,7 +170,7 @@ impl PgTools {
             }
             return Ok(tools.into());
         }
-        let (found, seen) = installations(None, Kind::Client);
+        let (found, seen) = installations(None, Kind::Client).await;
         same_or_newer(found, server_major).ok_or_else(|| Error::ToolNotFound {
             message: format!(
                 "no PostgreSQL client tools of version {server_major} or newer found (found: {seen}); install postgresql-client-{server_major} or set [source] bin_dir"
@@ -198,8 +204,8 @@ impl ServerBinaries {
     /// `bin_dir` when configured, else the same major in standard locations or PATH,
     /// else the lowest newer one. Older servers are refused: pg_restore cannot load a
     /// dump into an older major version reliably.
-    pub fn discover(bin_dir: Option<&Path>, backup_major: u32) -> Result<ServerBinaries> {
-        let (found, seen) = installations(bin_dir, Kind::Server);
+    pub async fn discover(bin_dir: Option<&Path>, backup_major: u32) -> Result<ServerBinaries> {
+        let (found, seen) = installations(bin_dir, Kind::Server).await;
         same_or_newer(found, backup_major).ok_or_else(|| Error::ToolNotFound {
                 message: format!(
                     "the backup is from PostgreSQL {backup_major}; an ephemeral drill needs server binaries (initdb, pg_ctl) of version {backup_major} or newer{} (found: {seen}); install postgresql-{backup_major} or set [restore_test] bin_dir",
@@ -212,8 +218,8 @@ impl ServerBinaries {
     /// that major (a data directory starts only under its own major). `bin_dir` when
     /// given (the policy's `[source] bin_dir`), else the standard locations and PATH. The
     /// error names the major, what was found, and how to install it.
-    pub fn discover_exact(bin_dir: Option<&Path>, major: u32) -> Result<ServerBinaries> {
-        let (found, seen) = installations(bin_dir, Kind::Server);
+    pub async fn discover_exact(bin_dir: Option<&Path>, major: u32) -> Result<ServerBinaries> {
+        let (found, seen) = installations(bin_dir, Kind::Server).await;
         found
             .into_iter()
             .find(|b| b.major == major)
@@ -302,10 +308,11 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn an_older_server_than_the_backup_is_refused_by_name() {
+    #[tokio::test]
+    async fn an_older_server_than_the_backup_is_refused_by_name() {
         let bin = fake_bin(13);
         let err = ServerBinaries::discover(Some(bin.path()), 16)
+            .await
             .unwrap_err()
             .to_string();
         assert!(
@@ -316,10 +323,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_physical_copy_needs_exactly_its_major() {
+    #[tokio::test]
+    async fn a_physical_copy_needs_exactly_its_major() {
         let bin = fake_bin(16);
         let err = ServerBinaries::discover_exact(Some(bin.path()), 15)
+            .await
             .unwrap_err()
             .to_string();
         assert!(
@@ -332,23 +340,26 @@ mod tests {
         );
         assert_eq!(
             ServerBinaries::discover_exact(Some(bin.path()), 16)
+                .await
                 .unwrap()
                 .major,
             16
         );
     }
 
-    #[test]
-    fn the_same_or_a_newer_server_is_accepted() {
+    #[tokio::test]
+    async fn the_same_or_a_newer_server_is_accepted() {
         let bin = fake_bin(16);
         assert_eq!(
             ServerBinaries::discover(Some(bin.path()), 16)
+                .await
                 .unwrap()
                 .major,
             16
         );
         assert_eq!(
             ServerBinaries::discover(Some(bin.path()), 14)
+                .await
                 .unwrap()
                 .major,
             16

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::keys::{Identities, Recipients};
 use crate::pipeline::{self, EncodeSettings};
 use crate::repository::Repository;
+use crate::stop_signal::unless_cancelled;
 
 use super::name::{segment_name, WalFileKind, WalFileName, DEFAULT_SEGMENT_SIZE};
 
@@ -209,6 +210,7 @@ pub struct FetchOutcome {
 /// `%f` and `%p`). A missing file is [`Error::WalNotFound`], so recovery ends where the
 /// archive ends. With `prefetch > 0`, the next segments of the same timeline are
 /// downloaded in parallel into [`PREFETCH_DIR`] beside `dest` for the calls to come.
+/// `cancel` stops it before `dest` is written: recovery then sees a failed fetch.
 pub async fn fetch(
     repo: &Repository,
     name: &str,
@@ -216,6 +218,7 @@ pub async fn fetch(
     identities: &Identities,
     recipients: &[String],
     prefetch: usize,
+    cancel: &CancellationToken,
 ) -> Result<FetchOutcome> {
     let file = WalFileName::parse(name)?;
     let prefetch_dir = dest
@@ -236,22 +239,28 @@ pub async fn fetch(
             prefetched: 0,
         });
     }
-    let archived = locate(repo, &file).await?;
-    let data = download(repo, &archived, identities, recipients).await?;
+    let data = unless_cancelled(cancel, async {
+        let archived = locate(repo, &file).await?;
+        download(repo, &archived, identities, recipients).await
+    })
+    .await?;
     write_atomically(dest, &data)?;
     let mut prefetched = 0;
     if file.kind == WalFileKind::Segment && prefetch > 0 && !data.is_empty() {
         let size = data.len() as u64;
-        prefetched = prefetch_after(
-            repo,
-            &file,
-            size,
-            &prefetch_dir,
-            identities,
-            recipients,
-            prefetch,
-        )
-        .await;
+        // Prefetching is a favour to the next calls: a cancel ends it, not this fetch.
+        tokio::select! {
+            n = prefetch_after(
+                repo,
+                &file,
+                size,
+                &prefetch_dir,
+                identities,
+                recipients,
+                prefetch,
+            ) => prefetched = n,
+            _ = cancel.cancelled() => {}
+        }
     }
     Ok(FetchOutcome {
         from_prefetch: false,
