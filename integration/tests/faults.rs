@@ -368,6 +368,109 @@ fn sigterm_during_a_stalled_upload_aborts_it_at_once() {
     assert!(f.keys().is_empty(), "objects left behind: {:?}", f.keys());
 }
 
+/// Long stalls: only a signal can end a stalled request in these tests.
+const NO_TIMEOUTS: &str = "first_byte_timeout = \"10m\"\nstall_timeout = \"10m\"\n";
+
+/// Send SIGTERM to `child` once `stalled` says it is stuck in a stalled request, and
+/// return its output; it must exit on its own (the bound is a safety net, not a timing).
+fn terminate_when_stalled(f: &Faulty, child: std::process::Child) -> Output {
+    wait_until("a request to stall", 120, || {
+        f.proxy.stats().count(FaultMode::Stall) >= 1
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = child;
+    wait_until("pgvault to stop after SIGTERM", 60, || {
+        child.try_wait().unwrap().is_some()
+    });
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sigterm_stops_a_stalled_deep_verify_without_a_verdict() {
+    let config = FaultConfig::new(2, 0.0, &[FaultMode::Stall])
+        .with_methods(&["GET"])
+        .with_paths(&["dump.pgdump"]);
+    let Some(f) = Faulty::start(2_000, config, NO_TIMEOUTS) else {
+        return;
+    };
+    let out = run(f.cli(&["backup"]));
+    assert!(out.status.success(), "{}", text(&out));
+    f.proxy.set_rate(1.0);
+    let child = f
+        .cli(&["verify", "--identity", f.identity()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = terminate_when_stalled(&f, child);
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(!text(&out).contains("FAILED"), "{}", text(&out));
+}
+
+#[test]
+fn sigterm_stops_a_stalled_wal_fetch_before_it_writes() {
+    let config = FaultConfig::new(3, 0.0, &[FaultMode::Stall])
+        .with_methods(&["GET"])
+        .with_paths(&[".zst.age"]);
+    let Some(f) = Faulty::start(1, config, NO_TIMEOUTS) else {
+        return;
+    };
+    let name = "000000010000000000000001";
+    let segment = f.work.path().join(name);
+    std::fs::write(&segment, vec![7u8; 1 << 20]).unwrap();
+    let out = run(f.cli(&["wal-push", segment.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", text(&out));
+    f.proxy.set_rate(1.0);
+    let dest = f.work.path().join("fetched");
+    let child = f
+        .cli(&[
+            "wal-fetch",
+            "--identity",
+            f.identity(),
+            name,
+            dest.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = terminate_when_stalled(&f, child);
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(!dest.exists(), "a cancelled fetch wrote {}", dest.display());
+}
+
+#[test]
+fn sigterm_stops_a_stalled_prune_and_a_rerun_finishes() {
+    let config = FaultConfig::new(4, 0.0, &[FaultMode::Stall]).with_methods(&["DELETE"]);
+    let Some(f) = Faulty::start(1, config, NO_TIMEOUTS) else {
+        return;
+    };
+    let text_of = std::fs::read_to_string(&f.policy).unwrap();
+    std::fs::write(&f.policy, format!("{text_of}[retention]\nkeep_last = 1\n")).unwrap();
+    for _ in 0..2 {
+        let out = run(f.cli(&["backup"]));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    f.proxy.set_rate(1.0);
+    let child = f
+        .cli(&["prune"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = terminate_when_stalled(&f, child);
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    f.proxy.set_rate(0.0);
+    let out = run(f.cli(&["prune"]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(f.manifests(), 1);
+    assert_eq!(f.open_uploads(), 0);
+}
+
 /// A policy for `repository_url` at `endpoint`, with one attempt per request.
 fn error_policy(dir: &Path, endpoint: &str, repository_url: &str, key: &TestKey) -> PathBuf {
     let path = dir.join("errors.toml");

@@ -22,7 +22,7 @@ use pgvault_core::pipeline::Progress;
 use pgvault_core::policy::Policy;
 use pgvault_core::repository::Repository;
 use pgvault_core::retention::prune;
-use pgvault_core::stop_signal::StopStage;
+use pgvault_core::stop_signal::{unless_cancelled, StopStage};
 use pgvault_core::{drill, storage};
 use tokio_util::sync::CancellationToken;
 
@@ -141,7 +141,8 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 )
             })?;
             let repo = open_repository(&policy).await?;
-            let plan = prune::plan(&repo, &retention, chrono::Utc::now()).await?;
+            let plan = unless_cancelled(cancel, prune::plan(&repo, &retention, chrono::Utc::now()))
+                .await?;
             print!("{}", output::prune_plan(&plan));
             if dry_run {
                 println!("dry run: nothing was deleted");

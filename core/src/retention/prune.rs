@@ -11,11 +11,12 @@ use chrono::{DateTime, Utc};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::policy::RetentionConfig;
 use crate::repository::leftovers::{leftovers, remove_leftovers, Leftovers, Orphan, StaleUpload};
 use crate::repository::{BackupKind, Repository, MANIFEST};
 use crate::retention::{self, BackupRef, RetentionPlan};
+use crate::stop_signal::unless_cancelled;
 
 /// What a prune will do (or did).
 #[derive(Debug, Clone)]
@@ -126,54 +127,48 @@ pub struct PruneOutcome {
 /// Carry out a plan: delete each given-up backup (manifest first), then orphans,
 /// stale uploads, and WAL no retained base backup needs.
 ///
-/// `cancel` stops it between two deletions, never inside one: what was deleted is gone,
-/// what remains is still whole, and running the prune again finishes the work.
+/// `cancel` stops it at once. Every step can be cut anywhere: a backup's manifest goes
+/// before its data, so what remains is either a whole backup or an orphan the next
+/// prune removes, and running the prune again finishes the work.
 pub async fn execute(
     repo: &Repository,
     plan: &PrunePlan,
     cancel: &CancellationToken,
 ) -> Result<PruneOutcome> {
-    let stop_here = || {
-        if cancel.is_cancelled() {
-            Err(Error::Cancelled)
-        } else {
-            Ok(())
+    unless_cancelled(cancel, async {
+        let mut outcome = PruneOutcome::default();
+        for backup in plan.retention.to_delete() {
+            repo.storage()
+                .delete(&repo.object_key(&backup.id, MANIFEST))
+                .await?;
+            for object in repo
+                .storage()
+                .list(&repo.object_key(&backup.id, ""))
+                .await?
+            {
+                repo.storage().delete(&object.key).await?;
+            }
+            tracing::info!(backup = %backup.id, "backup deleted by retention");
+            outcome.deleted_backups.push(backup.id.clone());
         }
-    };
-    let mut outcome = PruneOutcome::default();
-    for backup in plan.retention.to_delete() {
-        stop_here()?;
-        repo.storage()
-            .delete(&repo.object_key(&backup.id, MANIFEST))
-            .await?;
-        for object in repo
-            .storage()
-            .list(&repo.object_key(&backup.id, ""))
-            .await?
-        {
-            repo.storage().delete(&object.key).await?;
+        let (orphans, uploads) = remove_leftovers(
+            repo,
+            &Leftovers {
+                orphans: plan.orphans.clone(),
+                stale_uploads: plan.stale_uploads.clone(),
+                dead_leases: plan.dead_leases.clone(),
+                recent: plan.recent_leftovers,
+            },
+        )
+        .await?;
+        outcome.removed_orphans += orphans;
+        outcome.aborted_uploads += uploads;
+        // WAL last: it was planned against the backups kept above.
+        for key in &plan.wal_to_delete {
+            repo.storage().delete(key).await?;
+            outcome.deleted_wal += 1;
         }
-        tracing::info!(backup = %backup.id, "backup deleted by retention");
-        outcome.deleted_backups.push(backup.id.clone());
-    }
-    stop_here()?;
-    let (orphans, uploads) = remove_leftovers(
-        repo,
-        &Leftovers {
-            orphans: plan.orphans.clone(),
-            stale_uploads: plan.stale_uploads.clone(),
-            dead_leases: plan.dead_leases.clone(),
-            recent: plan.recent_leftovers,
-        },
-    )
-    .await?;
-    outcome.removed_orphans += orphans;
-    outcome.aborted_uploads += uploads;
-    // WAL last: it was planned against the backups kept above.
-    for key in &plan.wal_to_delete {
-        stop_here()?;
-        repo.storage().delete(key).await?;
-        outcome.deleted_wal += 1;
-    }
-    Ok(outcome)
+        Ok(outcome)
+    })
+    .await
 }
