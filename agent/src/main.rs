@@ -10,7 +10,9 @@
 //!   Kubernetes CronJob.
 //!
 //! The scheduling logic lives in `pgvault_core::runner` and `pgvault_core::schedule`;
-//! this binary wires it to signals, HTTP and logs. It holds only public keys.
+//! this binary wires it to signals, HTTP and logs. For backups and retention it needs
+//! only the policies' public keys (recipients); a policy with a scheduled restore test
+//! also makes it read that test's `identity_file`, a private key, at each drill.
 
 mod metrics;
 
