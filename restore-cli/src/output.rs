@@ -64,45 +64,75 @@ pub fn backup_summary(m: &BackupManifest, elapsed: Duration, peak_rss_kib: Optio
     )
 }
 
+/// A table for people: columns as wide as their widest cell (so a long database or
+/// policy name never shifts the columns after it), two spaces between columns, no
+/// borders, the columns in `right` aligned right, no trailing blanks. Each line starts
+/// with the first column, so `grep ID` and `awk '{print $1}'` keep working.
+fn human_table(headers: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> String {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(headers.to_vec());
+    for row in rows {
+        table.add_row(row);
+    }
+    let last = headers.len().saturating_sub(1);
+    for (index, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if index == last { 0 } else { 2 }));
+        if right.contains(&index) {
+            column.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    let mut out = String::new();
+    for line in table.lines() {
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
 /// The `list` table.
 pub fn backup_table(backups: &[BackupManifest], damaged: &[DamagedBackup]) -> String {
     if backups.is_empty() && damaged.is_empty() {
         return "no backups\n".into();
     }
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<26} {:<20} {:<20} {:<16} {:<8} {:>10} {:>10} {:>6} {:>9}",
-        "ID",
-        "STARTED (UTC)",
-        "FINISHED (UTC)",
-        "DATABASE",
-        "SERVER",
-        "RAW",
-        "STORED",
-        "RATIO",
-        "DURATION"
+    let rows = backups
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.clone(),
+                m.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                m.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                m.database.clone(),
+                m.server_version
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                human_bytes(m.raw_size()),
+                human_bytes(m.stored_size()),
+                ratio(m.raw_size(), m.stored_size()),
+                format!("{:.1}s", m.duration_seconds()),
+            ]
+        })
+        .collect();
+    let mut out = human_table(
+        &[
+            "ID",
+            "STARTED (UTC)",
+            "FINISHED (UTC)",
+            "DATABASE",
+            "SERVER",
+            "RAW",
+            "STORED",
+            "RATIO",
+            "DURATION",
+        ],
+        rows,
+        &[5, 6, 7, 8],
     );
-    for m in backups {
-        let _ = writeln!(
-            out,
-            "{:<26} {:<20} {:<20} {:<16} {:<8} {:>10} {:>10} {:>6} {:>8.1}s",
-            m.id,
-            m.started_at.format("%Y-%m-%d %H:%M:%S"),
-            m.finished_at.format("%Y-%m-%d %H:%M:%S"),
-            m.database,
-            m.server_version
-                .split_whitespace()
-                .next()
-                .unwrap_or_default(),
-            human_bytes(m.raw_size()),
-            human_bytes(m.stored_size()),
-            ratio(m.raw_size(), m.stored_size()),
-            m.duration_seconds()
-        );
-    }
     for d in damaged {
-        let _ = writeln!(out, "{:<26} DAMAGED: {}", d.id, d.reason);
+        let _ = writeln!(out, "{}  DAMAGED: {}", d.id, d.reason);
     }
     out
 }
@@ -113,26 +143,29 @@ pub fn prune_plan(plan: &pgvault_core::retention::prune::PrunePlan) -> String {
     if let Some(stale) = &plan.retention.stale {
         let _ = writeln!(out, "warning: {stale}");
     }
-    let _ = writeln!(
-        out,
-        "{:<26} {:<20} {:<7} REASONS",
-        "ID", "STARTED (UTC)", "ACTION"
-    );
-    for e in &plan.retention.entries {
-        let reasons: Vec<String> = e.reasons.iter().map(|r| r.to_string()).collect();
-        let _ = writeln!(
-            out,
-            "{:<26} {:<20} {:<7} {}",
-            e.backup.id,
-            e.backup.time.format("%Y-%m-%d %H:%M:%S"),
-            if e.keep() { "KEEP" } else { "DELETE" },
-            if reasons.is_empty() {
-                "-".to_string()
-            } else {
-                reasons.join(", ")
-            }
-        );
-    }
+    let rows = plan
+        .retention
+        .entries
+        .iter()
+        .map(|e| {
+            let reasons: Vec<String> = e.reasons.iter().map(|r| r.to_string()).collect();
+            vec![
+                e.backup.id.clone(),
+                e.backup.time.format("%Y-%m-%d %H:%M:%S").to_string(),
+                if e.keep() { "KEEP" } else { "DELETE" }.to_string(),
+                if reasons.is_empty() {
+                    "-".to_string()
+                } else {
+                    reasons.join(", ")
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&human_table(
+        &["ID", "STARTED (UTC)", "ACTION", "REASONS"],
+        rows,
+        &[],
+    ));
     for o in &plan.orphans {
         let _ = writeln!(
             out,
@@ -418,33 +451,46 @@ pub fn report_table(reports: &[DrillReport]) -> String {
     if reports.is_empty() {
         return "no restore-test reports\n".into();
     }
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<26} {:<20} {:<7} {:<26} {:<10} {:>12} {:>12}",
-        "ID", "STARTED (UTC)", "VERDICT", "BACKUP", "TARGET", "RTO", "RPO"
-    );
-    for r in reports {
-        let _ = writeln!(
-            out,
-            "{:<26} {:<20} {:<7} {:<26} {:<10} {:>12} {:>12}",
-            r.id,
-            r.started_at.format("%Y-%m-%d %H:%M:%S"),
-            r.verdict.to_string(),
-            r.backup.as_ref().map(|b| b.id.as_str()).unwrap_or("-"),
-            r.target.as_ref().map(|t| t.kind.as_str()).unwrap_or("-"),
-            r.rto
-                .measured_seconds
-                .map(human_seconds)
-                .unwrap_or_else(|| "-".into()),
-            r.rpo
-                .as_ref()
-                .and_then(|p| p.objective.measured_seconds)
-                .map(human_seconds)
-                .unwrap_or_else(|| "-".into()),
-        );
-    }
-    out
+    let rows = reports
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                r.verdict.to_string(),
+                r.backup
+                    .as_ref()
+                    .map(|b| b.id.clone())
+                    .unwrap_or_else(|| "-".into()),
+                r.target
+                    .as_ref()
+                    .map(|t| t.kind.clone())
+                    .unwrap_or_else(|| "-".into()),
+                r.rto
+                    .measured_seconds
+                    .map(human_seconds)
+                    .unwrap_or_else(|| "-".into()),
+                r.rpo
+                    .as_ref()
+                    .and_then(|p| p.objective.measured_seconds)
+                    .map(human_seconds)
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    human_table(
+        &[
+            "ID",
+            "STARTED (UTC)",
+            "VERDICT",
+            "BACKUP",
+            "TARGET",
+            "RTO",
+            "RPO",
+        ],
+        rows,
+        &[5, 6],
+    )
 }
 
 /// What `pgvault check` prints.
@@ -546,6 +592,24 @@ pub fn leftover_databases(found: &[pgvault_core::logical::restore::LeftoverDatab
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_grow_with_their_widest_cell() {
+        let rows = vec![
+            vec!["a".to_string(), "x".repeat(40), "1.0 KiB".to_string()],
+            vec!["bb".to_string(), "y".to_string(), "12.5 MiB".to_string()],
+        ];
+        let out = human_table(&["ID", "DATABASE", "SIZE"], rows, &[2]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[1].starts_with("a   "), "{out}");
+        assert!(lines.iter().all(|l| !l.ends_with(' ')), "{out}");
+        // The long name pushes the next column out instead of running into it, and the
+        // sizes line up on the right.
+        let size_end = lines[1].len();
+        assert!(lines.iter().all(|l| l.len() == size_end), "{out}");
+        assert!(lines[1].contains(&format!("{}  ", "x".repeat(40))), "{out}");
+    }
 
     #[test]
     fn causes_are_joined_once() {
