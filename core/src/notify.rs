@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -173,33 +174,65 @@ pub async fn send(config: &NotifyConfig, event: &Event) {
             return;
         }
     };
-    let mut delay = Duration::from_millis(500);
-    for attempt in 0..=config.retries {
-        let result = client
+    let deliver = || async {
+        let response = client
             .post(&config.webhook)
             .header("content-type", "application/json")
             .body(body.clone())
             .send()
-            .await;
-        match result {
-            Ok(r) if r.status().is_success() => {
-                tracing::debug!(policy = %event.policy, "notification delivered");
-                return;
-            }
-            Ok(r) => {
-                tracing::warn!(policy = %event.policy, status = %r.status(), attempt, "webhook refused the notification")
-            }
+            .await
             // The error text can contain the URL; the webhook URL is a secret.
-            Err(e) => {
-                tracing::warn!(policy = %event.policy, attempt, timeout = e.is_timeout(), connect = e.is_connect(), "webhook delivery failed")
-            }
+            .map_err(|e| Undelivered::Network {
+                timeout: e.is_timeout(),
+                connect: e.is_connect(),
+            })?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(Undelivered::Refused(response.status()))
         }
-        if attempt < config.retries {
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_factor(2.0)
+        .without_max_delay()
+        .with_max_times(config.retries as usize);
+    let delivered = deliver
+        .retry(backoff)
+        .notify(|failure: &Undelivered, retry_in: Duration| {
+            tracing::warn!(policy = %event.policy, %failure, retry_in_ms = retry_in.as_millis() as u64, "notification not delivered; retrying")
+        })
+        .await;
+    match delivered {
+        Ok(()) => tracing::debug!(policy = %event.policy, "notification delivered"),
+        Err(failure) => {
+            tracing::error!(policy = %event.policy, %failure, "notification not delivered after retries")
         }
     }
-    tracing::error!(policy = %event.policy, "notification not delivered after retries");
+}
+
+/// Why one delivery attempt failed, without the webhook URL (a secret).
+#[derive(Debug)]
+enum Undelivered {
+    /// No answer: the connection or the request failed.
+    Network { timeout: bool, connect: bool },
+    /// The webhook answered with an error status.
+    Refused(reqwest::StatusCode),
+}
+
+impl std::fmt::Display for Undelivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Undelivered::Network { timeout: true, .. } => {
+                write!(f, "the webhook did not answer in time")
+            }
+            Undelivered::Network { connect: true, .. } => {
+                write!(f, "cannot connect to the webhook")
+            }
+            Undelivered::Network { .. } => write!(f, "the request to the webhook failed"),
+            Undelivered::Refused(status) => write!(f, "the webhook answered {status}"),
+        }
+    }
 }
 
 #[cfg(test)]

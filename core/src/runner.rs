@@ -13,6 +13,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -135,51 +136,69 @@ pub async fn run_once(
     grace: Duration,
 ) -> RunOutcome {
     let retries = policy.schedule.as_ref().map(|s| s.retries).unwrap_or(0);
-    let mut backoff = policy
+    let first_backoff = policy
         .schedule
         .as_ref()
         .map(|s| s.retry_backoff)
-        .unwrap_or_else(|| Duration::seconds(30));
+        .unwrap_or_else(|| Duration::seconds(30))
+        .to_std()
+        .unwrap_or_default();
     update(status, |s| s.last_attempt = Some(Utc::now()));
-    let mut attempt = 0;
-    loop {
-        let result = attempt_run(policy, kind, slot, status, shutdown, grace).await;
-        match result {
-            Ok(outcome) => return outcome,
-            Err(Error::Cancelled) => return RunOutcome::Cancelled,
-            Err(e) if attempt < retries && !shutdown.is_cancelled() && e.is_retryable() => {
-                attempt += 1;
-                tracing::warn!(policy = %policy.name, attempt, error = %e, kind = %e.kind(), retry_in_s = backoff.num_seconds(), "backup attempt failed with a temporary error; retrying");
-                let wait = backoff.to_std().unwrap_or_default();
+    // Temporary errors are retried with a doubling wait; shutdown ends the wait and
+    // starts no new attempt.
+    let attempt = || async {
+        if shutdown.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        attempt_run(policy, kind, slot, status, shutdown, grace).await
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(first_backoff)
+        .with_factor(2.0)
+        .without_max_delay()
+        .with_max_times(retries as usize);
+    let stop = shutdown.clone();
+    let result = attempt
+        .retry(backoff)
+        .sleep(move |wait| {
+            let stop = stop.clone();
+            async move {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return RunOutcome::Cancelled,
+                    _ = stop.cancelled() => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
-                backoff = backoff * 2;
             }
-            Err(e) => {
-                let message = e.to_string();
-                let why = if e.is_permanent() {
-                    "backup failed (a permanent error: not retried)"
-                } else {
-                    "backup failed after its retries"
-                };
-                tracing::error!(policy = %policy.name, %kind, error = %message, error_kind = %e.kind(), "{why}");
-                update(status, |s| {
-                    match kind {
-                        BackupKind::Logical => s.last_attempt_ok = Some(false),
-                        BackupKind::Physical => s.last_physical_ok = Some(false),
-                    }
-                    s.failures_total += 1;
-                    s.last_error = Some(message.clone());
-                });
-                if let Some(notify) = &policy.notify {
-                    let mut event = Event::new(EventKind::BackupFailed, &policy.name);
-                    event.error = Some(format!("{kind} backup: {message}"));
-                    crate::notify::send(notify, &event).await;
+        })
+        .when(|e: &Error| e.is_retryable() && !shutdown.is_cancelled())
+        .notify(|e: &Error, wait: std::time::Duration| {
+            tracing::warn!(policy = %policy.name, error = %e, kind = %e.kind(), retry_in_s = wait.as_secs(), "backup attempt failed with a temporary error; retrying");
+        })
+        .await;
+    match result {
+        Ok(outcome) => outcome,
+        Err(Error::Cancelled) => RunOutcome::Cancelled,
+        Err(e) => {
+            let message = e.to_string();
+            let why = if e.is_permanent() {
+                "backup failed (a permanent error: not retried)"
+            } else {
+                "backup failed after its retries"
+            };
+            tracing::error!(policy = %policy.name, %kind, error = %message, error_kind = %e.kind(), "{why}");
+            update(status, |s| {
+                match kind {
+                    BackupKind::Logical => s.last_attempt_ok = Some(false),
+                    BackupKind::Physical => s.last_physical_ok = Some(false),
                 }
-                return RunOutcome::Failed(message);
+                s.failures_total += 1;
+                s.last_error = Some(message.clone());
+            });
+            if let Some(notify) = &policy.notify {
+                let mut event = Event::new(EventKind::BackupFailed, &policy.name);
+                event.error = Some(format!("{kind} backup: {message}"));
+                crate::notify::send(notify, &event).await;
             }
+            RunOutcome::Failed(message)
         }
     }
 }
