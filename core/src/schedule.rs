@@ -57,9 +57,27 @@ fn day_of_week_names(field: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// Why a schedule does not parse, by the value to blame, so a policy error points at
+/// the time zone or at the expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleError {
+    /// The cron expression is wrong.
+    Expression(String),
+    /// The time zone is unknown.
+    TimeZone(String),
+}
+
+impl std::fmt::Display for ScheduleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScheduleError::Expression(m) | ScheduleError::TimeZone(m) => f.write_str(m),
+        }
+    }
+}
+
 impl Schedule {
     /// Parse `expression` in `timezone` (an IANA name such as `Europe/Berlin`; `UTC` if None).
-    pub fn parse(expression: &str, timezone: Option<&str>) -> Result<Schedule, String> {
+    pub fn parse(expression: &str, timezone: Option<&str>) -> Result<Schedule, ScheduleError> {
         let fields: Vec<&str> = expression.split_whitespace().collect();
         let normalized = match fields.len() {
             5 => format!(
@@ -68,22 +86,23 @@ impl Schedule {
                 fields[1],
                 fields[2],
                 fields[3],
-                day_of_week_names(fields[4])?
+                day_of_week_names(fields[4]).map_err(ScheduleError::Expression)?
             ),
             6 | 7 => fields.join(" "),
             n => {
-                return Err(format!(
+                return Err(ScheduleError::Expression(format!(
                     "cron expression {expression:?} has {n} fields; use 5 (minute hour day month weekday) or 6/7 with seconds first"
-                ))
+                )))
             }
         };
-        let cron = cron::Schedule::from_str(&normalized)
-            .map_err(|e| format!("invalid cron expression {expression:?}: {e}"))?;
+        let cron = cron::Schedule::from_str(&normalized).map_err(|e| {
+            ScheduleError::Expression(format!("invalid cron expression {expression:?}: {e}"))
+        })?;
         let timezone = match timezone {
             None => Tz::UTC,
             Some(name) => name
                 .parse::<Tz>()
-                .map_err(|_| format!("unknown time zone {name:?}; use an IANA name such as \"Europe/Berlin\" or \"UTC\""))?,
+                .map_err(|_| ScheduleError::TimeZone(format!("unknown time zone {name:?}; use an IANA name such as \"Europe/Berlin\" or \"UTC\"")))?,
         };
         Ok(Schedule {
             expression: expression.to_string(),
@@ -218,15 +237,19 @@ mod tests {
     fn invalid_expressions_and_zones_are_named() {
         assert!(Schedule::parse("0 2 * *", None)
             .unwrap_err()
+            .to_string()
             .contains("has 4 fields"));
         assert!(Schedule::parse("0 25 * * *", None)
             .unwrap_err()
+            .to_string()
             .contains("invalid cron expression"));
         assert!(Schedule::parse("0 2 * * 9", None)
             .unwrap_err()
+            .to_string()
             .contains("out of range"));
         assert!(Schedule::parse("0 2 * * *", Some("Mars/Base"))
             .unwrap_err()
+            .to_string()
             .contains("unknown time zone"));
     }
 

@@ -7,17 +7,18 @@
 //! the environment at load time.
 
 pub mod expectation;
+mod raw;
 pub mod retention;
+mod sections;
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use toml::Spanned;
+use raw::RawPolicy;
+use sections::{InDir, Misplaced};
 
 use crate::error::{Error, Result};
 use crate::keys::Recipients;
-use crate::storage::{LifecycleSettings, Location, RequestSettings, StorageSettings};
+use crate::storage::{Location, StorageSettings};
 
 /// Default size of one multipart upload part: small enough to keep memory bounded. The
 /// first 2000 parts (about 15.6 GiB) use it, then parts double in size every 2000 parts
@@ -27,139 +28,6 @@ pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_PARTS_IN_FLIGHT: usize = 4;
 /// S3's smallest allowed part (all but the last).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    name: Spanned<String>,
-    source: RawSource,
-    repository: RawRepository,
-    encryption: Spanned<RawEncryption>,
-    #[serde(default)]
-    compression: RawCompression,
-    #[serde(default)]
-    backup: RawBackup,
-    retention: Option<Spanned<RawRetention>>,
-    schedule: Option<RawSchedule>,
-    notify: Option<RawNotify>,
-    restore_test: Option<RawRestoreTest>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRestoreTest {
-    kind: Option<Spanned<String>>,
-    schedule: Option<Spanned<String>>,
-    timezone: Option<Spanned<String>>,
-    target: Option<Spanned<String>>,
-    pick: Option<Spanned<String>>,
-    within: Option<Spanned<String>>,
-    rto_objective: Option<Spanned<String>>,
-    rpo_objective: Option<Spanned<String>>,
-    rpo_window: Option<Spanned<String>>,
-    identity_file: Option<Spanned<String>>,
-    bin_dir: Option<Spanned<String>>,
-    work_dir: Option<Spanned<String>>,
-    #[serde(default)]
-    allow_source_server: bool,
-    jobs: Option<Spanned<u32>>,
-    amcheck: Option<bool>,
-    check_timeout: Option<Spanned<String>>,
-    #[serde(default)]
-    checks: Vec<RawSqlCheck>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSqlCheck {
-    name: Spanned<String>,
-    sql: Spanned<String>,
-    expect: Spanned<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNotify {
-    webhook: Spanned<String>,
-    format: Option<Spanned<String>>,
-    #[serde(default)]
-    on_success: bool,
-    #[serde(default)]
-    on_retention: bool,
-    retries: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSchedule {
-    backup: Spanned<String>,
-    physical: Option<Spanned<String>>,
-    timezone: Option<Spanned<String>>,
-    jitter: Option<Spanned<String>>,
-    retries: Option<u32>,
-    retry_backoff: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetention {
-    keep_last: Option<u32>,
-    keep_hourly: Option<u32>,
-    keep_daily: Option<u32>,
-    keep_weekly: Option<u32>,
-    keep_monthly: Option<u32>,
-    keep_yearly: Option<u32>,
-    keep_within: Option<Spanned<String>>,
-    max_age: Option<Spanned<String>>,
-    orphan_min_age: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSource {
-    url: Spanned<String>,
-    bin_dir: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRepository {
-    url: Spanned<String>,
-    endpoint: Option<Spanned<String>>,
-    region: Option<String>,
-    part_size: Option<Spanned<String>>,
-    parts_in_flight: Option<Spanned<usize>>,
-    abort_incomplete_after_days: Option<Spanned<i32>>,
-    transition_after_days: Option<Spanned<i32>>,
-    transition_storage_class: Option<String>,
-    connect_timeout: Option<Spanned<String>>,
-    first_byte_timeout: Option<Spanned<String>>,
-    stall_timeout: Option<Spanned<String>>,
-    max_attempts: Option<Spanned<u32>>,
-    retry_time: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEncryption {
-    #[serde(default)]
-    recipients: Vec<Spanned<String>>,
-    recipients_file: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCompression {
-    level: Option<Spanned<i32>>,
-    threads: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBackup {
-    #[serde(default)]
-    include_role_passwords: bool,
-}
 
 /// A validated policy: everything a backup or restore needs to know.
 #[derive(Debug, Clone)]
@@ -363,20 +231,21 @@ impl Policy {
     }
 
     /// Parse and validate policy text; `path` is used for messages and relative paths.
+    /// Each section is converted on its own (see [`sections`]); a mistake is reported at
+    /// its line and column.
     pub fn parse(path: &Path, text: &str) -> Result<Policy> {
-        let at = |span: Option<Range<usize>>, message: String| -> Error {
-            let (line, column) = line_column(text, span.map(|s| s.start).unwrap_or(0));
+        let located = |m: Misplaced| -> Error {
+            let (line, column) = line_column(text, m.span.map(|s| s.start).unwrap_or(0));
             Error::Policy {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: crate::error::safe_echo(&message),
+                message: crate::error::safe_echo(&m.message),
             }
         };
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim().to_string();
-            at(e.span(), message)
-        })?;
+        let raw: RawPolicy = toml::from_str(text)
+            .map_err(|e| located(sections::at(e.span(), e.message().trim().to_string())))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
 
         let name = raw.name.get_ref().trim().to_string();
         let name_ok = !name.is_empty()
@@ -384,434 +253,56 @@ impl Policy {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !name_ok || name.starts_with('.') {
-            return Err(at(
+            return Err(located(sections::at(
                 Some(raw.name.span()),
                 format!("policy name {name:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it becomes a repository prefix)"),
-            ));
+            )));
         }
-
-        let source_url =
-            expand_env(raw.source.url.get_ref()).map_err(|m| at(Some(raw.source.url.span()), m))?;
-        validate_postgres_url(&source_url).map_err(|m| at(Some(raw.source.url.span()), m))?;
-
-        let base_dir = path.parent().unwrap_or(Path::new("."));
-        let bin_dir = raw
-            .source
-            .bin_dir
-            .as_ref()
-            .map(|b| base_dir.join(b.get_ref()));
-
-        let location = parse_repository_url(raw.repository.url.get_ref(), base_dir)
-            .map_err(|m| at(Some(raw.repository.url.span()), m))?;
-        if let Some(endpoint) = &raw.repository.endpoint {
-            let ok = url::Url::parse(endpoint.get_ref())
-                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                .unwrap_or(false);
-            if !ok {
-                return Err(at(
-                    Some(endpoint.span()),
-                    format!(
-                        "endpoint {:?} is not an http(s) URL such as \"http://127.0.0.1:3900\"",
-                        endpoint.get_ref()
-                    ),
-                ));
-            }
-        }
-        let part_size = match &raw.repository.part_size {
-            None => DEFAULT_PART_SIZE,
-            Some(s) => {
-                let bytes = crate::units::parse_byte_size(s.get_ref())
-                    .map_err(|m| at(Some(s.span()), m))?;
-                if bytes < MIN_PART_SIZE {
-                    return Err(at(
-                        Some(s.span()),
-                        "part_size must be at least 5MiB (the S3 minimum part size)".into(),
-                    ));
-                }
-                bytes
-            }
-        };
-        let parts_in_flight = match &raw.repository.parts_in_flight {
-            None => DEFAULT_PARTS_IN_FLIGHT,
-            Some(n) if (1..=64).contains(n.get_ref()) => *n.get_ref(),
-            Some(n) => {
-                return Err(at(
-                    Some(n.span()),
-                    "parts_in_flight must be between 1 and 64".into(),
-                ))
-            }
-        };
-
-        let positive_days = |v: &Option<Spanned<i32>>| -> Result<Option<i32>> {
-            match v {
-                Some(d) if *d.get_ref() < 1 => {
-                    Err(at(Some(d.span()), "days must be at least 1".into()))
-                }
-                Some(d) => Ok(Some(*d.get_ref())),
-                None => Ok(None),
-            }
-        };
-        let lifecycle = LifecycleSettings {
-            abort_incomplete_after_days: positive_days(
-                &raw.repository.abort_incomplete_after_days,
-            )?
-            .unwrap_or(7),
-            transition: positive_days(&raw.repository.transition_after_days)?.map(|d| {
-                (
-                    d,
-                    raw.repository
-                        .transition_storage_class
-                        .clone()
-                        .unwrap_or_else(|| "STANDARD_IA".into()),
-                )
-            }),
-        };
-        let requests = {
-            let defaults = RequestSettings::default();
-            let timeout = |v: &Option<Spanned<String>>,
-                           default: std::time::Duration|
-             -> Result<std::time::Duration> {
-                match v {
-                    None => Ok(default),
-                    Some(s) => {
-                        let d = crate::units::parse_span(s.get_ref())
-                            .map_err(|m| at(Some(s.span()), m))?;
-                        match d.to_std() {
-                            Ok(d) if !d.is_zero() => Ok(d),
-                            _ => Err(at(Some(s.span()), "a timeout must be at least 1s".into())),
-                        }
-                    }
-                }
-            };
-            let max_attempts = match &raw.repository.max_attempts {
-                None => defaults.max_attempts,
-                Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref(),
-                Some(n) => {
-                    return Err(at(
-                        Some(n.span()),
-                        "max_attempts must be between 1 (no retries) and 100".into(),
-                    ))
-                }
-            };
-            RequestSettings {
-                connect_timeout: timeout(
-                    &raw.repository.connect_timeout,
-                    defaults.connect_timeout,
-                )?,
-                first_byte_timeout: timeout(
-                    &raw.repository.first_byte_timeout,
-                    defaults.first_byte_timeout,
-                )?,
-                stall_timeout: timeout(&raw.repository.stall_timeout, defaults.stall_timeout)?,
-                max_attempts,
-                retry_time: timeout(&raw.repository.retry_time, defaults.retry_time)?,
-            }
-        };
-        let enc_span = raw.encryption.span();
-        let enc = raw.encryption.into_inner();
-        let mut recipient_lines: Vec<(String, Range<usize>)> = enc
-            .recipients
-            .iter()
-            .map(|r| (r.get_ref().clone(), r.span()))
-            .collect();
-        if let Some(file) = &enc.recipients_file {
-            let file_path = base_dir.join(file.get_ref());
-            let content = std::fs::read_to_string(&file_path).map_err(|e| {
-                at(
-                    Some(file.span()),
-                    format!("cannot read recipients_file {}: {e}", file_path.display()),
-                )
-            })?;
-            for line in content.lines() {
-                let line = line.trim();
-                if !line.is_empty() && !line.starts_with('#') {
-                    recipient_lines.push((line.to_string(), file.span()));
-                }
-            }
-        }
-        if recipient_lines.is_empty() {
-            return Err(at(
-                Some(enc_span),
-                "[encryption] needs at least one age recipient: set recipients = [\"age1…\"] or recipients_file = \"…\" (generate a key pair with age-keygen)".into(),
-            ));
-        }
-        let mut recipients = Recipients::default();
-        for (value, span) in recipient_lines {
-            recipients.add(&value).map_err(|m| at(Some(span), m))?;
-        }
-
-        let level = match &raw.compression.level {
-            None => 3,
-            Some(l) if (1..=22).contains(l.get_ref()) => *l.get_ref(),
-            Some(l) => {
-                return Err(at(
-                    Some(l.span()),
-                    "compression level must be between 1 and 22 (3 is a good default)".into(),
-                ))
-            }
-        };
-
-        let retention = match raw.retention {
-            None => None,
-            Some(r) => {
-                let span = r.span();
-                let r = r.into_inner();
-                let parse = |v: &Option<Spanned<String>>| -> Result<Option<chrono::Duration>> {
-                    v.as_ref()
-                        .map(|s| {
-                            crate::units::parse_span(s.get_ref()).map_err(|m| at(Some(s.span()), m))
-                        })
-                        .transpose()
-                };
-                let rules = retention::RetentionRules {
-                    keep_last: r.keep_last,
-                    keep_hourly: r.keep_hourly,
-                    keep_daily: r.keep_daily,
-                    keep_weekly: r.keep_weekly,
-                    keep_monthly: r.keep_monthly,
-                    keep_yearly: r.keep_yearly,
-                    keep_within: parse(&r.keep_within)?,
-                };
-                if rules == retention::RetentionRules::default() {
-                    return Err(at(
-                        Some(span),
-                        "[retention] needs at least one keep rule (keep_last, keep_daily, …, keep_within)".into(),
-                    ));
-                }
-                Some(RetentionConfig {
-                    rules,
-                    max_age: parse(&r.max_age)?,
-                    orphan_min_age: parse(&r.orphan_min_age)?
-                        .unwrap_or_else(|| chrono::Duration::hours(24)),
-                })
-            }
-        };
-
-        let schedule = match raw.schedule {
-            None => None,
-            Some(sch) => {
-                let timezone = sch.timezone.as_ref().map(|t| t.get_ref().as_str());
-                let backup = crate::schedule::Schedule::parse(sch.backup.get_ref(), timezone)
-                    .map_err(|m| {
-                        let span = if m.contains("time zone") {
-                            sch.timezone.as_ref().map(|t| t.span())
-                        } else {
-                            Some(sch.backup.span())
-                        };
-                        at(span, format!("[schedule] {m}"))
-                    })?;
-                let span_of = |v: &Option<Spanned<String>>,
-                               default: chrono::Duration|
-                 -> Result<chrono::Duration> {
-                    match v {
-                        None => Ok(default),
-                        Some(s) => {
-                            crate::units::parse_span(s.get_ref()).map_err(|m| at(Some(s.span()), m))
-                        }
-                    }
-                };
-                let physical = sch
-                    .physical
-                    .as_ref()
-                    .map(|expr| {
-                        crate::schedule::Schedule::parse(expr.get_ref(), timezone)
-                            .map_err(|m| at(Some(expr.span()), format!("[schedule] physical: {m}")))
-                    })
-                    .transpose()?;
-                Some(ScheduleConfig {
-                    backup,
-                    physical,
-                    jitter: span_of(&sch.jitter, chrono::Duration::zero())?,
-                    retries: sch.retries.unwrap_or(2),
-                    retry_backoff: span_of(&sch.retry_backoff, chrono::Duration::seconds(30))?,
-                })
-            }
-        };
-
-        let notify = match raw.notify {
-            None => None,
-            Some(n) => {
-                let webhook =
-                    expand_env(n.webhook.get_ref()).map_err(|m| at(Some(n.webhook.span()), m))?;
-                let ok = url::Url::parse(&webhook)
-                    .map(|u| matches!(u.scheme(), "http" | "https"))
-                    .unwrap_or(false);
-                if !ok {
-                    return Err(at(
-                        Some(n.webhook.span()),
-                        "[notify] webhook must be an http(s) URL".into(),
-                    ));
-                }
-                let format = match n.format.as_ref().map(|f| f.get_ref().as_str()) {
-                    None | Some("json") => crate::notify::NotifyFormat::Json,
-                    Some("slack") => crate::notify::NotifyFormat::Slack,
-                    Some(other) => {
-                        return Err(at(
-                            n.format.as_ref().map(|f| f.span()),
-                            format!("[notify] format {other:?} is not \"json\" or \"slack\""),
-                        ))
-                    }
-                };
-                Some(crate::notify::NotifyConfig {
-                    webhook,
-                    format,
-                    on_success: n.on_success,
-                    on_retention: n.on_retention,
-                    retries: n.retries.unwrap_or(3),
-                })
-            }
-        };
+        let source = SourceConfig::try_from(InDir {
+            raw: raw.source,
+            dir,
+        })
+        .map_err(located)?;
+        let repository = RepositoryConfig::try_from(InDir {
+            raw: raw.repository,
+            dir,
+        })
+        .map_err(located)?;
+        let recipients = Recipients::try_from(InDir {
+            raw: raw.encryption,
+            dir,
+        })
+        .map_err(located)?;
+        let compression = CompressionConfig::try_from(raw.compression).map_err(located)?;
+        let mut retention = raw
+            .retention
+            .map(RetentionConfig::try_from)
+            .transpose()
+            .map_err(located)?;
+        let schedule = raw
+            .schedule
+            .map(ScheduleConfig::try_from)
+            .transpose()
+            .map_err(located)?;
+        let notify = raw
+            .notify
+            .map(crate::notify::NotifyConfig::try_from)
+            .transpose()
+            .map_err(located)?;
+        let restore_test = raw
+            .restore_test
+            .map(|raw| RestoreTestConfig::try_from(InDir { raw, dir }))
+            .transpose()
+            .map_err(located)?;
 
         // A scheduled policy's stale guard defaults to twice its schedule's period: when
         // the newest backup is older than that, the schedule is broken and retention
         // must not age out the last good backups.
-        let mut retention = retention;
         if let (Some(r), Some(sch)) = (retention.as_mut(), schedule.as_ref()) {
             if r.max_age.is_none() {
                 r.max_age = sch.backup.period(chrono::Utc::now(), 8).map(|p| p * 2);
             }
         }
-
-        let restore_test = match raw.restore_test {
-            None => None,
-            Some(rt) => {
-                let defaults = RestoreTestConfig::default();
-                let span = |v: &Option<Spanned<String>>| -> Result<Option<chrono::Duration>> {
-                    v.as_ref()
-                        .map(|s| {
-                            crate::units::parse_span(s.get_ref())
-                                .map_err(|m| at(Some(s.span()), format!("[restore_test] {m}")))
-                        })
-                        .transpose()
-                };
-                let schedule = match &rt.schedule {
-                    None => None,
-                    Some(expr) => {
-                        let tz = rt.timezone.as_ref().map(|t| t.get_ref().as_str());
-                        Some(
-                            crate::schedule::Schedule::parse(expr.get_ref(), tz).map_err(|m| {
-                                let span = if m.contains("time zone") {
-                                    rt.timezone.as_ref().map(|t| t.span())
-                                } else {
-                                    Some(expr.span())
-                                };
-                                at(span, format!("[restore_test] {m}"))
-                            })?,
-                        )
-                    }
-                };
-                let target = match rt.target.as_ref().map(|t| (t.get_ref().trim(), t.span())) {
-                    None => defaults.target.clone(),
-                    Some(("ephemeral", _)) => DrillTargetConfig::Ephemeral,
-                    Some((url, sp)) => {
-                        let url = expand_env(url).map_err(|m| at(Some(sp.clone()), m))?;
-                        validate_postgres_url(&url).map_err(|m| {
-                            at(
-                                Some(sp.clone()),
-                                format!("[restore_test] target must be \"ephemeral\" or a staging server URL: {}", m.replace("source url", "the URL")),
-                            )
-                        })?;
-                        DrillTargetConfig::Staging(url)
-                    }
-                };
-                let kind = match rt.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
-                    None | Some(("logical", _)) => DrillKind::Logical,
-                    Some(("pitr", sp)) => {
-                        if target != DrillTargetConfig::Ephemeral {
-                            return Err(at(
-                                Some(sp),
-                                "[restore_test] kind = \"pitr\" restores a whole cluster: it needs target = \"ephemeral\"".into(),
-                            ));
-                        }
-                        DrillKind::Pitr
-                    }
-                    Some((other, sp)) => {
-                        return Err(at(
-                            Some(sp),
-                            format!("[restore_test] kind {other:?} is not \"logical\" or \"pitr\""),
-                        ))
-                    }
-                };
-                let within = span(&rt.within)?;
-                let pick = match rt.pick.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
-                    None => defaults.pick,
-                    Some(("latest", _)) => DrillPick::Latest,
-                    Some(("random", _)) => DrillPick::Random(within.unwrap_or(RANDOM_PICK_WITHIN)),
-                    Some((other, sp)) => {
-                        return Err(at(
-                            Some(sp),
-                            format!(
-                                "[restore_test] pick {other:?} is not \"latest\" or \"random\""
-                            ),
-                        ))
-                    }
-                };
-                let jobs = match &rt.jobs {
-                    None => defaults.jobs,
-                    Some(j) if (1..=64).contains(j.get_ref()) => *j.get_ref(),
-                    Some(j) => {
-                        return Err(at(
-                            Some(j.span()),
-                            "[restore_test] jobs must be between 1 and 64".into(),
-                        ))
-                    }
-                };
-                let mut checks = Vec::new();
-                for c in &rt.checks {
-                    let name = c.name.get_ref().trim().to_string();
-                    if name.is_empty() {
-                        return Err(at(
-                            Some(c.name.span()),
-                            "[[restore_test.checks]] name must not be empty".into(),
-                        ));
-                    }
-                    if checks.iter().any(|k: &SqlCheck| k.name == name) {
-                        return Err(at(
-                            Some(c.name.span()),
-                            format!("[[restore_test.checks]] two checks are named {name:?}; names identify checks in reports"),
-                        ));
-                    }
-                    if c.sql.get_ref().trim().is_empty() {
-                        return Err(at(
-                            Some(c.sql.span()),
-                            format!("[[restore_test.checks]] {name:?} has an empty sql"),
-                        ));
-                    }
-                    let expect = crate::policy::expectation::Expectation::parse(c.expect.get_ref())
-                        .map_err(|m| at(Some(c.expect.span()), m))?;
-                    checks.push(SqlCheck {
-                        name,
-                        sql: c.sql.get_ref().clone(),
-                        expect,
-                    });
-                }
-                let path_of =
-                    |v: &Option<Spanned<String>>| v.as_ref().map(|p| base_dir.join(p.get_ref()));
-                if let (Some(expr), None) = (&rt.schedule, &rt.identity_file) {
-                    return Err(at(
-                        Some(expr.span()),
-                        "[restore_test] a scheduled drill needs identity_file: the agent must decrypt the backup it restores".into(),
-                    ));
-                }
-                Some(RestoreTestConfig {
-                    kind,
-                    schedule,
-                    target,
-                    pick,
-                    rto_objective: span(&rt.rto_objective)?,
-                    rpo_objective: span(&rt.rpo_objective)?,
-                    rpo_window: span(&rt.rpo_window)?.unwrap_or(defaults.rpo_window),
-                    identity_file: path_of(&rt.identity_file),
-                    bin_dir: path_of(&rt.bin_dir),
-                    work_dir: path_of(&rt.work_dir),
-                    allow_source_server: rt.allow_source_server,
-                    jobs,
-                    amcheck: rt.amcheck.unwrap_or(defaults.amcheck),
-                    check_timeout: span(&rt.check_timeout)?.unwrap_or(defaults.check_timeout),
-                    checks,
-                })
-            }
-        };
 
         Ok(Policy {
             restore_test,
@@ -820,26 +311,10 @@ impl Policy {
             retention,
             path: path.to_path_buf(),
             name,
-            source: SourceConfig {
-                url: source_url,
-                bin_dir,
-            },
-            repository: RepositoryConfig {
-                storage: StorageSettings {
-                    location,
-                    endpoint: raw.repository.endpoint.map(|e| e.into_inner()),
-                    region: raw.repository.region,
-                    lifecycle,
-                    requests,
-                },
-                part_size,
-                parts_in_flight,
-            },
+            source,
+            repository,
             recipients,
-            compression: CompressionConfig {
-                level,
-                threads: raw.compression.threads.unwrap_or(0),
-            },
+            compression,
             backup: BackupOptions {
                 include_role_passwords: raw.backup.include_role_passwords,
             },
@@ -879,22 +354,22 @@ pub fn expand_env(value: &str) -> std::result::Result<String, String> {
     Ok(out)
 }
 
-fn validate_postgres_url(value: &str) -> std::result::Result<(), String> {
+/// Check a PostgreSQL URL; `what` names it in the message ("source url", "the URL").
+fn validate_postgres_url(value: &str, what: &str) -> std::result::Result<(), String> {
     let parsed = url::Url::parse(value).map_err(|e| {
-        format!("source url is not a valid URL ({e}); expected postgres://user@host:5432/dbname")
+        format!("{what} is not a valid URL ({e}); expected postgres://user@host:5432/dbname")
     })?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return Err(format!(
-            "source url must start with postgres:// or postgresql://, not {}://",
+            "{what} must start with postgres:// or postgresql://, not {}://",
             parsed.scheme()
         ));
     }
     let db = parsed.path().trim_start_matches('/');
     if db.is_empty() {
-        return Err(
-            "source url must name the database to back up, e.g. postgres://backup@db:5432/app"
-                .into(),
-        );
+        return Err(format!(
+            "{what} must name the database to back up, e.g. postgres://backup@db:5432/app"
+        ));
     }
     Ok(())
 }
@@ -1032,6 +507,17 @@ mod tests {
             err.starts_with("p.toml:10:12: [schedule] unknown time zone"),
             "{err}"
         );
+        // The same rule for a restore test's schedule, and for a time zone that looks
+        // like an expression mistake: the span follows the kind of error, not its words.
+        let text = format!(
+            "{}[restore_test]\nschedule = \"0 2 * * *\"\ntimezone = \"time zone\"\nidentity_file = \"k\"\n",
+            minimal("")
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("p.toml:10:12: [restore_test] unknown time zone"),
+            "{err}"
+        );
         let text = format!(
             "{}[schedule]\nbackup = \"0 2 * * *\"\njitter = \"5m\"\n",
             minimal("")
@@ -1100,7 +586,7 @@ mod tests {
         assert_eq!(p.repository.storage.requests.max_attempts, 3);
         assert_eq!(
             p.repository.storage.requests.connect_timeout,
-            RequestSettings::default().connect_timeout
+            crate::storage::RequestSettings::default().connect_timeout
         );
         let err = parse(&minimal("max_attempts = 0\n"))
             .unwrap_err()
