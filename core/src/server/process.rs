@@ -1,8 +1,14 @@
 //! Running PostgreSQL's programs as child processes: a reader that fails a stream
 //! unless its tool exited successfully, and a runner for short tools.
+//!
+//! These use `std::process`, not `tokio::process`, on purpose: the reader's consumer is
+//! a blocking pipeline stage (it reads on its own thread, see [`crate::pipeline`]), and
+//! [`run_tool`] is called from blocking threads. Async code starts children with
+//! `tokio::process` (version probes, for example).
 
 use std::io::{self, Read};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -13,26 +19,25 @@ use crate::error::{Error, Result};
 /// reader early kills the child.
 pub struct ChildReader {
     tool: String,
-    child: Child,
+    child: Arc<Mutex<Child>>,
     stdout: ChildStdout,
     stderr: Option<JoinHandle<String>>,
     finished: bool,
     kept_stderr: Option<std::sync::Arc<std::sync::Mutex<String>>>,
 }
 
-/// Handle that can kill a [`ChildReader`]'s process from another task.
-#[derive(Debug, Clone, Copy)]
-pub struct ChildKiller(u32);
+/// Handle that can kill a [`ChildReader`]'s process from another task, e.g. when the
+/// upload failed while the tool waits on a lock and its reader blocks in `read`. It
+/// holds the process itself, not its pid: once the process has been reaped, killing it
+/// does nothing, so a reused pid is never signalled.
+#[derive(Clone)]
+pub struct ChildKiller(Arc<Mutex<Child>>);
 
 impl ChildKiller {
     /// Kill the process (SIGKILL); its reader then fails at the end of the stream.
     pub fn kill(&self) {
-        if let Ok(pid) = i32::try_from(self.0) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        let mut child = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = child.kill();
     }
 }
 
@@ -104,8 +109,9 @@ impl ChildReader {
             tool: tool.into(),
             message: "no stdout pipe".into(),
         })?;
-        let killer = ChildKiller(child.id());
         let (child, stderr) = drain_stderr(tool, child)?;
+        let child = Arc::new(Mutex::new(child));
+        let killer = ChildKiller(child.clone());
         Ok((
             ChildReader {
                 tool: tool.to_string(),
@@ -127,9 +133,14 @@ impl ChildReader {
         kept
     }
 
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn finish(&mut self) -> io::Result<()> {
         self.finished = true;
-        let status = self.child.wait()?;
+        // stdout has ended, so the process is exiting: this wait is short.
+        let status = self.child().wait()?;
         let stderr = self
             .stderr
             .take()
@@ -173,8 +184,9 @@ impl Read for ChildReader {
 impl Drop for ChildReader {
     fn drop(&mut self) {
         if !self.finished {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let mut child = self.child();
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
