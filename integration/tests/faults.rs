@@ -352,15 +352,7 @@ fn sigterm_during_a_stalled_upload_aborts_it_at_once() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("an upload to stall", 120, || {
-        f.proxy.stats().count(FaultMode::Stall) >= 1
-    });
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let out = terminate_when_stalled(&f, child);
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     assert!(text(&out).contains("cancelled"), "{}", text(&out));
     assert_eq!(f.open_uploads(), 0, "the stalled upload was not aborted");
@@ -371,8 +363,8 @@ fn sigterm_during_a_stalled_upload_aborts_it_at_once() {
 /// Long stalls: only a signal can end a stalled request in these tests.
 const NO_TIMEOUTS: &str = "first_byte_timeout = \"10m\"\nstall_timeout = \"10m\"\n";
 
-/// Send SIGTERM to `child` once `stalled` says it is stuck in a stalled request, and
-/// return its output; it must exit on its own (the bound is a safety net, not a timing).
+/// Send SIGTERM to `child` once the proxy holds one of its requests stalled, and return
+/// its output; it must exit on its own (the bound is a safety net, not a timing).
 fn terminate_when_stalled(f: &Faulty, child: std::process::Child) -> Output {
     wait_until("a request to stall", 120, || {
         f.proxy.stats().count(FaultMode::Stall) >= 1
