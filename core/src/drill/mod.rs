@@ -85,15 +85,56 @@ pub(crate) struct Record {
     failures: Vec<String>,
 }
 
+/// The phases of a drill, in order. The report stores their names as text
+/// ([`Phase::name`]), so reports written by older versions keep reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PhaseName {
+    /// Preparing the target (an ephemeral cluster, a scratch database, a data directory).
+    Setup,
+    /// Downloading and verifying the backup's bytes.
+    Verify,
+    /// Restoring it.
+    Restore,
+    /// Checking the restored data.
+    Checks,
+    /// Removing what the drill created.
+    Cleanup,
+}
+
+impl PhaseName {
+    /// Every phase that counts, in order (cleanup is not part of a recovery).
+    const ALL: [PhaseName; 4] = [
+        PhaseName::Setup,
+        PhaseName::Verify,
+        PhaseName::Restore,
+        PhaseName::Checks,
+    ];
+
+    /// The phases whose time is the RTO: what a real recovery would spend.
+    const RTO: [PhaseName; 3] = [PhaseName::Verify, PhaseName::Restore, PhaseName::Checks];
+
+    /// The name as stored in reports.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PhaseName::Setup => "setup",
+            PhaseName::Verify => "verify",
+            PhaseName::Restore => "restore",
+            PhaseName::Checks => "checks",
+            PhaseName::Cleanup => "cleanup",
+        }
+    }
+}
+
 impl Record {
     pub(crate) fn phase(
         &mut self,
-        name: &str,
+        name: PhaseName,
         status: Status,
         seconds: Option<f64>,
         detail: String,
     ) {
-        let counts_for_rto = matches!(name, "verify" | "restore" | "checks");
+        let counts_for_rto = PhaseName::RTO.contains(&name);
+        let name = name.as_str();
         if status == Status::Failed {
             self.failures.push(format!("{name}: {detail}"));
         }
@@ -108,19 +149,21 @@ impl Record {
 
     /// Setup failed: nothing else ran.
     pub(crate) fn setup_failed(&mut self, seconds: Option<f64>, detail: String) {
-        self.phase("setup", Status::Failed, seconds, detail);
-        self.not_reached(&["verify", "restore", "checks"]);
+        self.phase(PhaseName::Setup, Status::Failed, seconds, detail);
+        self.not_reached(&[PhaseName::Verify, PhaseName::Restore, PhaseName::Checks]);
     }
 
     /// The drill stopped on an error before it finished: the first phase not yet
     /// recorded fails with the error's words, the later ones were not reached. A drill
     /// that cannot finish still leaves a report that says why.
     pub(crate) fn interrupted(&mut self, error: &Error) {
-        const PHASES: [&str; 4] = ["setup", "verify", "restore", "checks"];
-        let Some(at) = PHASES
-            .iter()
-            .position(|p| !self.phases.iter().any(|recorded| recorded.name == *p))
-        else {
+        const PHASES: [PhaseName; 4] = PhaseName::ALL;
+        let Some(at) = PHASES.iter().position(|p| {
+            !self
+                .phases
+                .iter()
+                .any(|recorded| recorded.name == p.as_str())
+        }) else {
             self.failures.push(format!("the drill stopped: {error}"));
             return;
         };
@@ -128,10 +171,10 @@ impl Record {
         self.not_reached(&PHASES[at + 1..]);
     }
 
-    pub(crate) fn not_reached(&mut self, names: &[&str]) {
+    pub(crate) fn not_reached(&mut self, names: &[PhaseName]) {
         for name in names {
             self.phase(
-                name,
+                *name,
                 Status::NotReached,
                 None,
                 "an earlier phase failed".into(),
@@ -154,10 +197,10 @@ impl Record {
         self.checks.push(check);
     }
 
-    fn seconds_of(&self, name: &str) -> Option<f64> {
+    fn seconds_of(&self, name: PhaseName) -> Option<f64> {
         self.phases
             .iter()
-            .find(|p| p.name == name && p.status != Status::NotReached)
+            .find(|p| p.name == name.as_str() && p.status != Status::NotReached)
             .and_then(|p| p.seconds)
     }
 }
@@ -196,13 +239,13 @@ pub async fn run(
         }
     };
 
-    let reached_all = ["verify", "restore", "checks"]
+    let reached_all = PhaseName::RTO
         .iter()
-        .all(|p| record.seconds_of(p).is_some());
+        .all(|p| record.seconds_of(*p).is_some());
     let rto_measured = reached_all.then(|| {
-        ["verify", "restore", "checks"]
+        PhaseName::RTO
             .iter()
-            .filter_map(|p| record.seconds_of(p))
+            .filter_map(|p| record.seconds_of(*p))
             .sum::<f64>()
     });
     let rto = ObjectiveResult::new(rto_measured, config.rto_objective.map(seconds_of));
@@ -512,12 +555,12 @@ async fn restore_and_check(
     let target = match target {
         Ok(t) => {
             record.phase(
-                "setup",
+                PhaseName::Setup,
                 Status::Passed,
                 Some(setup_started.elapsed().as_secs_f64()),
-                match t.info.kind.as_str() {
-                    "ephemeral" => format!("started an ephemeral cluster on {}", t.info.server),
-                    _ => format!(
+                match &t.cluster {
+                    Some(_) => format!("started an ephemeral cluster on {}", t.info.server),
+                    None => format!(
                         "staging server {} checked; drill database {}",
                         t.info.server, t.info.database
                     ),
@@ -538,8 +581,8 @@ async fn restore_and_check(
     let cleanup = cleanup_target(target, request.keep).await;
     let seconds = Some(cleanup_started.elapsed().as_secs_f64());
     match cleanup {
-        Ok(detail) => record.phase("cleanup", Status::Passed, seconds, detail),
-        Err(e) => record.phase("cleanup", Status::Failed, seconds, e.to_string()),
+        Ok(detail) => record.phase(PhaseName::Cleanup, Status::Passed, seconds, detail),
+        Err(e) => record.phase(PhaseName::Cleanup, Status::Failed, seconds, e.to_string()),
     }
     outcome?;
     Ok(Some(info))
@@ -636,8 +679,8 @@ async fn restore_phases(
         Err(e) => {
             let (status, detail) = failure_detail(&e);
             record.check_of_phase(digest_check(status, detail.clone()));
-            record.phase("verify", Status::Failed, verify_seconds, detail);
-            record.not_reached(&["restore", "checks"]);
+            record.phase(PhaseName::Verify, Status::Failed, verify_seconds, detail);
+            record.not_reached(&[PhaseName::Restore, PhaseName::Checks]);
             return Ok(());
         }
     };
@@ -650,7 +693,7 @@ async fn restore_phases(
         ),
     ));
     record.phase(
-        "verify",
+        PhaseName::Verify,
         Status::Passed,
         verify_seconds,
         format!(
@@ -689,8 +732,13 @@ async fn restore_phases(
         Err(Error::Cancelled) => return Err(Error::Cancelled),
         Err(e) => {
             record.check_of_phase(pg_restore_check(Status::Failed, e.to_string()));
-            record.phase("restore", Status::Failed, restore_seconds, e.to_string());
-            record.not_reached(&["checks"]);
+            record.phase(
+                PhaseName::Restore,
+                Status::Failed,
+                restore_seconds,
+                e.to_string(),
+            );
+            record.not_reached(&[PhaseName::Checks]);
             return Ok(());
         }
         Ok(r) => r,
@@ -718,18 +766,18 @@ async fn restore_phases(
     if !report.passed() {
         let bad = report.tables.iter().filter(|t| !t.passed()).count();
         record.phase(
-            "restore",
+            PhaseName::Restore,
             Status::Failed,
             restore_seconds,
             format!(
                 "{bad} table(s) differ from the backup's snapshot; the restored copy was dropped"
             ),
         );
-        record.not_reached(&["checks"]);
+        record.not_reached(&[PhaseName::Checks]);
         return Ok(());
     }
     record.phase(
-        "restore",
+        PhaseName::Restore,
         Status::Passed,
         restore_seconds,
         format!(
@@ -759,7 +807,7 @@ async fn restore_phases(
             }
             if failed == 0 {
                 record.phase(
-                    "checks",
+                    PhaseName::Checks,
                     Status::Passed,
                     checks_seconds,
                     format!("{total} check(s) ran"),
@@ -767,7 +815,7 @@ async fn restore_phases(
             } else {
                 // The failures are listed per check; the phase only counts them.
                 record.phases.push(Phase {
-                    name: "checks".into(),
+                    name: PhaseName::Checks.as_str().into(),
                     status: Status::Failed,
                     seconds: checks_seconds,
                     counts_for_rto: true,
@@ -775,7 +823,12 @@ async fn restore_phases(
                 });
             }
         }
-        Err(e) => record.phase("checks", Status::Failed, checks_seconds, e.to_string()),
+        Err(e) => record.phase(
+            PhaseName::Checks,
+            Status::Failed,
+            checks_seconds,
+            e.to_string(),
+        ),
     }
     Ok(())
 }

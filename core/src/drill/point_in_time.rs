@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::report::{
     CheckResult, DrillTarget, ObjectiveResult, RpoResult, Status, TestedBackup, ToolVersions,
 };
-use super::{seconds_of, tested_backup, DrillRequest, Record};
+use super::{seconds_of, tested_backup, DrillRequest, PhaseName, Record};
 use crate::error::{Error, Result};
 use crate::physical::pitr::{self, PitrOptions, RecoveryAction, RecoveryTarget};
 use crate::repository::{BackupKind, BackupManifest, Repository};
@@ -147,7 +147,7 @@ pub(crate) async fn drill(
     let pgdata = work.path().join("data");
     let port = crate::server::host::free_port()?;
     record.phase(
-        "setup",
+        PhaseName::Setup,
         Status::Passed,
         Some(setup_started.elapsed().as_secs_f64()),
         format!(
@@ -172,12 +172,12 @@ pub(crate) async fn drill(
         Ok(p) => p,
         Err(e) => {
             record.phase(
-                "verify",
+                PhaseName::Verify,
                 Status::Failed,
                 Some(verify_started.elapsed().as_secs_f64()),
                 super::failure_detail(&e).1,
             );
-            record.not_reached(&["restore", "checks"]);
+            record.not_reached(&[PhaseName::Restore, PhaseName::Checks]);
             return Ok((None, None, rpo));
         }
     };
@@ -196,12 +196,12 @@ pub(crate) async fn drill(
         Ok(command) => command,
         Err(e) => {
             record.phase(
-                "verify",
+                PhaseName::Verify,
                 Status::Failed,
                 Some(verify_started.elapsed().as_secs_f64()),
                 e.to_string(),
             );
-            record.not_reached(&["restore", "checks"]);
+            record.not_reached(&[PhaseName::Restore, PhaseName::Checks]);
             return Ok((Some(tested), None, rpo));
         }
     };
@@ -243,22 +243,27 @@ pub(crate) async fn drill(
             let replaying = pgdata.join("recovery.signal").exists();
             if replaying {
                 record.phase(
-                    "verify",
+                    PhaseName::Verify,
                     Status::Passed,
                     None,
                     "base backup extracted and verified".into(),
                 );
-                record.phase("restore", Status::Failed, Some(verify_wall), e.to_string());
+                record.phase(
+                    PhaseName::Restore,
+                    Status::Failed,
+                    Some(verify_wall),
+                    e.to_string(),
+                );
             } else {
                 record.phase(
-                    "verify",
+                    PhaseName::Verify,
                     Status::Failed,
                     Some(verify_wall),
                     super::failure_detail(&e).1,
                 );
-                record.not_reached(&["restore"]);
+                record.not_reached(&[PhaseName::Restore]);
             }
-            record.not_reached(&["checks"]);
+            record.not_reached(&[PhaseName::Checks]);
             None
         }
         Ok(report) => {
@@ -270,7 +275,7 @@ pub(crate) async fn drill(
                 status: Status::Passed,
             });
             record.phase(
-                "verify",
+                PhaseName::Verify,
                 Status::Passed,
                 Some(verify_wall - report.replay_seconds.unwrap_or(0.0)),
                 format!(
@@ -280,7 +285,7 @@ pub(crate) async fn drill(
                 ),
             );
             record.phase(
-                "restore",
+                PhaseName::Restore,
                 Status::Passed,
                 report.replay_seconds,
                 format!(
@@ -297,7 +302,7 @@ pub(crate) async fn drill(
         let passed = proof.status == Status::Passed;
         record.check(proof);
         record.phase(
-            "checks",
+            PhaseName::Checks,
             if passed {
                 Status::Passed
             } else {
@@ -316,19 +321,19 @@ pub(crate) async fn drill(
     drop(work);
     match stopped {
         Ok(()) => record.phase(
-            "cleanup",
+            PhaseName::Cleanup,
             Status::Passed,
             Some(cleanup_started.elapsed().as_secs_f64()),
             "server stopped, data directory removed".into(),
         ),
         Err(e) if !pgdata.exists() => record.phase(
-            "cleanup",
+            PhaseName::Cleanup,
             Status::Passed,
             Some(cleanup_started.elapsed().as_secs_f64()),
             format!("data directory removed ({e})"),
         ),
         Err(e) => record.phase(
-            "cleanup",
+            PhaseName::Cleanup,
             Status::Failed,
             Some(cleanup_started.elapsed().as_secs_f64()),
             e.to_string(),
