@@ -374,7 +374,7 @@ impl<T> ResultExt<T> for Result<T> {
 const ECHO_LIMIT: usize = 100;
 
 /// Make a message that repeats user input safe to print: an age secret key is never
-/// shown, and any run of non-blank characters longer than [`ECHO_LIMIT`] (a pasted
+/// shown, and any run of non-blank characters longer than `ECHO_LIMIT` (a pasted
 /// blob, a 10 MB key) is cut to its start with the length it had.
 pub fn safe_echo(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(1024));

@@ -5,7 +5,7 @@
 //! the repository under `<policy>/reports/<id>.{json,md,html}`. The JSON records the
 //! sha256 of the two renders and of the previous report's JSON, so the history of a
 //! policy's reports is a hash chain: an altered or deleted report breaks it, and
-//! [`verify_chain`] names where.
+//! [`super::store::verify_chain`] names where.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

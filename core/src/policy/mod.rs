@@ -231,7 +231,7 @@ impl Policy {
     }
 
     /// Parse and validate policy text; `path` is used for messages and relative paths.
-    /// Each section is converted on its own (see [`sections`]); a mistake is reported at
+    /// Each section is converted on its own (see `policy/sections.rs`); a mistake is reported at
     /// its line and column.
     pub fn parse(path: &Path, text: &str) -> Result<Policy> {
         let located = |m: Misplaced| -> Error {
