@@ -242,13 +242,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             );
             // Scratch databases that interrupted restores or drills left behind, on the
             // servers the policy names.
-            let mut servers = vec![policy.source.url.clone()];
-            if let Some(pgvault_core::policy::DrillTargetConfig::Staging(url)) =
-                policy.restore_test.as_ref().map(|r| r.target.clone())
-            {
-                servers.push(url);
-            }
-            for url in &servers {
+            for url in policy.servers() {
                 match restore::leftover_databases(url).await {
                     Ok(found) => print!("{}", output::leftover_databases(&found)),
                     Err(e) => tracing::debug!(error = %e, "cannot look for leftover databases"),

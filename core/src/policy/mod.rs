@@ -230,6 +230,21 @@ impl Policy {
         Policy::parse(path, &text)
     }
 
+    /// The PostgreSQL servers the policy names, as URLs: its source, and its restore
+    /// test's staging server when it has one. `check` looks on each for scratch databases
+    /// that interrupted restores or drills left behind.
+    pub fn servers(&self) -> Vec<&str> {
+        let mut servers = vec![self.source.url.as_str()];
+        if let Some(RestoreTestConfig {
+            target: DrillTargetConfig::Staging(url),
+            ..
+        }) = &self.restore_test
+        {
+            servers.push(url);
+        }
+        servers
+    }
+
     /// Parse and validate policy text; `path` is used for messages and relative paths.
     /// Each section is converted on its own (see `policy/sections.rs`); a mistake is reported at
     /// its line and column.
