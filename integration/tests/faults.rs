@@ -463,6 +463,46 @@ fn sigterm_stops_a_stalled_prune_and_a_rerun_finishes() {
     assert_eq!(f.open_uploads(), 0);
 }
 
+#[test]
+fn wal_fetch_stops_recovery_when_it_cannot_read_and_ends_it_only_when_the_archive_ends() {
+    let config = FaultConfig::new(5, 0.0, &[FaultMode::InternalError]).with_methods(&["GET"]);
+    let Some(f) = Faulty::start(1, config, "max_attempts = 1\n") else {
+        return;
+    };
+    let name = "000000010000000000000001";
+    let segment = f.work.path().join(name);
+    std::fs::write(&segment, vec![3u8; 1 << 20]).unwrap();
+    let out = run(f.cli(&["wal-push", segment.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", text(&out));
+    let fetch = |name: &str| {
+        let dest = f.work.path().join(format!("fetched-{name}"));
+        let out = run(f.cli(&[
+            "wal-fetch",
+            "--prefetch",
+            "0",
+            "--identity",
+            f.identity(),
+            name,
+            dest.to_str().unwrap(),
+        ]));
+        (out, dest)
+    };
+    // Not in the archive: 1, PostgreSQL's "end of archive".
+    let (out, dest) = fetch("000000010000000000000002");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!dest.exists());
+    // In the archive but unreadable: above 125, so recovery stops with an error.
+    f.proxy.set_rate(1.0);
+    let (out, dest) = fetch(name);
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(text(&out).contains("recovery stops here"), "{}", text(&out));
+    assert!(!dest.exists());
+    f.proxy.set_rate(0.0);
+    let (out, dest) = fetch(name);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read(dest).unwrap(), vec![3u8; 1 << 20]);
+}
+
 /// A policy for `repository_url` at `endpoint`, with one attempt per request.
 fn error_policy(dir: &Path, endpoint: &str, repository_url: &str, key: &TestKey) -> PathBuf {
     let path = dir.join("errors.toml");

@@ -49,8 +49,10 @@ pub(crate) enum Command {
         /// The WAL file (`%p`).
         path: PathBuf,
     },
-    /// restore_command: fetch one WAL file (`%f`) to `%p`, verified, atomically. Exits
-    /// non-zero when the archive does not have it, so recovery ends there.
+    /// restore_command: fetch one WAL file (`%f`) to `%p`, verified, atomically. Exits 1
+    /// when the archive does not have it, so recovery ends there; 126 when it could not
+    /// be read (storage down, wrong key, damaged), so recovery stops with an error
+    /// instead of ending early.
     WalFetch {
         /// Policy file.
         #[arg(long)]

@@ -32,6 +32,9 @@ const EXIT_CHECK_FAILED: u8 = 2;
 const EXIT_UNREADABLE: u8 = 1;
 /// Exit code after Ctrl-C or SIGTERM.
 const EXIT_CANCELLED: u8 = 130;
+/// Exit code of `wal-fetch` when a file could not be read (as opposed to not being in
+/// the archive): above 125, so PostgreSQL stops recovery instead of ending it early.
+const EXIT_STOP_RECOVERY: u8 = 126;
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
@@ -69,27 +72,28 @@ async fn main() -> ExitCode {
     cancel_on_signals(cancel.clone());
     match run(cli.command, &cancel).await {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            let kind = e
-                .chain()
-                .find_map(|c| c.downcast_ref::<pgvault_core::Error>())
-                .map(pgvault_core::Error::kind);
-            match kind {
-                Some(ErrorKind::Corruption) => {
-                    eprintln!("pgvault: verification FAILED: {}", output::one_line(&e));
-                    ExitCode::from(EXIT_CHECK_FAILED)
-                }
-                Some(ErrorKind::Cancelled) => {
-                    eprintln!("pgvault: {}", output::one_line(&e));
-                    ExitCode::from(EXIT_CANCELLED)
-                }
-                _ => {
-                    eprintln!("pgvault: {}", output::one_line(&e));
-                    ExitCode::FAILURE
-                }
+        Err(e) => match core_kind(&e) {
+            Some(ErrorKind::Corruption) => {
+                eprintln!("pgvault: verification FAILED: {}", output::one_line(&e));
+                ExitCode::from(EXIT_CHECK_FAILED)
             }
-        }
+            Some(ErrorKind::Cancelled) => {
+                eprintln!("pgvault: {}", output::one_line(&e));
+                ExitCode::from(EXIT_CANCELLED)
+            }
+            _ => {
+                eprintln!("pgvault: {}", output::one_line(&e));
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// The kind of the core error behind `e`, when there is one.
+fn core_kind(e: &anyhow::Error) -> Option<ErrorKind> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<pgvault_core::Error>())
+        .map(pgvault_core::Error::kind)
 }
 
 fn load_policy(path: &std::path::Path) -> Result<Policy> {
@@ -278,21 +282,48 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             name,
             dest,
         } => {
-            let policy = load_policy(&policy)?;
-            let identities = Identities::load(&identity)?;
-            let repo = open_repository(&policy).await?;
-            let recipients = policy.recipients.fingerprints();
-            wal::fetch(
-                &repo,
-                &name,
-                &dest,
-                &identities,
-                &recipients,
-                prefetch,
-                cancel,
-            )
-            .await?;
-            Ok(0)
+            let fetched = async {
+                let policy = load_policy(&policy)?;
+                let identities = Identities::load(&identity)?;
+                let repo = open_repository(&policy).await?;
+                let recipients = policy.recipients.fingerprints();
+                wal::fetch(
+                    &repo,
+                    &name,
+                    &dest,
+                    &identities,
+                    &recipients,
+                    prefetch,
+                    cancel,
+                )
+                .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            // PostgreSQL reads any exit code up to 125 as "not in the archive" and ends
+            // recovery there: right for a file the archive does not have, silent data
+            // loss for one it could not read. Those stop recovery instead.
+            match fetched {
+                Ok(()) => Ok(0),
+                Err(e) if core_kind(&e).is_some_and(|k| k == ErrorKind::Cancelled) => Err(e),
+                Err(e)
+                    if e.chain().any(|c| {
+                        matches!(
+                            c.downcast_ref::<pgvault_core::Error>(),
+                            Some(pgvault_core::Error::WalNotFound { .. })
+                        )
+                    }) =>
+                {
+                    Err(e)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "pgvault: {}; recovery stops here rather than end early (exit {EXIT_STOP_RECOVERY})",
+                        output::one_line(&e)
+                    );
+                    Ok(EXIT_STOP_RECOVERY)
+                }
+            }
         }
         Command::Archive {
             action:
