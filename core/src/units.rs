@@ -98,6 +98,11 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A configured duration as a policy would write it (`5m`, `1h 30m`), for messages.
+pub fn human_duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 /// A duration in the largest sensible units, for "backup age" lines.
 pub fn human_age(seconds: i64) -> String {
     let s = seconds.max(0);

@@ -909,3 +909,58 @@ fn archive_and_restore_commands_name_the_running_executable_whatever_its_name() 
         "{line}"
     );
 }
+
+/// With archiving broken, the server waits forever for a base backup's end segment;
+/// pgvault gives up after `[backup] archive_wait`, ends the server side of the backup
+/// and leaves nothing behind. Once the archiver has failed, the next base backup is
+/// refused before it starts.
+#[test]
+fn a_base_backup_never_waits_forever_for_broken_archiving() {
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
+    source.configure_and_restart(&[("archive_mode", "on"), ("archive_command", "/bin/false")]);
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let key = keygen(work.path(), "ops");
+    let policy = write_policy(
+        work.path(),
+        "app",
+        &source.url("postgres"),
+        &RepoSpec::Filesystem(&repo),
+        &key.recipient,
+        "[backup]\narchive_wait = \"10s\"\n",
+    );
+    let backup = || {
+        let mut cmd = pgvault(None);
+        cmd.args(["backup", "--kind", "physical", "--policy"])
+            .arg(&policy);
+        run(cmd)
+    };
+    let out = backup();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("base backup abandoned"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        pgvault_integration::files_under(&repo.join("app/backups")).is_empty(),
+        "the abandoned backup left objects"
+    );
+    let waiting = || {
+        source.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where wait_event = 'BackupWaitWalArchive'",
+        )
+    };
+    pgvault_integration::wait_until("the walsender to end", 30, || waiting().trim() == "0");
+
+    let out = backup();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("archiving is failing on the source"),
+        "{}",
+        text(&out)
+    );
+}

@@ -151,6 +151,7 @@ async fn physical_backup(
             "archive_mode is off on the source: a physical backup is useless without its archived WAL; run `pgvault archive setup --policy … --apply` and restart the server".into(),
         ));
     }
+    refuse_while_archiving_fails(&client).await?;
     let segment_size: i64 = client
         .query_one(
             "select setting::bigint from pg_settings where name = 'wal_segment_size'",
@@ -171,7 +172,10 @@ async fn physical_backup(
         "--verbose",
         "--no-password",
     ]);
-    let (reader, _killer) = ChildReader::spawn("pg_basebackup", cmd)?;
+    // The name lets the watch below find this backup's walsender on the server.
+    let application = format!("pgvault_bb_{id}");
+    cmd.env("PGAPPNAME", &application);
+    let (reader, killer) = ChildReader::spawn("pg_basebackup", cmd)?;
     let (pipe_reader, pipe_writer) =
         std::io::pipe().map_err(|e| Error::io("cannot create a pipe", e))?;
     let sniffer = std::thread::spawn(move || read_manifest_entry(pipe_reader));
@@ -180,17 +184,31 @@ async fn physical_backup(
         copy: Some(pipe_writer),
     };
     let key = repo.object_key(id, BASE_FILE);
-    let uploaded = pipeline::upload_stream(
-        repo.storage(),
-        &key,
-        source,
-        "pg_basebackup",
-        &policy.recipients,
-        encode_settings(policy),
-        progress,
-        cancel,
-    )
-    .await;
+    // The upload stops on the caller's cancel, or when the server has waited too long
+    // for its end segment to be archived (then the upload is aborted like a cancel).
+    let uploaded = {
+        let stop = cancel.child_token();
+        let upload = pipeline::upload_stream(
+            repo.storage(),
+            &key,
+            source,
+            "pg_basebackup",
+            &policy.recipients,
+            encode_settings(policy),
+            progress,
+            &stop,
+        );
+        tokio::pin!(upload);
+        tokio::select! {
+            uploaded = &mut upload => uploaded,
+            abandoned = watch_archive_wait(&client, &application, policy.backup.archive_wait) => {
+                killer.kill();
+                stop.cancel();
+                let _ = upload.await;
+                Err(abandoned)
+            }
+        }
+    };
     let digest = match uploaded {
         Ok(d) => d,
         Err(e) => {
@@ -198,7 +216,11 @@ async fn physical_backup(
             return Err(e);
         }
     };
-    let backup_manifest = sniffer.join().ok().flatten().unwrap_or_default();
+    let backup_manifest = tokio::task::spawn_blocking(move || sniffer.join().ok().flatten())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let Some((start_lsn, timeline, stop_lsn)) = positions(&backup_manifest) else {
         discard_objects(&repo, id).await;
         return Err(Error::Tool {
@@ -244,6 +266,90 @@ async fn physical_backup(
     repo.write_manifest(&manifest).await?;
     tracing::info!(policy = %policy.name, backup = %id, start = %wal::format_lsn(start_lsn), stop = %wal::format_lsn(stop_lsn), "physical backup complete");
     Ok(manifest)
+}
+
+/// How long archiving may have been failing before a base backup refuses to start.
+const RECENT_ARCHIVE_FAILURE: &str = "10 minutes";
+
+/// Refuse to start when the archiver's last attempt failed recently and nothing was
+/// archived since: the backup would end waiting for its end segment to be archived.
+async fn refuse_while_archiving_fails(client: &tokio_postgres::Client) -> Result<()> {
+    let row = client
+        .query_one(
+            &format!(
+                "select coalesce(last_failed_wal, ''), \
+                        coalesce(to_char(last_failed_time at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS'), ''), \
+                        coalesce(to_char(last_archived_time at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS'), 'never'), \
+                        coalesce(last_failed_time > coalesce(last_archived_time, '-infinity') \
+                                 and last_failed_time > now() - interval '{RECENT_ARCHIVE_FAILURE}', false) \
+                 from pg_stat_archiver"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::pg("cannot read pg_stat_archiver", e))?;
+    let failing: bool = row.get(3);
+    if !failing {
+        return Ok(());
+    }
+    let (segment, failed_at, last_success): (String, String, String) =
+        (row.get(0), row.get(1), row.get(2));
+    Err(Error::Invalid(format!(
+        "archiving is failing on the source (segment {segment} failed at {failed_at} UTC, last success {last_success}): a base backup would wait for its end segment to be archived; fix archive_command (see `pgvault check`) and retry"
+    )))
+}
+
+/// Watch the server side of the running base backup (its walsender, named
+/// `application`). When it waits for WAL archiving (`BackupWaitWalArchive`) longer than
+/// `limit`, end it with `pg_terminate_backend` (killing the client alone leaves it
+/// waiting) and return why. Never returns while the backup makes progress.
+async fn watch_archive_wait(
+    client: &tokio_postgres::Client,
+    application: &str,
+    limit: std::time::Duration,
+) -> Error {
+    let mut waiting_since: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let row = client
+            .query_opt(
+                "select pid, coalesce(wait_event, '') from pg_stat_activity \
+                 where application_name = $1 and backend_type = 'walsender'",
+                &[&application],
+            )
+            .await;
+        let (pid, event): (i32, String) = match row {
+            Ok(Some(row)) => (row.get(0), row.get(1)),
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot watch the base backup's walsender");
+                continue;
+            }
+        };
+        if event != "BackupWaitWalArchive" {
+            waiting_since = None;
+            continue;
+        }
+        let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < limit {
+            continue;
+        }
+        let terminated = client
+            .query_one("select pg_terminate_backend($1)", &[&pid])
+            .await
+            .map(|row| row.get::<_, bool>(0))
+            .unwrap_or(false);
+        let still = if terminated {
+            ""
+        } else {
+            " (pgvault may not end its walsender, which keeps waiting until archiving works again: grant pg_signal_backend to the backup role)"
+        };
+        return Error::Invalid(format!(
+            "base backup abandoned: the server waited {} for its end segment to be archived; archiving is failing (see `pgvault check`), and the partial backup was removed{still}",
+            crate::units::human_duration(limit)
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -220,7 +220,14 @@ pub struct CompressionConfig {
 pub struct BackupOptions {
     /// Keep role password hashes in the globals object (off by default).
     pub include_role_passwords: bool,
+    /// How long a base backup may wait for the server to archive its end segment
+    /// before it is abandoned (default 5 minutes): with archiving broken, the server
+    /// would otherwise wait forever.
+    pub archive_wait: std::time::Duration,
 }
+
+/// Default of `[backup] archive_wait`.
+pub const DEFAULT_ARCHIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 impl Policy {
     /// Read and validate a policy file.
@@ -289,6 +296,7 @@ impl Policy {
         })
         .map_err(located)?;
         let compression = CompressionConfig::try_from(raw.compression).map_err(located)?;
+        let backup = BackupOptions::try_from(raw.backup).map_err(located)?;
         let mut retention = raw
             .retention
             .map(RetentionConfig::try_from)
@@ -330,9 +338,7 @@ impl Policy {
             repository,
             recipients,
             compression,
-            backup: BackupOptions {
-                include_role_passwords: raw.backup.include_role_passwords,
-            },
+            backup,
         })
     }
 }

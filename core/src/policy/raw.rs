@@ -136,4 +136,5 @@ pub(super) struct RawCompression {
 pub(super) struct RawBackup {
     #[serde(default)]
     pub(super) include_role_passwords: bool,
+    pub(super) archive_wait: Option<Spanned<String>>,
 }

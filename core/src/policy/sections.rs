@@ -10,14 +10,15 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::raw::{
-    RawCompression, RawEncryption, RawNotify, RawRepository, RawRestoreTest, RawRetention,
-    RawSchedule, RawSource,
+    RawBackup, RawCompression, RawEncryption, RawNotify, RawRepository, RawRestoreTest,
+    RawRetention, RawSchedule, RawSource,
 };
 use super::{
-    expand_env, parse_repository_url, retention, validate_postgres_url, CompressionConfig,
-    DrillKind, DrillPick, DrillTargetConfig, RepositoryConfig, RestoreTestConfig, RetentionConfig,
-    ScheduleConfig, SourceConfig, SqlCheck, DEFAULT_PARTS_IN_FLIGHT, DEFAULT_PART_SIZE,
-    MIN_PART_SIZE, RANDOM_PICK_WITHIN,
+    expand_env, parse_repository_url, retention, validate_postgres_url, BackupOptions,
+    CompressionConfig, DrillKind, DrillPick, DrillTargetConfig, RepositoryConfig,
+    RestoreTestConfig, RetentionConfig, ScheduleConfig, SourceConfig, SqlCheck,
+    DEFAULT_ARCHIVE_WAIT, DEFAULT_PARTS_IN_FLIGHT, DEFAULT_PART_SIZE, MIN_PART_SIZE,
+    RANDOM_PICK_WITHIN,
 };
 use crate::keys::Recipients;
 use crate::schedule::{Schedule, ScheduleError};
@@ -251,6 +252,30 @@ impl TryFrom<InDir<'_, Spanned<RawEncryption>>> for Recipients {
         }
 
         Ok(recipients)
+    }
+}
+
+impl TryFrom<RawBackup> for BackupOptions {
+    type Error = Misplaced;
+
+    fn try_from(raw: RawBackup) -> Found<BackupOptions> {
+        let archive_wait = match optional_span("[backup] archive_wait", &raw.archive_wait)? {
+            None => DEFAULT_ARCHIVE_WAIT,
+            Some(wait) => wait
+                .to_std()
+                .ok()
+                .filter(|w| (10..=24 * 3600).contains(&w.as_secs()))
+                .ok_or_else(|| {
+                    at(
+                        raw.archive_wait.as_ref().map(|s| s.span()),
+                        "[backup] archive_wait must be between 10s and 24h".into(),
+                    )
+                })?,
+        };
+        Ok(BackupOptions {
+            include_role_passwords: raw.include_role_passwords,
+            archive_wait,
+        })
     }
 }
 
