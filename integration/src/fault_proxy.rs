@@ -18,6 +18,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -125,6 +126,9 @@ pub struct FaultConfig {
     /// When set, only requests whose target (path and query) contains one of these
     /// strings get faults, e.g. `dump.pgdump` to break one object's reads.
     pub paths: Option<Vec<String>>,
+    /// Delay added to every request, faulted or not: the round trip of a real region
+    /// (e.g. 40 ms) for benchmarks.
+    pub latency: Duration,
 }
 
 impl FaultConfig {
@@ -136,7 +140,14 @@ impl FaultConfig {
             modes: modes.to_vec(),
             methods: None,
             paths: None,
+            latency: Duration::ZERO,
         }
+    }
+
+    /// Add `latency` to every request.
+    pub fn with_latency(mut self, latency: Duration) -> FaultConfig {
+        self.latency = latency;
+        self
     }
 
     /// Only fault requests whose target contains one of `paths`.
@@ -255,6 +266,10 @@ impl Chooser {
 struct Shared {
     upstream: SocketAddr,
     chooser: Mutex<Chooser>,
+    /// Added to every request ([`FaultConfig::latency`]).
+    latency: Duration,
+    /// While set, the store is unreachable: connections are closed at once.
+    down: AtomicBool,
 }
 
 impl Shared {
@@ -365,6 +380,12 @@ impl FaultProxy {
     pub fn set_rate(&self, rate: f64) {
         self.shared.chooser().rate = rate;
     }
+
+    /// Makes the store unreachable (`true`: every connection, new or open, is closed
+    /// without an answer) or reachable again, as an outage of the region would.
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.store(down, Ordering::SeqCst);
+    }
 }
 
 impl Drop for FaultProxy {
@@ -391,6 +412,8 @@ async fn bind(
     let shared = Arc::new(Shared {
         upstream,
         chooser: Mutex::new(Chooser::new(config)),
+        latency: config.latency,
+        down: AtomicBool::new(false),
     });
     Ok((listener, shared))
 }
@@ -446,7 +469,11 @@ type Conn = BufReader<TcpStream>;
 async fn serve_client(stream: TcpStream, shared: &Shared) {
     let _ = stream.set_nodelay(true);
     let mut client = BufReader::with_capacity(BUFFER, stream);
-    while let Ok(true) = serve_request(&mut client, shared).await {}
+    while !shared.down.load(Ordering::SeqCst) {
+        if !matches!(serve_request(&mut client, shared).await, Ok(true)) {
+            break;
+        }
+    }
 }
 
 /// Serves one request; `Ok(true)` when the connection can carry another one.
@@ -457,6 +484,12 @@ async fn serve_request(client: &mut Conn, shared: &Shared) -> io::Result<bool> {
     let method = request.start.first().cloned().unwrap_or_default();
     let request_body = request.request_body()?;
     let target = request.start.get(1).cloned().unwrap_or_default();
+    if shared.down.load(Ordering::SeqCst) {
+        return Ok(false);
+    }
+    if !shared.latency.is_zero() {
+        tokio::time::sleep(shared.latency).await;
+    }
     let decision = shared.chooser().decide(&method, &target);
     match decision.fault {
         Some(FaultMode::Stall) => {
@@ -813,7 +846,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::time::Instant;
 
     const BIG: usize = 1 << 20;
@@ -953,6 +986,32 @@ mod tests {
         assert_eq!(seen.load(Ordering::SeqCst), 7);
         let stats = proxy.stats();
         assert_eq!((stats.requests, stats.total_faults()), (7, 0));
+    }
+
+    #[tokio::test]
+    async fn a_fixed_latency_delays_every_request_and_down_closes_connections() {
+        let latency = Duration::from_millis(40);
+        let (proxy, seen) = start_proxy(FaultConfig::new(9, 0.0, &[]).with_latency(latency)).await;
+        let mut conn = connect(&proxy).await;
+        let started = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(send(&mut conn, "GET", "/empty", b"").await.unwrap().0, 204);
+        }
+        // Sleeping never ends early, so three requests take at least three delays.
+        assert!(started.elapsed() >= latency * 3);
+
+        proxy.set_down(true);
+        assert!(send(&mut conn, "GET", "/empty", b"").await.is_err());
+        let mut fresh = connect(&proxy).await;
+        assert!(send(&mut fresh, "GET", "/empty", b"").await.is_err());
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            3,
+            "nothing reaches the store while down"
+        );
+        proxy.set_down(false);
+        let mut again = connect(&proxy).await;
+        assert_eq!(send(&mut again, "GET", "/empty", b"").await.unwrap().0, 204);
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! server (see `pgvault_integration::fault_proxy`).
 //!
 //! It prints `listening on 127.0.0.1:PORT` on stdout once ready, runs until SIGTERM or
-//! Ctrl-C, then prints the request and per-mode fault counts on stderr.
+//! Ctrl-C, then prints the request and per-mode fault counts on stderr. SIGUSR1 makes the
+//! store unreachable (every connection is closed) until SIGUSR2, for outage tests.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -40,6 +41,9 @@ struct Args {
     /// (default: all paths).
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
+    /// Milliseconds added to every request, as a real region's round trip would.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
 }
 
 #[tokio::main]
@@ -55,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         },
         methods: (!args.methods.is_empty()).then_some(args.methods),
         paths: (!args.paths.is_empty()).then_some(args.paths),
+        latency: std::time::Duration::from_millis(args.latency_ms),
     };
     let proxy = FaultProxy::start_on(args.listen, &args.upstream, config)
         .await
@@ -65,9 +70,24 @@ async fn main() -> anyhow::Result<()> {
         writeln!(stdout, "listening on {}", proxy.addr())?;
         stdout.flush()?;
     }
-    tokio::select! {
-        interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
-        _ = terminate.recv() => {}
+    let mut down = signal(SignalKind::user_defined1()).context("installing a SIGUSR1 handler")?;
+    let mut up = signal(SignalKind::user_defined2()).context("installing a SIGUSR2 handler")?;
+    loop {
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => {
+                interrupted.context("waiting for Ctrl-C")?;
+                break;
+            }
+            _ = terminate.recv() => break,
+            _ = down.recv() => {
+                proxy.set_down(true);
+                eprintln!("store down");
+            }
+            _ = up.recv() => {
+                proxy.set_down(false);
+                eprintln!("store up");
+            }
+        }
     }
     eprintln!("{}", proxy.stats());
     Ok(())
