@@ -89,11 +89,15 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The kind of the core error behind `e`, when there is one.
-fn core_kind(e: &anyhow::Error) -> Option<ErrorKind> {
+/// The core error behind `e`, when there is one.
+fn core_error(e: &anyhow::Error) -> Option<&pgvault_core::Error> {
     e.chain()
         .find_map(|c| c.downcast_ref::<pgvault_core::Error>())
-        .map(pgvault_core::Error::kind)
+}
+
+/// The kind of the core error behind `e`, when there is one.
+fn core_kind(e: &anyhow::Error) -> Option<ErrorKind> {
+    core_error(e).map(pgvault_core::Error::kind)
 }
 
 fn load_policy(path: &std::path::Path) -> Result<Policy> {
@@ -307,12 +311,10 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 Ok(()) => Ok(0),
                 Err(e) if core_kind(&e).is_some_and(|k| k == ErrorKind::Cancelled) => Err(e),
                 Err(e)
-                    if e.chain().any(|c| {
-                        matches!(
-                            c.downcast_ref::<pgvault_core::Error>(),
-                            Some(pgvault_core::Error::WalNotFound { .. })
-                        )
-                    }) =>
+                    if matches!(
+                        core_error(&e),
+                        Some(pgvault_core::Error::WalNotFound { .. })
+                    ) =>
                 {
                     Err(e)
                 }

@@ -157,8 +157,7 @@ impl Record {
     /// recorded fails with the error's words, the later ones were not reached. A drill
     /// that cannot finish still leaves a report that says why.
     pub(crate) fn interrupted(&mut self, error: &Error) {
-        const PHASES: [PhaseName; 4] = PhaseName::ALL;
-        let Some(at) = PHASES.iter().position(|p| {
+        let Some(at) = PhaseName::ALL.iter().position(|p| {
             !self
                 .phases
                 .iter()
@@ -167,8 +166,13 @@ impl Record {
             self.failures.push(format!("the drill stopped: {error}"));
             return;
         };
-        self.phase(PHASES[at], Status::Failed, None, failure_detail(error).1);
-        self.not_reached(&PHASES[at + 1..]);
+        self.phase(
+            PhaseName::ALL[at],
+            Status::Failed,
+            None,
+            failure_detail(error).1,
+        );
+        self.not_reached(&PhaseName::ALL[at + 1..]);
     }
 
     pub(crate) fn not_reached(&mut self, names: &[PhaseName]) {
