@@ -27,8 +27,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
 use pgvault_core::policy::Policy;
-use pgvault_core::repository::BackupKind;
-use pgvault_core::runner::{self, PolicyStatus, RunOutcome, SharedStatus};
+use pgvault_core::runner::{self, PolicyStatus, RunKind, RunOutcome, SharedStatus};
 use pgvault_core::stop_signal::StopStage;
 use tokio_util::sync::CancellationToken;
 
@@ -109,13 +108,13 @@ async fn run_once_all(
             return false;
         }
         let status = status_of(policy);
-        let mut kinds = vec![BackupKind::Logical];
+        let mut kinds = vec![RunKind::Logical];
         if policy
             .schedule
             .as_ref()
             .is_some_and(|s| s.physical.is_some())
         {
-            kinds.push(BackupKind::Physical);
+            kinds.push(RunKind::Physical);
         }
         for kind in kinds {
             match runner::run_once(policy, kind, chrono::Utc::now(), &status, &shutdown, grace)
@@ -248,7 +247,20 @@ async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
             ));
             tasks.spawn(runner::run_schedule(
                 policy.clone(),
-                BackupKind::Physical,
+                RunKind::Physical,
+                status.clone(),
+                shutdown.clone(),
+                grace,
+            ));
+        }
+        if policy
+            .schedule
+            .as_ref()
+            .is_some_and(|s| s.physical_incremental.is_some())
+        {
+            tasks.spawn(runner::run_schedule(
+                policy.clone(),
+                RunKind::PhysicalIncremental,
                 status.clone(),
                 shutdown.clone(),
                 grace,
@@ -256,7 +268,7 @@ async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
         }
         tasks.spawn(runner::run_schedule(
             policy,
-            BackupKind::Logical,
+            RunKind::Logical,
             status,
             shutdown.clone(),
             grace,

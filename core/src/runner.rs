@@ -126,10 +126,52 @@ pub async fn seed_status(policy: &Policy, status: &SharedStatus) -> Result<Optio
     Ok(backups.first().map(|m| m.started_at))
 }
 
+/// What a scheduled run takes: a logical backup, or a full or incremental base backup
+/// (each on its own schedule, `[schedule] backup`, `physical`, `physical_incremental`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// `pg_dump` of the database.
+    Logical,
+    /// A full base backup.
+    Physical,
+    /// An incremental base backup against the newest base backup.
+    PhysicalIncremental,
+}
+
+impl RunKind {
+    /// The kind of backup the run stores.
+    pub fn backup_kind(self) -> BackupKind {
+        match self {
+            RunKind::Logical => BackupKind::Logical,
+            RunKind::Physical | RunKind::PhysicalIncremental => BackupKind::Physical,
+        }
+    }
+
+    /// Whether backup `m` was taken by a run of this kind (a full slot is not covered by
+    /// a later incremental, an incremental slot is covered by any base backup).
+    fn covers(self, m: &crate::repository::BackupManifest) -> bool {
+        match self {
+            RunKind::Logical => m.kind == BackupKind::Logical,
+            RunKind::Physical => m.kind == BackupKind::Physical && m.chain_link().is_none(),
+            RunKind::PhysicalIncremental => m.kind == BackupKind::Physical,
+        }
+    }
+}
+
+impl std::fmt::Display for RunKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunKind::Logical => "logical",
+            RunKind::Physical => "physical",
+            RunKind::PhysicalIncremental => "physical incremental",
+        })
+    }
+}
+
 /// Perform the run for `slot`: lock, dedupe, back up (of `kind`) with retries, retention.
 pub async fn run_once(
     policy: &Policy,
-    kind: BackupKind,
+    kind: RunKind,
     slot: DateTime<Utc>,
     status: &SharedStatus,
     shutdown: &CancellationToken,
@@ -186,7 +228,7 @@ pub async fn run_once(
             };
             tracing::error!(policy = %policy.name, %kind, error = %message, error_kind = %e.kind(), "{why}");
             update(status, |s| {
-                match kind {
+                match kind.backup_kind() {
                     BackupKind::Logical => s.last_attempt_ok = Some(false),
                     BackupKind::Physical => s.last_physical_ok = Some(false),
                 }
@@ -205,7 +247,7 @@ pub async fn run_once(
 
 async fn attempt_run(
     policy: &Policy,
-    kind: BackupKind,
+    kind: RunKind,
     slot: DateTime<Utc>,
     status: &SharedStatus,
     shutdown: &CancellationToken,
@@ -213,7 +255,8 @@ async fn attempt_run(
 ) -> Result<RunOutcome> {
     let source = ConnTarget::parse(&policy.source.url)?;
     let lock_conn = source.connect().await?;
-    let purpose = match kind {
+    // Full and incremental base backups share a lock: one at a time per policy.
+    let purpose = match kind.backup_kind() {
         BackupKind::Logical => "pgvault",
         BackupKind::Physical => "pgvault-physical",
     };
@@ -235,7 +278,7 @@ async fn attempt_run(
         .list_backups()
         .await?
         .into_iter()
-        .find(|m| m.kind == kind);
+        .find(|m| kind.covers(m));
     if let Some(newest) = newest_of_kind {
         if newest.started_at >= slot {
             let why = format!("backup {} already covers this slot", newest.id);
@@ -257,17 +300,27 @@ async fn attempt_run(
         })
     };
     let progress = Arc::new(Progress::default());
+    use crate::physical::basebackup::{run_physical_backup, BaseBackupKind};
     let result = match kind {
-        BackupKind::Logical => backup::run_logical_backup(policy, progress, &backup_cancel).await,
-        BackupKind::Physical => {
-            crate::physical::basebackup::run_physical_backup(policy, progress, &backup_cancel).await
+        RunKind::Logical => backup::run_logical_backup(policy, progress, &backup_cancel).await,
+        RunKind::Physical => {
+            run_physical_backup(policy, BaseBackupKind::Full, progress, &backup_cancel).await
+        }
+        RunKind::PhysicalIncremental => {
+            run_physical_backup(
+                policy,
+                BaseBackupKind::Incremental,
+                progress,
+                &backup_cancel,
+            )
+            .await
         }
     };
     watcher.abort();
     let manifest = result?;
     update(status, |s| {
         s.last_error = None;
-        if kind == BackupKind::Physical {
+        if kind.backup_kind() == BackupKind::Physical {
             s.last_physical_ok = Some(true);
             s.last_physical_success = Some(manifest.finished_at);
             return;
@@ -315,7 +368,7 @@ async fn attempt_run(
 /// a slot was missed, then wait for each slot (plus jitter) and run it.
 pub async fn run_schedule(
     policy: Policy,
-    kind: BackupKind,
+    kind: RunKind,
     status: SharedStatus,
     shutdown: CancellationToken,
     grace: Duration,
@@ -324,8 +377,12 @@ pub async fn run_schedule(
         return;
     };
     let schedule = match kind {
-        BackupKind::Logical => config.backup.clone(),
-        BackupKind::Physical => match config.physical.clone() {
+        RunKind::Logical => config.backup.clone(),
+        RunKind::Physical => match config.physical.clone() {
+            Some(s) => s,
+            None => return,
+        },
+        RunKind::PhysicalIncremental => match config.physical_incremental.clone() {
             Some(s) => s,
             None => return,
         },
@@ -373,14 +430,14 @@ pub async fn remove_crashed_runs(policy: &Policy) {
     }
 }
 
-/// Start time of the newest backup of `kind` (None when none or unreadable).
-async fn newest_started(policy: &Policy, kind: BackupKind) -> Option<DateTime<Utc>> {
+/// Start time of the newest backup a run of `kind` takes (None when none or unreadable).
+async fn newest_started(policy: &Policy, kind: RunKind) -> Option<DateTime<Utc>> {
     let repo = Repository::open(policy).await.ok()?;
     repo.list_backups()
         .await
         .ok()?
         .into_iter()
-        .find(|m| m.kind == kind)
+        .find(|m| kind.covers(m))
         .map(|m| m.started_at)
 }
 
@@ -395,7 +452,13 @@ pub async fn run_archive_watch(
     loop {
         match Repository::open(&policy).await {
             Ok(repo) => {
-                match crate::physical::archive_check::check(&repo, &policy.source.url).await {
+                let incrementals = policy
+                    .schedule
+                    .as_ref()
+                    .is_some_and(|s| s.physical_incremental.is_some());
+                match crate::physical::archive_check::check(&repo, &policy.source.url, incrementals)
+                    .await
+                {
                     Ok(found) => {
                         let gaps = found
                             .backups

@@ -35,6 +35,11 @@ pub(crate) enum Command {
         /// cluster, for point-in-time recovery with archived WAL).
         #[arg(long, value_enum, default_value_t = BackupKindArg::Logical)]
         kind: BackupKindArg,
+        /// With `--kind physical`: copy only what changed since the newest base backup
+        /// (PostgreSQL 17 and newer, `summarize_wal = on`). Without a usable parent it
+        /// takes a full backup or refuses, as `[backup] incremental_fallback` says.
+        #[arg(long)]
+        incremental: bool,
         /// Print the manifest and peak memory as JSON on stdout.
         #[arg(long)]
         json: bool,

@@ -113,13 +113,26 @@ async fn open_repository(policy: &Policy) -> Result<Repository> {
 
 async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
     match command {
-        Command::Backup { policy, kind, json } => {
+        Command::Backup {
+            policy,
+            kind,
+            incremental,
+            json,
+        } => {
+            if incremental && kind != BackupKindArg::Physical {
+                anyhow::bail!("--incremental applies to base backups: add --kind physical");
+            }
             let policy = load_policy(&policy)?;
             let progress = Arc::new(Progress::default());
             let display = output::ProgressDisplay::start(progress.clone(), "backing up");
             let started = Instant::now();
             let result = if kind == BackupKindArg::Physical {
-                basebackup::run_physical_backup(&policy, progress, cancel).await
+                let base_kind = if incremental {
+                    basebackup::BaseBackupKind::Incremental
+                } else {
+                    basebackup::BaseBackupKind::Full
+                };
+                basebackup::run_physical_backup(&policy, base_kind, progress, cancel).await
             } else {
                 backup::run_logical_backup(&policy, progress, cancel).await
             };
@@ -241,9 +254,17 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
         Command::Check { policy } => {
             let policy = load_policy(&policy)?;
             let repo = open_repository(&policy).await?;
-            let found = pgvault_core::physical::archive_check::check(&repo, &policy.source.url)
-                .await
-                .with_context(|| format!("cannot read the repository of policy {}", policy.name))?;
+            let incrementals = policy
+                .schedule
+                .as_ref()
+                .is_some_and(|s| s.physical_incremental.is_some());
+            let found = pgvault_core::physical::archive_check::check(
+                &repo,
+                &policy.source.url,
+                incrementals,
+            )
+            .await
+            .with_context(|| format!("cannot read the repository of policy {}", policy.name))?;
             print!(
                 "{}",
                 output::archive_check(&policy.name, &found, chrono::Utc::now())
@@ -345,10 +366,19 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 for (name, value) in &settings {
                     println!("{name} = {}", pgvault_core::postgres::quote_literal(value));
                 }
+                println!(
+                    "# PostgreSQL 17 and newer, for incremental base backups (no restart needed):"
+                );
+                for (name, value) in wal::summary_settings(u32::MAX) {
+                    println!("{name} = {}", pgvault_core::postgres::quote_literal(&value));
+                }
                 return Ok(0);
             }
             let source = pgvault_core::postgres::ConnTarget::parse(&policy.source.url)?;
             let client = source.connect().await?;
+            let info = pgvault_core::postgres::server_info(&client).await?;
+            let mut settings = settings;
+            settings.extend(wal::summary_settings(info.major()));
             let applied = wal::apply_archive_settings(&client, &settings).await?;
             let mut restart = false;
             for a in &applied {

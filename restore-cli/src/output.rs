@@ -50,8 +50,24 @@ pub fn peak_rss_kib() -> Option<u64> {
 
 /// The one-line result of a backup.
 pub fn backup_summary(m: &BackupManifest, elapsed: Duration, peak_rss_kib: Option<u64>) -> String {
+    let chain = match (m.chain_link(), m.physical.as_ref()) {
+        (Some(link), _) => format!(
+            "\nincremental {} on {} (chain from full {}: {} stored in all)",
+            link.depth,
+            link.parent,
+            link.root,
+            human_bytes(link.chain_stored_bytes)
+        ),
+        (None, Some(p)) => match &p.fallback_reason {
+            Some(reason) => {
+                format!("\nfull base backup: an incremental was asked for, but {reason}")
+            }
+            None => String::new(),
+        },
+        (None, None) => String::new(),
+    };
     format!(
-        "backup {} of {} complete: {} dump → {} stored (ratio {}) in {:.1}s, peak RSS {}",
+        "backup {} of {} complete: {} dump → {} stored (ratio {}) in {:.1}s, peak RSS {}{chain}",
         m.id,
         m.database,
         human_bytes(m.raw_size()),
@@ -91,6 +107,16 @@ fn human_table(headers: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> Str
     out
 }
 
+/// A backup's place in a chain, for `list`: `-` for logical backups, `full`, or
+/// `+N on PARENT` for the Nth incremental after a full.
+fn chain_cell(m: &BackupManifest) -> String {
+    match (m.chain_link(), m.physical.is_some()) {
+        (Some(link), _) => format!("+{} on {}", link.depth, link.parent),
+        (None, true) => "full".into(),
+        (None, false) => "-".into(),
+    }
+}
+
 /// The `list` table.
 pub fn backup_table(backups: &[BackupManifest], damaged: &[DamagedBackup]) -> String {
     if backups.is_empty() && damaged.is_empty() {
@@ -104,6 +130,7 @@ pub fn backup_table(backups: &[BackupManifest], damaged: &[DamagedBackup]) -> St
                 m.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 m.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 m.database.clone(),
+                chain_cell(m),
                 m.server_version
                     .split_whitespace()
                     .next()
@@ -122,6 +149,7 @@ pub fn backup_table(backups: &[BackupManifest], damaged: &[DamagedBackup]) -> St
             "STARTED (UTC)",
             "FINISHED (UTC)",
             "DATABASE",
+            "CHAIN",
             "SERVER",
             "RAW",
             "STORED",
@@ -129,7 +157,7 @@ pub fn backup_table(backups: &[BackupManifest], damaged: &[DamagedBackup]) -> St
             "DURATION",
         ],
         rows,
-        &[5, 6, 7, 8],
+        &[6, 7, 8, 9],
     );
     for d in damaged {
         let _ = writeln!(out, "{}  DAMAGED: {}", d.id, d.reason);
@@ -152,6 +180,10 @@ pub fn prune_plan(plan: &pgvault_core::retention::prune::PrunePlan) -> String {
             vec![
                 e.backup.id.clone(),
                 e.backup.time.format("%Y-%m-%d %H:%M:%S").to_string(),
+                match &e.backup.parent {
+                    Some(parent) => format!("on {parent}"),
+                    None => "-".into(),
+                },
                 if e.keep() { "KEEP" } else { "DELETE" }.to_string(),
                 if reasons.is_empty() {
                     "-".to_string()
@@ -162,7 +194,7 @@ pub fn prune_plan(plan: &pgvault_core::retention::prune::PrunePlan) -> String {
         })
         .collect();
     out.push_str(&human_table(
-        &["ID", "STARTED (UTC)", "ACTION", "REASONS"],
+        &["ID", "STARTED (UTC)", "CHAIN", "ACTION", "REASONS"],
         rows,
         &[],
     ));
@@ -565,6 +597,26 @@ pub fn archive_check(
                     _ => String::new(),
                 }
             );
+            let _ = match (a.summarize_wal, found.incrementals_scheduled) {
+                (Some(true), _) => writeln!(
+                    out,
+                    "  OK    summarize_wal is on: incremental base backups can be taken"
+                ),
+                (Some(false), true) => writeln!(
+                    out,
+                    "  FAIL  summarize_wal is off, and the policy schedules incremental base backups: they fall back to full ones or fail; `pgvault archive setup --apply` turns it on (no restart)"
+                ),
+                (Some(false), false) => writeln!(
+                    out,
+                    "  INFO  summarize_wal is off: incremental base backups are not possible until it is on (`pgvault archive setup --apply`)"
+                ),
+                (None, true) => writeln!(
+                    out,
+                    "  FAIL  the policy schedules incremental base backups, which need PostgreSQL {} or newer",
+                    pgvault_core::physical::incremental::INCREMENTAL_MIN_MAJOR
+                ),
+                (None, false) => Ok(()),
+            };
         }
         Err(e) => {
             let _ = writeln!(out, "  FAIL  source archiver: cannot read it: {e}");

@@ -44,6 +44,9 @@ pub struct ArchiverStatus {
     pub last_failed_at: Option<DateTime<Utc>>,
     /// The segment the server is writing now.
     pub current_wal: String,
+    /// `summarize_wal`, which incremental base backups need (`None` before
+    /// PostgreSQL 17, which has no such setting).
+    pub summarize_wal: Option<bool>,
 }
 
 impl ArchiverStatus {
@@ -68,22 +71,33 @@ pub struct ArchiveCheck {
     pub backups: Vec<BackupContinuity>,
     /// The source's archiver, or why it could not be read.
     pub archiver: std::result::Result<ArchiverStatus, String>,
+    /// Whether the policy schedules incremental base backups (then `summarize_wal` must
+    /// be on).
+    pub incrementals_scheduled: bool,
 }
 
 impl ArchiveCheck {
-    /// Whether everything is in order: no gap, archiver not failing.
+    /// Whether everything is in order: no gap, archiver not failing, and WAL
+    /// summaries on where incremental backups are scheduled.
     pub fn healthy(&self) -> bool {
         self.backups.iter().all(|b| b.missing.is_empty())
             && self
                 .archiver
                 .as_ref()
-                .map(|a| !a.failing())
+                .map(|a| {
+                    !a.failing() && (!self.incrementals_scheduled || a.summarize_wal == Some(true))
+                })
                 .unwrap_or(false)
     }
 }
 
-/// Check the policy's archive and its source's archiver.
-pub async fn check(repo: &Repository, source_url: &str) -> Result<ArchiveCheck> {
+/// Check the policy's archive and its source's archiver; `incrementals_scheduled` says
+/// whether the policy takes incremental base backups.
+pub async fn check(
+    repo: &Repository,
+    source_url: &str,
+    incrementals_scheduled: bool,
+) -> Result<ArchiveCheck> {
     let archive = wal::list_archive(repo).await?;
     let mut timelines: Vec<u32> = archive.iter().map(|a| a.file.timeline).collect();
     timelines.dedup();
@@ -103,6 +117,7 @@ pub async fn check(repo: &Repository, source_url: &str) -> Result<ArchiveCheck> 
         timelines,
         backups,
         archiver,
+        incrementals_scheduled,
     })
 }
 
@@ -140,7 +155,8 @@ async fn archiver_status(source_url: &str) -> Result<ArchiverStatus> {
     let row = client
         .query_one(
             "select last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time, \
-             case when pg_is_in_recovery() then '' else pg_walfile_name(pg_current_wal_lsn()) end \
+             case when pg_is_in_recovery() then '' else pg_walfile_name(pg_current_wal_lsn()) end, \
+             current_setting('summarize_wal', true) \
              from pg_stat_archiver",
             &[],
         )
@@ -153,5 +169,6 @@ async fn archiver_status(source_url: &str) -> Result<ArchiverStatus> {
         last_failed_wal: row.get(3),
         last_failed_at: row.get(4),
         current_wal: row.get(5),
+        summarize_wal: row.get::<_, Option<String>>(6).map(|v| v == "on"),
     })
 }

@@ -14,13 +14,14 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::physical::incremental::{self, ParentChoice};
 use crate::physical::wal::{self, parse_lsn};
 use crate::pipeline::{self, Progress};
-use crate::policy::Policy;
+use crate::policy::{IncrementalFallback, Policy};
 use crate::repository::new_backup::{
     build_manifest, discard_objects, encode_settings, SourceSession,
 };
-use crate::repository::{self, object, BackupKind, BackupManifest, PhysicalInfo};
+use crate::repository::{self, object, BackupKind, BackupManifest, ChainLink, PhysicalInfo};
 use crate::server::ChildReader;
 
 /// File name of a physical backup's tar object.
@@ -84,9 +85,20 @@ fn positions(manifest: &str) -> Option<(u64, u32, u64)> {
     Some((start, timeline, end))
 }
 
+/// Which base backup to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseBackupKind {
+    /// A whole copy of the cluster.
+    Full,
+    /// Only what changed since the newest base backup (PostgreSQL 17 and newer); falls
+    /// back to a full one, or refuses, as `[backup] incremental_fallback` says.
+    Incremental,
+}
+
 /// Take a physical base backup of the policy's source cluster.
 pub async fn run_physical_backup(
     policy: &Policy,
+    kind: BaseBackupKind,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<BackupManifest> {
@@ -96,21 +108,63 @@ pub async fn run_physical_backup(
             BackupKind::Physical,
             cancel,
             |session, id, started_at| async move {
-                physical_backup(policy, session, &id, started_at, progress, cancel).await
+                physical_backup(policy, kind, session, &id, started_at, progress, cancel).await
             },
         )
         .await
 }
 
+/// Decide the parent of an incremental, or `None` for a full backup (with the reason
+/// an incremental fell back, when one was asked for).
+async fn parent_for(
+    policy: &Policy,
+    kind: BaseBackupKind,
+    session: &SourceSession,
+) -> Result<(Option<BackupManifest>, Option<String>)> {
+    if kind == BaseBackupKind::Full {
+        return Ok((None, None));
+    }
+    let info = &session.info;
+    if info.major() < incremental::INCREMENTAL_MIN_MAJOR {
+        return Err(Error::Invalid(format!(
+            "incremental base backups need PostgreSQL {} or newer; the source is {} (take full base backups: drop --incremental, or [schedule] physical_incremental)",
+            incremental::INCREMENTAL_MIN_MAJOR,
+            info.version
+        )));
+    }
+    let backups = session.repo.list_backups().await?;
+    match incremental::choose_parent(&session.client, info, &backups).await? {
+        ParentChoice::Parent(parent) => Ok((Some(*parent), None)),
+        ParentChoice::None(reason) => match policy.backup.incremental_fallback {
+            IncrementalFallback::Full => {
+                tracing::warn!(policy = %policy.name, reason = %reason, "incremental base backup not possible; taking a full one ([backup] incremental_fallback = \"full\")");
+                Ok((None, Some(reason)))
+            }
+            IncrementalFallback::Refuse => Err(Error::Invalid(format!(
+                "incremental base backup refused: {reason} ([backup] incremental_fallback = \"refuse\"; set it to \"full\" to take a full backup instead)"
+            ))),
+        },
+    }
+}
+
 /// The physical backup `id`, run under its lease: the body of [`run_physical_backup`].
+#[allow(clippy::too_many_arguments)]
 async fn physical_backup(
     policy: &Policy,
+    kind: BaseBackupKind,
     session: SourceSession,
     id: &str,
     started_at: chrono::DateTime<Utc>,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<BackupManifest> {
+    if session.info.version_num < 130000 {
+        return Err(Error::Invalid(format!(
+            "physical backups need PostgreSQL 13 or newer (the source is {}); use a logical backup",
+            session.info.version
+        )));
+    }
+    let (parent, fallback_reason) = parent_for(policy, kind, &session).await?;
     let SourceSession {
         repo,
         source,
@@ -118,13 +172,6 @@ async fn physical_backup(
         info,
         tools,
     } = session;
-
-    if info.version_num < 130000 {
-        return Err(Error::Invalid(format!(
-            "physical backups need PostgreSQL 13 or newer (the source is {}); use a logical backup",
-            info.version
-        )));
-    }
     let tablespaces: Vec<String> = client
         .query(
             "select spcname::text from pg_tablespace where spcname not in ('pg_default', 'pg_global') order by 1",
@@ -162,8 +209,24 @@ async fn physical_backup(
         .get(0);
     let segment_size = segment_size as u64;
 
-    tracing::info!(policy = %policy.name, backup = %id, server = %info.version, "physical backup started");
+    // The parent's server manifest, for `--incremental`; the file lives until the end.
+    let parent_manifest = match &parent {
+        Some(parent) => {
+            let bytes = incremental::fetch_server_manifest(&repo, parent).await?;
+            let mut file = tempfile::NamedTempFile::new()
+                .map_err(|e| Error::io("cannot create a temporary file", e))?;
+            file.write_all(&bytes)
+                .and_then(|()| file.flush())
+                .map_err(|e| Error::io("cannot write the parent's backup_manifest", e))?;
+            Some(file)
+        }
+        None => None,
+    };
+    tracing::info!(policy = %policy.name, backup = %id, server = %info.version, parent = parent.as_ref().map(|p| p.id.as_str()).unwrap_or("none"), "physical backup started");
     let mut cmd = source.command(&tools.tool("pg_basebackup"));
+    if let Some(file) = &parent_manifest {
+        cmd.arg(format!("--incremental={}", file.path().display()));
+    }
     cmd.args([
         "--pgdata=-",
         "--format=tar",
@@ -241,6 +304,30 @@ async fn physical_backup(
         }
     };
 
+    // Keep the server's manifest for the next incremental (PostgreSQL 17 and newer).
+    let server_manifest = if info.major() >= incremental::INCREMENTAL_MIN_MAJOR {
+        let stored = async {
+            let redacted = incremental::redact_server_manifest(&backup_manifest)?;
+            let key = repo.object_key(id, incremental::SERVER_MANIFEST_FILE);
+            let record = incremental::plain_object(key.clone(), redacted.as_bytes());
+            repo.storage()
+                .put(&key, bytes::Bytes::from(redacted.into_bytes()))
+                .await?;
+            Ok::<_, Error>(record)
+        }
+        .await;
+        match stored {
+            Ok(record) => Some(record),
+            Err(e) => {
+                discard_objects(&repo, id).await;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    drop(parent_manifest);
+
     let mut manifest = build_manifest(
         policy,
         &policy.recipients,
@@ -262,9 +349,33 @@ async fn physical_backup(
         wal_segment_size: segment_size,
         start_wal: wal::segment_name(timeline, start_lsn / segment_size, segment_size),
         stop_wal: wal::segment_name(timeline, stop_lsn / segment_size, segment_size),
+        server_manifest,
+        incremental: None,
+        fallback_reason,
     });
+    if let Some(parent) = &parent {
+        let own = manifest.stored_size();
+        let link = match parent.chain_link() {
+            Some(up) => ChainLink {
+                parent: parent.id.clone(),
+                root: up.root.clone(),
+                depth: up.depth + 1,
+                chain_stored_bytes: up.chain_stored_bytes + own,
+            },
+            None => ChainLink {
+                parent: parent.id.clone(),
+                root: parent.id.clone(),
+                depth: 1,
+                chain_stored_bytes: parent.stored_size() + own,
+            },
+        };
+        manifest.format_version = repository::INCREMENTAL_FORMAT_VERSION;
+        if let Some(p) = manifest.physical.as_mut() {
+            p.incremental = Some(link);
+        }
+    }
     repo.write_manifest(&manifest).await?;
-    tracing::info!(policy = %policy.name, backup = %id, start = %wal::format_lsn(start_lsn), stop = %wal::format_lsn(stop_lsn), "physical backup complete");
+    tracing::info!(policy = %policy.name, backup = %id, start = %wal::format_lsn(start_lsn), stop = %wal::format_lsn(stop_lsn), parent = parent.as_ref().map(|p| p.id.as_str()).unwrap_or("none"), "physical backup complete");
     Ok(manifest)
 }
 

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::keys::Identities;
+use crate::physical::incremental;
 use crate::physical::wal::{self, parse_lsn, ArchivedWal, WalFileKind};
 use crate::pipeline::{self, Decode, Progress};
 use crate::repository::{object, BackupKind, BackupManifest, PhysicalInfo, Repository};
@@ -109,8 +110,20 @@ impl RecoveryAction {
 
 /// A point-in-time restore, decided but not started.
 pub struct PitrPlan {
-    /// The base backup replay starts from.
+    /// The base backup replay starts from (for an incremental, the newest member of
+    /// its chain).
     pub base: BackupManifest,
+    /// Every backup the data directory is built from: the full at the root first, the
+    /// base last (just the base when it is a full backup).
+    pub chain: Vec<BackupManifest>,
+    /// Where a chain's members are extracted before `pg_combinebackup` joins them:
+    /// beside the data directory, on its filesystem (`None` for a full backup).
+    pub staging: Option<PathBuf>,
+    /// Most disk the restore uses at once, bytes: the extracted members plus the
+    /// combined data directory (an upper bound).
+    pub disk_needed: u64,
+    /// Free bytes on the data directory's filesystem now (when it can be read).
+    pub disk_free: Option<u64>,
     /// Its WAL positions.
     pub physical: PhysicalInfo,
     /// Where recovery stops.
@@ -170,6 +183,24 @@ pub fn choose_base<'a>(
     })
 }
 
+/// The staging directory of a chain restore into `pgdata`: a sibling, so extraction and
+/// `pg_combinebackup` stay on one filesystem (hard links and `copy_file_range` work).
+fn staging_dir(pgdata: &Path, base_id: &str) -> PathBuf {
+    let name = pgdata
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pgdata".into());
+    pgdata.with_file_name(format!(".{name}.pgvault-staging-{base_id}"))
+}
+
+/// Free bytes for an unprivileged writer on the filesystem that holds `path` (or its
+/// nearest existing ancestor).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let stat = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
 fn entries_in(dir: &Path) -> Result<usize> {
     match std::fs::read_dir(dir) {
         Ok(entries) => Ok(entries.count()),
@@ -189,6 +220,11 @@ pub async fn plan(
 ) -> Result<PitrPlan> {
     let backups = repo.list_backups().await?;
     let base = choose_base(&backups, &target)?.clone();
+    let chain = incremental::chain_of(&base, &backups)?;
+    let staging = (chain.len() > 1).then(|| staging_dir(pgdata, &base.id));
+    let raw: u64 = chain.iter().map(BackupManifest::raw_size).sum();
+    let disk_needed = if chain.len() > 1 { 2 * raw } else { raw };
+    let disk_free = free_bytes(pgdata);
     let physical = base.physical.clone().ok_or_else(|| Error::Manifest {
         key: base.id.clone(),
         message: "a physical backup without WAL positions".into(),
@@ -319,6 +355,10 @@ pub async fn plan(
         .sum();
     let newest_segment = needed.last().cloned();
     Ok(PitrPlan {
+        chain,
+        staging,
+        disk_needed,
+        disk_free,
         pgdata_entries: entries_in(pgdata)?,
         pgdata: pgdata.to_path_buf(),
         timeline_choice,
@@ -363,11 +403,47 @@ impl fmt::Display for PitrPlan {
                 String::new()
             }
         )?;
+        if self.chain.len() > 1 {
+            let members: Vec<&str> = self.chain.iter().map(|m| m.id.as_str()).collect();
+            writeln!(
+                f,
+                "  chain:       full {} + {} incremental(s), joined with pg_combinebackup: {}",
+                members[0],
+                members.len() - 1,
+                members.join(" -> ")
+            )?;
+        }
+        let chain_size: u64 = self.chain.iter().map(BackupManifest::stored_size).sum();
         writeln!(
             f,
-            "  download:    about {} (base backup + WAL)",
-            human_bytes(base_size + self.segments_stored_bytes)
+            "  download:    about {} ({} + WAL)",
+            human_bytes(chain_size.max(base_size) + self.segments_stored_bytes),
+            if self.chain.len() > 1 {
+                "every backup of the chain"
+            } else {
+                "base backup"
+            }
         )?;
+        let free = match self.disk_free {
+            Some(free) if free < self.disk_needed => {
+                format!("{} free: NOT ENOUGH", human_bytes(free))
+            }
+            Some(free) => format!("{} free", human_bytes(free)),
+            None => "free space unknown".into(),
+        };
+        match &self.staging {
+            Some(staging) => writeln!(
+                f,
+                "  disk:        up to {} at once: the members extracted in {} (removed afterwards) and the combined data directory; {free}",
+                human_bytes(self.disk_needed),
+                staging.display()
+            )?,
+            None => writeln!(
+                f,
+                "  disk:        about {} in the data directory; {free}",
+                human_bytes(self.disk_needed)
+            )?,
+        }
         writeln!(
             f,
             "  data dir:    {} ({})",
@@ -440,10 +516,21 @@ pub async fn execute(
             pgdata.display()
         )));
     }
-    if options.start {
-        // Before anything is written: only the backup's own major can start the copy.
+    if options.start || plan.staging.is_some() {
+        // Before anything is written: only the backup's own major can start the copy,
+        // and join the members of a chain.
         let major = (plan.base.server_version_num / 10000) as u32;
-        crate::server::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major).await?;
+        let bin = crate::server::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major)
+            .await?;
+        let combine = bin.program("pg_combinebackup");
+        if plan.staging.is_some() && !combine.exists() {
+            return Err(Error::ToolNotFound {
+                message: format!(
+                    "restoring an incremental chain needs pg_combinebackup of PostgreSQL {major}, and {} does not exist",
+                    combine.display()
+                ),
+            });
+        }
     }
     let entries = entries_in(pgdata)?;
     if entries > 0 && !options.force {
@@ -460,7 +547,25 @@ pub async fn execute(
     set_mode(pgdata, 0o700)?;
 
     let started = Instant::now();
-    if let Err(e) = extract_base(repo, plan, identities, options, progress, cancel).await {
+    let built = match &plan.staging {
+        None => {
+            extract_backup(
+                repo, &plan.base, pgdata, identities, options, progress, cancel,
+            )
+            .await
+        }
+        Some(staging) => {
+            let built =
+                build_from_chain(repo, plan, staging, identities, options, progress, cancel).await;
+            if let Err(e) = std::fs::remove_dir_all(staging) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %staging.display(), error = %e, "cannot remove the staging directory of the chain restore; remove it by hand");
+                }
+            }
+            built
+        }
+    };
+    if let Err(e) = built {
         let _ = clear_dir(pgdata);
         return Err(e);
     }
@@ -517,18 +622,101 @@ fn chown_tree(root: &Path, user: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Stream the base backup through the verifying decoder into a tar extractor.
-async fn extract_base(
+/// Extract every member of the plan's chain, verified, into its own directory under
+/// `staging`, then join them into the data directory with `pg_combinebackup` (hard
+/// links on PostgreSQL 18, `copy_file_range` on 17 with a plain copy when the
+/// filesystem refuses it).
+async fn build_from_chain(
     repo: &Repository,
     plan: &PitrPlan,
+    staging: &Path,
     identities: &Identities,
     options: &PitrOptions,
     progress: Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let base = plan.base.object(object::BASE)?;
+    if staging.exists() {
+        tracing::warn!(dir = %staging.display(), "removing the staging directory an earlier chain restore left");
+        std::fs::remove_dir_all(staging)
+            .map_err(|e| Error::io(format!("cannot remove {}", staging.display()), e))?;
+    }
+    std::fs::create_dir_all(staging)
+        .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
+    set_mode(staging, 0o700)?;
+    let mut members = Vec::new();
+    for (index, member) in plan.chain.iter().enumerate() {
+        let dir = staging.join(format!("{index:03}-{}", member.id));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        set_mode(&dir, 0o700)?;
+        tracing::info!(backup = %member.id, dir = %dir.display(), "extracting a member of the chain");
+        extract_backup(
+            repo,
+            member,
+            &dir,
+            identities,
+            options,
+            progress.clone(),
+            cancel,
+        )
+        .await?;
+        members.push(dir);
+    }
+    let major = (plan.base.server_version_num / 10000) as u32;
+    let bin =
+        crate::server::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major).await?;
+    let modes: &[Option<&str>] = if major >= 18 {
+        &[Some("--link")]
+    } else {
+        &[Some("--copy-file-range"), None]
+    };
+    for (attempt, mode) in modes.iter().enumerate() {
+        let mut cmd = tokio::process::Command::new(bin.program("pg_combinebackup"));
+        cmd.args(&members).arg("--output").arg(&plan.pgdata);
+        if let Some(mode) = mode {
+            cmd.arg(mode);
+        }
+        cmd.kill_on_drop(true);
+        let output = unless_cancelled(cancel, async {
+            cmd.output().await.map_err(|e| {
+                Error::io(
+                    format!("cannot run {}", bin.program("pg_combinebackup").display()),
+                    e,
+                )
+            })
+        })
+        .await?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        let another_mode_left = attempt + 1 < modes.len();
+        if another_mode_left && stderr.contains("copy_file_range") {
+            tracing::warn!(error = %stderr, "pg_combinebackup cannot use copy_file_range here; copying instead");
+            clear_dir(&plan.pgdata)?;
+            continue;
+        }
+        return Err(Error::Tool {
+            tool: "pg_combinebackup".into(),
+            message: format!("{} ({})", stderr, output.status),
+        });
+    }
+    Ok(())
+}
+
+/// Stream one backup's tar through the verifying decoder into a tar extractor at `dest`.
+async fn extract_backup(
+    repo: &Repository,
+    backup: &BackupManifest,
+    dest: &Path,
+    identities: &Identities,
+    options: &PitrOptions,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let base = backup.object(object::BASE)?;
     let (reader, writer) = std::io::pipe().map_err(|e| Error::io("cannot create a pipe", e))?;
-    let dest = plan.pgdata.clone();
+    let dest = dest.to_path_buf();
     let extractor = tokio::task::spawn_blocking(move || {
         let mut archive = tar::Archive::new(reader);
         archive.set_preserve_permissions(true);
@@ -549,7 +737,7 @@ async fn extract_base(
             &base.key,
             &base.digest,
             Decode::Full(identities),
-            &plan.base.encryption.recipients,
+            &backup.encryption.recipients,
             writer,
             options.download_parallelism.max(1),
             progress,

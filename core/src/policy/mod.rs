@@ -166,6 +166,8 @@ pub struct ScheduleConfig {
     pub backup: crate::schedule::Schedule,
     /// The physical base backup schedule, for point-in-time recovery.
     pub physical: Option<crate::schedule::Schedule>,
+    /// The incremental base backup schedule, between the full ones (PostgreSQL 17+).
+    pub physical_incremental: Option<crate::schedule::Schedule>,
     /// Upper bound of the random start delay of each run.
     pub jitter: chrono::Duration,
     /// Attempts after the first failure before a run is reported failed.
@@ -224,6 +226,21 @@ pub struct BackupOptions {
     /// before it is abandoned (default 5 minutes): with archiving broken, the server
     /// would otherwise wait forever.
     pub archive_wait: std::time::Duration,
+    /// What an incremental base backup does when it has no usable parent.
+    pub incremental_fallback: IncrementalFallback,
+}
+
+/// `[backup] incremental_fallback`: what `backup --kind physical --incremental` does when
+/// no backup can be its parent (none yet, another timeline, WAL summaries missing…).
+/// Either way the reason is logged and, for a fallback, recorded in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IncrementalFallback {
+    /// Take a full base backup instead (the default: a backup is always taken).
+    #[default]
+    Full,
+    /// Fail the run, so that a schedule of small incrementals never turns into
+    /// unexpected full-sized uploads.
+    Refuse,
 }
 
 /// Default of `[backup] archive_wait`.

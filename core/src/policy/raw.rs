@@ -71,6 +71,7 @@ pub(super) struct RawNotify {
 pub(super) struct RawSchedule {
     pub(super) backup: Spanned<String>,
     pub(super) physical: Option<Spanned<String>>,
+    pub(super) physical_incremental: Option<Spanned<String>>,
     pub(super) timezone: Option<Spanned<String>>,
     pub(super) jitter: Option<Spanned<String>>,
     pub(super) retries: Option<u32>,
@@ -137,4 +138,5 @@ pub(super) struct RawBackup {
     #[serde(default)]
     pub(super) include_role_passwords: bool,
     pub(super) archive_wait: Option<Spanned<String>>,
+    pub(super) incremental_fallback: Option<Spanned<String>>,
 }

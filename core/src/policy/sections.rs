@@ -15,8 +15,8 @@ use super::raw::{
 };
 use super::{
     expand_env, parse_repository_url, retention, validate_postgres_url, BackupOptions,
-    CompressionConfig, DrillKind, DrillPick, DrillTargetConfig, RepositoryConfig,
-    RestoreTestConfig, RetentionConfig, ScheduleConfig, SourceConfig, SqlCheck,
+    CompressionConfig, DrillKind, DrillPick, DrillTargetConfig, IncrementalFallback,
+    RepositoryConfig, RestoreTestConfig, RetentionConfig, ScheduleConfig, SourceConfig, SqlCheck,
     DEFAULT_ARCHIVE_WAIT, DEFAULT_PARTS_IN_FLIGHT, DEFAULT_PART_SIZE, MIN_PART_SIZE,
     RANDOM_PICK_WITHIN,
 };
@@ -272,9 +272,23 @@ impl TryFrom<RawBackup> for BackupOptions {
                     )
                 })?,
         };
+        let incremental_fallback = match &raw.incremental_fallback {
+            None => IncrementalFallback::Full,
+            Some(value) => match value.get_ref().as_str() {
+                "full" => IncrementalFallback::Full,
+                "refuse" => IncrementalFallback::Refuse,
+                other => {
+                    return Err(at(
+                        Some(value.span()),
+                        format!("[backup] incremental_fallback must be \"full\" or \"refuse\", not {other:?}"),
+                    ))
+                }
+            },
+        };
         Ok(BackupOptions {
             include_role_passwords: raw.include_role_passwords,
             archive_wait,
+            incremental_fallback,
         })
     }
 }
@@ -352,9 +366,30 @@ impl TryFrom<RawSchedule> for ScheduleConfig {
                 })
             })
             .transpose()?;
+        let physical_incremental = sch
+            .physical_incremental
+            .as_ref()
+            .map(|expr| {
+                Schedule::parse(expr.get_ref(), timezone).map_err(|e| {
+                    schedule_error(
+                        e,
+                        "[schedule] physical_incremental:",
+                        expr,
+                        sch.timezone.as_ref(),
+                    )
+                })
+            })
+            .transpose()?;
+        if let (Some(expr), None) = (&sch.physical_incremental, &physical) {
+            return Err(at(
+                Some(expr.span()),
+                "[schedule] physical_incremental needs [schedule] physical too: incrementals build on full base backups".into(),
+            ));
+        }
         Ok(ScheduleConfig {
             backup,
             physical,
+            physical_incremental,
             jitter: span_of(&sch.jitter, chrono::Duration::zero())?,
             retries: sch.retries.unwrap_or(2),
             retry_backoff: span_of(&sch.retry_backoff, chrono::Duration::seconds(30))?,

@@ -33,9 +33,13 @@ use crate::storage::Storage;
 /// The manifest format of logical backups (unchanged since version 1, so older readers
 /// keep reading them).
 pub const FORMAT_VERSION: u32 = 1;
-/// The manifest format of physical backups: version 2 adds `kind = "physical"` and the
-/// `physical` member (docs/FORMAT.md §15).
+/// The manifest format of full physical backups: version 2 adds `kind = "physical"` and
+/// the `physical` member (docs/FORMAT.md §15).
 pub const PHYSICAL_FORMAT_VERSION: u32 = 2;
+/// The manifest format of incremental physical backups: version 3 adds
+/// `physical.incremental` (docs/FORMAT.md §17). A reader that knows only version 2 must
+/// refuse such a backup rather than restore its incremental files as if they were whole.
+pub const INCREMENTAL_FORMAT_VERSION: u32 = 3;
 
 /// Name of the manifest object inside a backup's directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -86,6 +90,43 @@ pub struct PhysicalInfo {
     pub start_wal: String,
     /// The WAL segment holding the end LSN.
     pub stop_wal: String,
+    /// The server's `backup_manifest`, stored beside the backup in plaintext with the
+    /// file checksums removed, so the next incremental can name this backup as its
+    /// parent without a decryption key (PostgreSQL 17 and newer; docs/FORMAT.md §17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_manifest: Option<PlainObject>,
+    /// Set on an incremental backup: the backup it depends on and its place in the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<ChainLink>,
+    /// Why an incremental was asked for but a full backup was taken instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+}
+
+/// An object stored without encryption, with the digest that a reader checks before it
+/// trusts the content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlainObject {
+    /// Key relative to the repository root.
+    pub key: String,
+    /// Bytes stored.
+    pub size: u64,
+    /// sha256 of those bytes, hex.
+    pub sha256: String,
+}
+
+/// Where an incremental backup sits in its chain: restoring it needs every ancestor up
+/// to the full backup at the root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLink {
+    /// The backup this one was taken against (full or incremental).
+    pub parent: String,
+    /// The full backup that starts the chain.
+    pub root: String,
+    /// 1 for the first incremental after the full, 2 for the next, and so on.
+    pub depth: u32,
+    /// Stored bytes of the whole chain up to and including this backup.
+    pub chain_stored_bytes: u64,
 }
 
 /// Compression settings recorded in the manifest.
@@ -181,9 +222,25 @@ impl BackupManifest {
         })
     }
 
-    /// Stored bytes of all objects.
+    /// Stored bytes of all objects (with the plaintext copy of the server's
+    /// `backup_manifest`, when there is one).
     pub fn stored_size(&self) -> u64 {
-        self.objects.values().map(|o| o.digest.stored_size).sum()
+        let copy = self
+            .physical
+            .as_ref()
+            .and_then(|p| p.server_manifest.as_ref())
+            .map_or(0, |o| o.size);
+        self.objects
+            .values()
+            .map(|o| o.digest.stored_size)
+            .sum::<u64>()
+            + copy
+    }
+
+    /// The chain link of an incremental physical backup; `None` for full and logical
+    /// backups.
+    pub fn chain_link(&self) -> Option<&ChainLink> {
+        self.physical.as_ref().and_then(|p| p.incremental.as_ref())
     }
 
     /// Raw bytes of the dump.
@@ -408,20 +465,31 @@ pub fn parse_manifest(key: &str, bytes: &[u8]) -> Result<BackupManifest> {
         key: key.into(),
         message: e.to_string(),
     })?;
-    if !(FORMAT_VERSION..=PHYSICAL_FORMAT_VERSION).contains(&version.format_version) {
+    if !(FORMAT_VERSION..=INCREMENTAL_FORMAT_VERSION).contains(&version.format_version) {
         return Err(Error::Manifest {
             key: key.into(),
             message: format!(
-                "format_version {} is not supported by {} (it reads versions {FORMAT_VERSION} to {PHYSICAL_FORMAT_VERSION}); upgrade pgvault",
+                "format_version {} is not supported by {} (it reads versions {FORMAT_VERSION} to {INCREMENTAL_FORMAT_VERSION}); upgrade pgvault",
                 version.format_version,
                 crate::TOOL_VERSION
             ),
         });
     }
-    serde_json::from_slice(bytes).map_err(|e| Error::Manifest {
+    let manifest: BackupManifest = serde_json::from_slice(bytes).map_err(|e| Error::Manifest {
         key: key.into(),
         message: e.to_string(),
-    })
+    })?;
+    if manifest.chain_link().is_some() && manifest.format_version < INCREMENTAL_FORMAT_VERSION {
+        // A reader of version 2 would restore its incremental files as whole ones.
+        return Err(Error::Manifest {
+            key: key.into(),
+            message: format!(
+                "an incremental backup must have format_version {INCREMENTAL_FORMAT_VERSION}, not {}",
+                manifest.format_version
+            ),
+        });
+    }
+    Ok(manifest)
 }
 
 #[cfg(test)]

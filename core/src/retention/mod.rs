@@ -11,7 +11,10 @@
 //!   (measured from the newest backup, not from now, so a stopped schedule cannot age
 //!   the last good backups out).
 //!
-//! A backup kept by any rule is kept. Two guards come first:
+//! A backup kept by any rule is kept, and so is every backup it depends on: an
+//! incremental base backup keeps its parent, the parent its own, up to the full at the
+//! root of the chain (`chain`). The rules count restore points, whole or incremental.
+//! Two guards come first:
 //! - the newest backup is always kept;
 //! - when the newest backup is older than `max_age` (the schedule is broken), nothing is
 //!   deleted at all, and the plan says so.
@@ -47,6 +50,8 @@ pub enum KeepReason {
     Yearly,
     /// `keep_within`.
     Within,
+    /// A kept incremental backup depends on it.
+    Chain,
 }
 
 impl fmt::Display for KeepReason {
@@ -61,6 +66,7 @@ impl fmt::Display for KeepReason {
             KeepReason::Monthly => "monthly",
             KeepReason::Yearly => "yearly",
             KeepReason::Within => "within",
+            KeepReason::Chain => "chain",
         })
     }
 }
@@ -72,6 +78,8 @@ pub struct BackupRef {
     pub id: String,
     /// When it was taken.
     pub time: DateTime<Utc>,
+    /// The backup it depends on (an incremental's parent).
+    pub parent: Option<String>,
 }
 
 /// The planner's decision for one backup.
@@ -191,6 +199,22 @@ pub fn plan(
         }
     }
 
+    // Every kept backup keeps its ancestors, whatever order their times put them in.
+    let index: std::collections::HashMap<String, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.backup.id.clone(), i))
+        .collect();
+    let mut pending: Vec<usize> = (0..entries.len()).filter(|&i| entries[i].keep()).collect();
+    while let Some(i) = pending.pop() {
+        let parent = entries[i].backup.parent.as_ref().and_then(|p| index.get(p));
+        if let Some(&p) = parent {
+            if entries[p].reasons.insert(KeepReason::Chain) && entries[p].reasons.len() == 1 {
+                pending.push(p);
+            }
+        }
+    }
+
     let mut stale = None;
     if let Some(max_age) = max_age {
         let age = now - newest_time;
@@ -221,6 +245,7 @@ mod tests {
             .map(|d| BackupRef {
                 id: format!("b{d:03}"),
                 time: at("2026-01-01T02:00:00Z") + Duration::days(d),
+                parent: None,
             })
             .collect()
     }
@@ -317,6 +342,37 @@ mod tests {
     }
 
     #[test]
+    fn an_incremental_keeps_its_chain_down_to_the_full() {
+        let mut backups = daily_backups(5);
+        // b000 full, b001 full, b002 on b001, b003 on b002, b004 on b003.
+        for i in 2..5 {
+            backups[i].parent = Some(format!("b{:03}", i - 1));
+        }
+        let rules = RetentionRules {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        let p = plan(&backups, &rules, at("2026-01-06T00:00:00Z"), None).unwrap();
+        assert_eq!(kept(&p), vec!["b004", "b003", "b002", "b001"]);
+        let reasons = |id: &str| {
+            p.entries
+                .iter()
+                .find(|e| e.backup.id == id)
+                .map(|e| e.reasons.iter().copied().collect::<Vec<_>>())
+                .unwrap()
+        };
+        assert_eq!(reasons("b003"), vec![KeepReason::Chain]);
+        assert_eq!(reasons("b001"), vec![KeepReason::Chain]);
+        assert_eq!(
+            p.to_delete()
+                .iter()
+                .map(|b| b.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["b000"]
+        );
+    }
+
+    #[test]
     fn a_stale_newest_backup_stops_all_deletion() {
         let rules = RetentionRules {
             keep_last: Some(1),
@@ -352,8 +408,22 @@ mod properties {
             .map(|(i, h)| BackupRef {
                 id: format!("id{i:04}"),
                 time: base + Duration::hours(*h),
+                parent: None,
             })
             .collect()
+    }
+
+    /// Backups at `hours`, where backup `i` is an incremental of the nearest earlier
+    /// backup when `incremental[i]` (the first one is always a full).
+    fn chains_from(hours: &[i64], incremental: &[bool]) -> Vec<BackupRef> {
+        let mut backups = backups_from(hours);
+        backups.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
+        for i in 1..backups.len() {
+            if incremental.get(i).copied().unwrap_or(false) {
+                backups[i].parent = Some(backups[i - 1].id.clone());
+            }
+        }
+        backups
     }
 
     proptest! {
@@ -412,6 +482,31 @@ mod properties {
             reversed.reverse();
             prop_assert_eq!(plan(&reversed, &rules, now, None).unwrap(), p.clone());
             prop_assert_eq!(plan(&backups, &rules, now, None).unwrap(), p);
+        }
+
+        #[test]
+        fn a_kept_backup_keeps_its_whole_chain(
+            hours in prop::collection::vec(0i64..(90 * 24), 1..60),
+            incremental in prop::collection::vec(any::<bool>(), 60),
+            last in 0u32..6,
+            hourly in prop::option::of(0u32..6),
+        ) {
+            let backups = chains_from(&hours, &incremental);
+            let rules = RetentionRules { keep_last: Some(last), keep_hourly: hourly, ..Default::default() };
+            let now = backups.iter().map(|b| b.time).max().unwrap();
+            let p = plan(&backups, &rules, now, None).unwrap();
+            let kept: BTreeMap<&str, bool> = p.entries.iter().map(|e| (e.backup.id.as_str(), e.keep())).collect();
+            for b in &backups {
+                if let (true, Some(parent)) = (kept[b.id.as_str()], &b.parent) {
+                    prop_assert!(kept[parent.as_str()], "{} kept but its parent {} is not", b.id, parent);
+                }
+            }
+            // Only ancestors of kept backups are kept for the chain's sake.
+            for e in &p.entries {
+                if e.reasons.iter().eq([KeepReason::Chain].iter()) {
+                    prop_assert!(backups.iter().any(|b| b.parent.as_deref() == Some(e.backup.id.as_str()) && kept[b.id.as_str()]));
+                }
+            }
         }
 
         #[test]

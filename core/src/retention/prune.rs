@@ -55,6 +55,7 @@ pub async fn plan(
             .map(|m| BackupRef {
                 id: m.id.clone(),
                 time: m.started_at,
+                parent: m.chain_link().map(|l| l.parent.clone()),
             })
             .collect();
         if refs.is_empty() {

@@ -234,7 +234,8 @@ impl ServerBinaries {
             })
     }
 
-    fn tool(&self, name: &str) -> PathBuf {
+    /// The path of one program of this installation (`pg_combinebackup`, `pg_ctl`…).
+    pub fn program(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
@@ -244,10 +245,10 @@ impl ServerBinaries {
         match user {
             Some(user) => {
                 let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(self.tool(name));
+                c.args(["-u", user, "--"]).arg(self.program(name));
                 c
             }
-            None => Command::new(self.tool(name)),
+            None => Command::new(self.program(name)),
         }
     }
 }

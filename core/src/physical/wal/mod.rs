@@ -17,5 +17,5 @@ pub use name::{
 };
 pub use settings::{
     apply_archive_settings, archive_settings, command_word, pgvault_program, restore_command,
-    AppliedSetting,
+    summary_settings, AppliedSetting,
 };

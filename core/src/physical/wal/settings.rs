@@ -42,6 +42,16 @@ pub fn archive_settings(
     ])
 }
 
+/// The settings incremental base backups need on a server of `major`: `summarize_wal`
+/// from PostgreSQL 17 on (it needs no restart), nothing before.
+pub fn summary_settings(major: u32) -> Vec<(&'static str, String)> {
+    if major >= crate::physical::incremental::INCREMENTAL_MIN_MAJOR {
+        vec![("summarize_wal", "on".into())]
+    } else {
+        Vec::new()
+    }
+}
+
 /// One setting changed by [`apply_archive_settings`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedSetting {
