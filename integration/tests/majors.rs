@@ -12,7 +12,13 @@
 //!   amcheck's to check), no check failed;
 //! - a physical base backup, WAL archived by the server through `pgvault wal-push`, and
 //!   a point-in-time restore started with that major's binaries: the row committed
-//!   before the target time is there, the one after it is not.
+//!   before the target time is there, the one after it is not;
+//! - on 17 and 18, incremental base backups: `archive setup --apply` turns on
+//!   `summarize_wal`; an incremental without usable WAL summaries falls back to a full
+//!   one and says why; a chain of a full and two incrementals is listed as a chain,
+//!   kept whole by retention, and restored through `pg_combinebackup` to a time inside
+//!   the last incremental with exactly the rows committed before it; with a parent gone
+//!   the restore refuses and names it. On 14 to 16 an incremental is refused, naming 17.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a harness failure should panic the test
 
 use std::path::PathBuf;
@@ -82,7 +88,7 @@ impl Major {
             std::fs::create_dir_all(&dir).unwrap();
         }
         let extra = format!(
-            "[restore_test]\nbin_dir = \"{}\"\nwork_dir = \"{}\"\nrto_objective = \"10m\"\nrpo_objective = \"24h\"\n",
+            "[retention]\nkeep_last = 1\n\n[restore_test]\nbin_dir = \"{}\"\nwork_dir = \"{}\"\nrto_objective = \"10m\"\nrpo_objective = \"24h\"\n",
             bin.display(),
             drills.display()
         );
@@ -336,6 +342,199 @@ fn point_in_time(m: &Major) {
     }
 }
 
+/// The id of the backup a `backup --json` run printed.
+fn backup_id(out: &str) -> String {
+    let json: Value = serde_json::from_str(out.trim()).expect("backup --json output");
+    json["manifest"]["id"].as_str().expect("an id").to_string()
+}
+
+/// Wait until the segment holding everything written so far is archived.
+fn archive_now(m: &Major) {
+    let segment = m
+        .source
+        .psql("app", "select pg_walfile_name(pg_switch_wal())");
+    wait_until("the archiver to store the switched segment", 60, || {
+        m.source.psql(
+            "app",
+            &format!(
+                "select coalesce(last_archived_wal >= '{segment}', false) from pg_stat_archiver"
+            ),
+        ) == "t"
+    });
+}
+
+/// PostgreSQL 17 and 18: a fallback, a chain of a full and two incrementals, retention
+/// over it, a point-in-time restore through it, and a broken chain refused by name.
+fn incremental_chain(m: &Major) {
+    // WAL summaries start after this checkpoint: the full taken before cannot be a parent.
+    m.source.psql("app", "checkpoint");
+    let out = run_ok(m.cli(&["archive", "setup", "--apply"]));
+    assert!(out.contains("summarize_wal"), "{out}");
+    assert_eq!(m.source.psql("app", "show summarize_wal"), "on");
+    let out = run_ok(m.cli(&["check"]));
+    assert!(out.contains("summarize_wal is on"), "{out}");
+
+    let fallback = run(m.cli(&["backup", "--kind", "physical", "--incremental"]));
+    assert!(fallback.status.success(), "{}", text(&fallback));
+    assert!(
+        text(&fallback).contains("an incremental was asked for, but the server has no WAL summary"),
+        "{}",
+        text(&fallback)
+    );
+    let full = run_ok(m.cli(&["backup", "--kind", "physical", "--json"]));
+    let full_json: Value = serde_json::from_str(full.trim()).unwrap();
+    let full = backup_id(&full);
+    m.source
+        .psql("app", "insert into marks (note) values ('C1')");
+    let first = run_ok(m.cli(&["backup", "--kind", "physical", "--incremental", "--json"]));
+    let first_json: Value = serde_json::from_str(first.trim()).unwrap();
+    let first = backup_id(&first);
+    assert_eq!(first_json["manifest"]["format_version"], 3);
+    assert_eq!(
+        first_json["manifest"]["physical"]["incremental"]["parent"],
+        full.as_str()
+    );
+    assert_eq!(
+        first_json["manifest"]["physical"]["incremental"]["depth"],
+        1
+    );
+    m.source
+        .psql("app", "insert into marks (note) values ('C2')");
+    let second = run_ok(m.cli(&["backup", "--kind", "physical", "--incremental", "--json"]));
+    let second_json: Value = serde_json::from_str(second.trim()).unwrap();
+    let second = backup_id(&second);
+    assert_eq!(
+        second_json["manifest"]["physical"]["incremental"]["parent"],
+        first.as_str()
+    );
+    assert_eq!(
+        second_json["manifest"]["physical"]["incremental"]["root"],
+        full.as_str()
+    );
+    assert_eq!(
+        second_json["manifest"]["physical"]["incremental"]["depth"],
+        2
+    );
+    // An incremental of a small change stores a fraction of the full.
+    let stored = |j: &Value| {
+        j["manifest"]["objects"]["base"]["stored_size"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        stored(&second_json) * 2 < stored(&full_json),
+        "incremental {} bytes, full {} bytes",
+        stored(&second_json),
+        stored(&full_json)
+    );
+
+    m.source
+        .psql("app", "insert into marks (note) values ('D')");
+    let target_time = m.source.psql("app", "select clock_timestamp()");
+    m.source
+        .psql("app", "insert into marks (note) values ('E')");
+    archive_now(m);
+
+    let list = run_ok(m.cli(&["list"]));
+    assert!(list.contains(&format!("+2 on {first}")), "{list}");
+    assert!(list.contains(&format!("+1 on {full}")), "{list}");
+    // keep_last = 1 keeps the newest incremental and so its parent and the full.
+    let prune = run_ok(m.cli(&["prune", "--dry-run"]));
+    for id in [&second, &first, &full] {
+        let line = prune
+            .lines()
+            .find(|l| l.starts_with(id.as_str()))
+            .unwrap_or_else(|| panic!("{id} in {prune}"));
+        assert!(line.contains("KEEP"), "{line}");
+    }
+    let first_line = prune
+        .lines()
+        .find(|l| l.starts_with(first.as_str()))
+        .unwrap();
+    assert!(first_line.contains("chain"), "{first_line}");
+
+    let dir = m.work.path().join("restored-chain");
+    let _stop = Restored {
+        source: &m.source,
+        dir: dir.clone(),
+    };
+    let port = free_port();
+    let out = run(m.cli(&[
+        "restore",
+        "--identity",
+        m.identity(),
+        "--pgdata",
+        dir.to_str().unwrap(),
+        "--to-time",
+        &target_time,
+        "--start",
+        "--port",
+        &port.to_string(),
+    ]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("full {full} + 2 incremental(s)")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        m.source.psql_on_port(
+            port,
+            "app",
+            "select string_agg(note, ',' order by id) from marks"
+        ),
+        "A,B,C1,C2,D"
+    );
+    for sql in PROBES {
+        assert_eq!(
+            m.source.psql("app", sql),
+            m.source.psql_on_port(port, "app", sql),
+            "{sql}"
+        );
+    }
+    let staging_left = std::fs::read_dir(m.work.path())
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().contains("pgvault-staging"));
+    assert!(!staging_left, "the staging directory was not removed");
+
+    // A chain with a member gone is refused, naming the missing parent.
+    let manifest = m
+        .work
+        .path()
+        .join(format!("repo/app/backups/{first}/manifest.json"));
+    std::fs::remove_file(&manifest).unwrap();
+    let out = run(m.cli(&[
+        "restore",
+        "--identity",
+        m.identity(),
+        "--pgdata",
+        m.work.path().join("restored-broken").to_str().unwrap(),
+        "--to-time",
+        &target_time,
+        "--dry-run",
+    ]));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "needs its parent {first}, which is not in the repository"
+        )),
+        "{}",
+        text(&out)
+    );
+}
+
+/// PostgreSQL 14 to 16: an incremental is refused, naming the major it needs.
+fn incremental_refused(m: &Major) {
+    let out = run(m.cli(&["backup", "--kind", "physical", "--incremental"]));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("incremental base backups need PostgreSQL 17 or newer"),
+        "{}",
+        text(&out)
+    );
+}
+
 fn matrix(major: u32) {
     let Some(m) = Major::start(major) else {
         return;
@@ -344,6 +543,11 @@ fn matrix(major: u32) {
     logical_round_trip(&m);
     restore_test(&m);
     point_in_time(&m);
+    if major >= 17 {
+        incremental_chain(&m);
+    } else {
+        incremental_refused(&m);
+    }
 }
 
 #[test]

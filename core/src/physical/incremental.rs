@@ -229,10 +229,16 @@ pub(crate) async fn choose_parent(
             physical.timeline
         )));
     }
+    // Covered when a kept summary starts at or before the parent's start (the server
+    // checks the rest of the range itself), or when the summarizer has not passed that
+    // point yet and will summarize it. Not covered when the summaries from there were
+    // removed (wal_summary_keep_time) or summarize_wal was turned on later.
     let covered: bool = client
         .query_one(
             "select exists (select 1 from pg_available_wal_summaries() \
-             where tli = $1 and start_lsn <= $2::text::pg_lsn and end_lsn > $2::text::pg_lsn)",
+                            where tli = $1 and start_lsn <= $2::text::pg_lsn) \
+                    or exists (select 1 from pg_get_wal_summarizer_state() \
+                               where summarized_tli = $1 and summarized_lsn <= $2::text::pg_lsn)",
             &[&i64::from(physical.timeline), &physical.start_lsn],
         )
         .await

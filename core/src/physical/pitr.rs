@@ -77,14 +77,6 @@ impl TimelineChoice {
             }),
         }
     }
-
-    fn setting(self, base_timeline: u32) -> String {
-        match self {
-            TimelineChoice::Latest => "latest".into(),
-            TimelineChoice::Current => base_timeline.to_string(),
-            TimelineChoice::Id(n) => n.to_string(),
-        }
-    }
 }
 
 /// What the server does when recovery reaches the target.
@@ -773,7 +765,10 @@ fn write_recovery_settings(plan: &PitrPlan, options: &PitrOptions) -> Result<()>
         format!("restore_command = {}", quote(&options.restore_command)),
         format!(
             "recovery_target_timeline = {}",
-            quote(&plan.timeline_choice.setting(plan.physical.timeline))
+            // The timeline the plan chose, never 'latest': the server would take the
+            // newest history file in the archive even when it does not descend from
+            // this backup (a promoted copy archiving into the policy) and stop.
+            quote(&plan.timeline.to_string())
         ),
     ];
     match &plan.target {
