@@ -345,8 +345,8 @@ mod tests {
     fn an_incremental_keeps_its_chain_down_to_the_full() {
         let mut backups = daily_backups(5);
         // b000 full, b001 full, b002 on b001, b003 on b002, b004 on b003.
-        for i in 2..5 {
-            backups[i].parent = Some(format!("b{:03}", i - 1));
+        for (i, backup) in backups.iter_mut().enumerate().skip(2) {
+            backup.parent = Some(format!("b{:03}", i - 1));
         }
         let rules = RetentionRules {
             keep_last: Some(1),
