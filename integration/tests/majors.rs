@@ -17,7 +17,8 @@
 //!   `summarize_wal`; an incremental without usable WAL summaries falls back to a full
 //!   one and says why; a chain of a full and two incrementals is listed as a chain,
 //!   kept whole by retention, and restored through `pg_combinebackup` to a time inside
-//!   the last incremental with exactly the rows committed before it; with a parent gone
+//!   the last incremental with exactly the rows committed before it, and by a
+//!   point-in-time drill of its newest member; with a parent gone
 //!   the restore refuses and names it. On 14 to 16 an incremental is refused, naming 17.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a harness failure should panic the test
 
@@ -497,6 +498,34 @@ fn incremental_chain(m: &Major) {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().contains("pgvault-staging"));
     assert!(!staging_left, "the staging directory was not removed");
+
+    // A point-in-time drill of the newest backup restores through the chain too.
+    let policy_text = std::fs::read_to_string(&m.policy).unwrap();
+    std::fs::write(
+        &m.policy,
+        policy_text.replacen("[restore_test]\n", "[restore_test]\nkind = \"pitr\"\n", 1),
+    )
+    .unwrap();
+    let out = run(m.cli(&["restore-test", "--json", "--identity", m.identity()]));
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{}\n{report:#}", text(&out));
+    assert_eq!(report["verdict"], "PASS", "{report:#}");
+    assert_eq!(report["backup"]["id"], second.as_str(), "{report:#}");
+    let verify = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "verify")
+        .unwrap();
+    assert!(
+        verify["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("its chain of 3 backups from full {full}")),
+        "{verify}"
+    );
+    std::fs::write(&m.policy, policy_text).unwrap();
 
     // A chain with a member gone is refused, naming the missing parent.
     let manifest = m

@@ -110,7 +110,13 @@ pub(crate) async fn drill(
             backups_in_window: physical.len(),
         }
     });
-    let Some(oldest) = physical.iter().map(|m| m.consistent_at).min() else {
+    // `pick = "latest"` tests the newest base backup (with its chain, when it is an
+    // incremental): the target lies after it. `random` draws from the whole archive.
+    let window_start = match config.pick {
+        crate::policy::DrillPick::Latest => physical.iter().map(|m| m.consistent_at).max(),
+        crate::policy::DrillPick::Random(_) => physical.iter().map(|m| m.consistent_at).min(),
+    };
+    let Some(oldest) = window_start else {
         record.setup_failed(
             None,
             format!(
@@ -279,8 +285,17 @@ pub(crate) async fn drill(
                 Status::Passed,
                 Some(verify_wall - report.replay_seconds.unwrap_or(0.0)),
                 format!(
-                    "base backup {} extracted with every digest checked; {} WAL segment(s) planned",
+                    "base backup {}{} extracted with every digest checked; {} WAL segment(s) planned",
                     plan.base.id,
+                    if plan.chain.len() > 1 {
+                        format!(
+                            " (an incremental: its chain of {} backups from full {}, joined with pg_combinebackup)",
+                            plan.chain.len(),
+                            plan.chain[0].id
+                        )
+                    } else {
+                        String::new()
+                    },
                     plan.segments.len()
                 ),
             );

@@ -6,6 +6,11 @@
 //! the source must archive with `pgvault wal-push` (see `pgvault archive setup`). The
 //! backup's start and end LSN, timeline and WAL segment size go into the manifest, so a
 //! restore can plan which segments it needs before it downloads anything.
+//!
+//! On PostgreSQL 17 and newer a backup can be incremental ([`BaseBackupKind`]): taken
+//! against the newest base backup's stored `backup_manifest` (see
+//! [`crate::physical::incremental`]), falling back to a full one or refusing when no
+//! backup can be its parent.
 
 use std::io::{Read, Write};
 use std::sync::Arc;

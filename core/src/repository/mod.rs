@@ -6,6 +6,9 @@
 //! <policy>/backups/<id>/dump.pgdump.zst.age          pg_dump -Fc archive
 //! <policy>/backups/<id>/globals.sql.zst.age          roles, memberships, tablespaces
 //! <policy>/backups/<id>/verification.json.zst.age    per-table row counts (encrypted)
+//! <policy>/backups/<id>/base.tar.zst.age            pg_basebackup tar (physical)
+//! <policy>/backups/<id>/backup_manifest.json         the server's manifest, plaintext,
+//!                                                    without checksums (PostgreSQL 17+)
 //! <policy>/backups/<id>/manifest.json                plaintext metadata, written last
 //! ```
 //!
