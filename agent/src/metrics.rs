@@ -108,6 +108,21 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
         "wal_archiver_failing",
         "1 if the source's last archive attempt failed",
     );
+    let gap_records = gauge(
+        &mut registry,
+        "wal_gap_records",
+        "WAL ranges dropped by a full archive spool (queue_full = \"drop\") and recorded in the repository: point-in-time recovery cannot cross them",
+    );
+    let dropped_unrecorded = gauge(
+        &mut registry,
+        "wal_dropped_unrecorded",
+        "Segments this host's archive spool dropped whose gap is not yet recorded in the repository",
+    );
+    let spool_backlog = gauge(
+        &mut registry,
+        "wal_spool_backlog_bytes",
+        "Bytes of WAL waiting in this host's archive spool (asynchronous archiving)",
+    );
     let drill_at = gauge(
         &mut registry,
         "restore_test_last_timestamp_seconds",
@@ -188,6 +203,15 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
             archiver_failing
                 .get_or_create(&label)
                 .set(if v { 1.0 } else { 0.0 });
+        }
+        if let Some(v) = s.wal_gap_records {
+            gap_records.get_or_create(&label).set(v as f64);
+        }
+        if let Some(v) = s.wal_dropped_unrecorded {
+            dropped_unrecorded.get_or_create(&label).set(v as f64);
+        }
+        if let Some(v) = s.wal_spool_backlog_bytes {
+            spool_backlog.get_or_create(&label).set(v as f64);
         }
         if let Some(t) = s.last_drill_at {
             drill_at

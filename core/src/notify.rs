@@ -49,6 +49,9 @@ pub enum EventKind {
     RestoreTestPassed,
     /// A scheduled restore test failed (or could not run).
     RestoreTestFailed,
+    /// WAL was dropped by a full archive spool (`queue_full = "drop"`): point-in-time
+    /// recovery cannot cross the gap. `error` describes it.
+    WalGap,
 }
 
 /// One notification.
@@ -130,6 +133,11 @@ impl Event {
                 self.deleted.len(),
                 self.deleted.join(", ")
             ),
+            EventKind::WalGap => format!(
+                ":rotating_light: pgvault WAL GAP in *{}*: {}; point-in-time recovery cannot cross it: take a new base backup",
+                self.policy,
+                self.error.as_deref().unwrap_or("a range was dropped")
+            ),
         }
     }
 }
@@ -144,7 +152,7 @@ pub fn host_name() -> String {
 /// Whether `config` wants events of `kind`.
 pub fn wanted(config: &NotifyConfig, kind: EventKind) -> bool {
     match kind {
-        EventKind::BackupFailed | EventKind::RestoreTestFailed => true,
+        EventKind::BackupFailed | EventKind::RestoreTestFailed | EventKind::WalGap => true,
         EventKind::RestoreTestPassed => config.on_success,
         EventKind::BackupSucceeded => config.on_success,
         EventKind::RetentionDeleted => config.on_retention,

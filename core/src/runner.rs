@@ -70,6 +70,12 @@ pub struct PolicyStatus {
     pub wal_archive_gaps: Option<u64>,
     /// Whether the source's archiver's last attempt failed.
     pub wal_archiver_failing: Option<bool>,
+    /// Gap records in the repository: WAL ranges dropped by a full spool.
+    pub wal_gap_records: Option<u64>,
+    /// Segments this host's spool dropped whose gap is not yet recorded.
+    pub wal_dropped_unrecorded: Option<u64>,
+    /// Bytes waiting in this host's archive spool (asynchronous archiving).
+    pub wal_spool_backlog_bytes: Option<u64>,
     /// When the last restore test started.
     pub last_drill_at: Option<DateTime<Utc>>,
     /// Whether it passed.
@@ -449,43 +455,67 @@ pub async fn run_archive_watch(
     shutdown: CancellationToken,
     every: std::time::Duration,
 ) {
+    let mut announced: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         match Repository::open(&policy).await {
-            Ok(repo) => {
-                let incrementals = policy
-                    .schedule
-                    .as_ref()
-                    .is_some_and(|s| s.physical_incremental.is_some());
-                match crate::physical::archive_check::check(&repo, &policy.source.url, incrementals)
-                    .await
-                {
-                    Ok(found) => {
-                        let gaps = found
-                            .backups
-                            .iter()
-                            .filter(|b| !b.missing.is_empty())
-                            .count();
-                        if gaps > 0 {
-                            tracing::warn!(policy = %policy.name, gaps, "WAL archive has gaps: point-in-time recovery from some base backups stops early");
-                        }
-                        update(&status, |s| {
-                            s.wal_archive_gaps = Some(gaps as u64);
-                            match &found.archiver {
-                                Ok(a) => {
-                                    s.wal_archiver_failing = Some(a.failing());
-                                    s.wal_archive_lag_seconds = a.last_archived_at.map(|t| {
-                                        (Utc::now() - t).num_milliseconds() as f64 / 1000.0
-                                    });
-                                }
-                                Err(_) => s.wal_archiver_failing = None,
+            Ok(repo) => match crate::physical::archive_check::check(&repo, &policy).await {
+                Ok(found) => {
+                    for gap in &found.gaps {
+                        if announced.insert(gap.key.clone()) {
+                            tracing::error!(policy = %policy.name, gap = %gap, "WAL gap: point-in-time recovery cannot cross it");
+                            if let Some(notify) = &policy.notify {
+                                let mut event = Event::new(EventKind::WalGap, &policy.name);
+                                event.error = Some(gap.to_string());
+                                crate::notify::send(notify, &event).await;
                             }
-                        });
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(policy = %policy.name, error = %e, "cannot check the WAL archive")
+                    let unrecorded = found.spool.as_ref().map_or(0, |s| s.dropped_unrecorded);
+                    // A pusher killed after the last segment would otherwise wait for
+                    // the next archive_command: the agent restarts it.
+                    if let (Some(spool), Some(dir)) =
+                        (&found.spool, policy.archive.spool_dir.as_deref())
+                    {
+                        let waiting = spool.backlog_files > 0 || spool.dropped_unrecorded > 0;
+                        if waiting && !spool.pusher_running {
+                            tracing::info!(policy = %policy.name, files = spool.backlog_files, "the archive spool has a backlog and no pusher; starting one");
+                            let started =
+                                crate::physical::wal::spool::Spool::open(dir).and_then(|s| {
+                                    crate::physical::wal::pusher::ensure_pusher(&s, &policy.path)
+                                });
+                            if let Err(e) = started {
+                                tracing::warn!(policy = %policy.name, error = %e, "cannot start the WAL pusher");
+                            }
+                        }
                     }
+                    let gaps = found
+                        .backups
+                        .iter()
+                        .filter(|b| !b.missing.is_empty())
+                        .count();
+                    if gaps > 0 {
+                        tracing::warn!(policy = %policy.name, gaps, "WAL archive has gaps: point-in-time recovery from some base backups stops early");
+                    }
+                    update(&status, |s| {
+                        s.wal_archive_gaps = Some(gaps as u64);
+                        s.wal_gap_records = Some(found.gaps.len() as u64);
+                        s.wal_dropped_unrecorded = Some(unrecorded as u64);
+                        s.wal_spool_backlog_bytes = found.spool.as_ref().map(|sp| sp.backlog_bytes);
+                        match &found.archiver {
+                            Ok(a) => {
+                                s.wal_archiver_failing = Some(a.failing());
+                                s.wal_archive_lag_seconds = a
+                                    .last_archived_at
+                                    .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0);
+                            }
+                            Err(_) => s.wal_archiver_failing = None,
+                        }
+                    });
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(policy = %policy.name, error = %e, "cannot check the WAL archive")
+                }
+            },
             Err(e) => {
                 tracing::warn!(policy = %policy.name, error = %e, "cannot open the repository to check the WAL archive")
             }

@@ -527,6 +527,14 @@ fn incremental_chain(m: &Major) {
     );
     std::fs::write(&m.policy, policy_text).unwrap();
 
+    // Keyless verification checks the manifest copy and the chain.
+    let out = run_ok(m.cli(&["verify", &second]));
+    assert!(
+        out.contains("every ancestor is present: 3 backups"),
+        "{out}"
+    );
+    assert!(out.contains("sha256 matches"), "{out}");
+
     // A chain with a member gone is refused, naming the missing parent.
     let manifest = m
         .work
@@ -548,6 +556,13 @@ fn incremental_chain(m: &Major) {
         text(&out).contains(&format!(
             "needs its parent {first}, which is not in the repository"
         )),
+        "{}",
+        text(&out)
+    );
+    let out = run(m.cli(&["verify", &second]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("needs its parent {first}")),
         "{}",
         text(&out)
     );

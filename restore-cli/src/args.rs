@@ -54,6 +54,15 @@ pub(crate) enum Command {
         /// The WAL file (`%p`).
         path: PathBuf,
     },
+    /// The background pusher of `[archive] mode = "async"`: stores what the spool holds
+    /// and exits once it stays empty. `wal-push` starts it; there is no need to run it
+    /// by hand.
+    #[command(hide = true)]
+    WalPusher {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+    },
     /// restore_command: fetch one WAL file (`%f`) to `%p`, verified, atomically. Exits 1
     /// when the archive does not have it, so recovery ends there; 126 when it could not
     /// be read (storage down, wrong key, damaged), so recovery stops with an error

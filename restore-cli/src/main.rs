@@ -254,17 +254,9 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
         Command::Check { policy } => {
             let policy = load_policy(&policy)?;
             let repo = open_repository(&policy).await?;
-            let incrementals = policy
-                .schedule
-                .as_ref()
-                .is_some_and(|s| s.physical_incremental.is_some());
-            let found = pgvault_core::physical::archive_check::check(
-                &repo,
-                &policy.source.url,
-                incrementals,
-            )
-            .await
-            .with_context(|| format!("cannot read the repository of policy {}", policy.name))?;
+            let found = pgvault_core::physical::archive_check::check(&repo, &policy)
+                .await
+                .with_context(|| format!("cannot read the repository of policy {}", policy.name))?;
             print!(
                 "{}",
                 output::archive_check(&policy.name, &found, chrono::Utc::now())
@@ -285,6 +277,20 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
         }
         Command::WalPush { policy, path } => {
             let policy = load_policy(&policy)?;
+            if policy.archive.mode == pgvault_core::policy::ArchiveMode::Async {
+                let handed = wal::pusher::archive_async(&policy, &path)
+                    .await
+                    .with_context(|| format!("cannot archive {}", path.display()))?;
+                if let wal::spool::HandOver::Dropped { backlog } = handed {
+                    eprintln!(
+                        "pgvault: WARNING: {} was DROPPED, not archived: the spool holds {} (queue_max {}, queue_full = \"drop\"); the gap is recorded and point-in-time recovery cannot cross it",
+                        path.display(),
+                        pgvault_core::units::human_bytes(backlog),
+                        pgvault_core::units::human_bytes(policy.archive.queue_max)
+                    );
+                }
+                return Ok(0);
+            }
             let repo = open_repository(&policy).await?;
             let outcome = wal::push(
                 &repo,
@@ -297,6 +303,18 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             .with_context(|| format!("cannot archive {}", path.display()))?;
             if let wal::PushOutcome::AlreadyArchived(key) = outcome {
                 eprintln!("pgvault: {} was already archived as {key}", path.display());
+            }
+            Ok(0)
+        }
+        Command::WalPusher { policy } => {
+            let policy = load_policy(&policy)?;
+            match wal::pusher::run_pusher(&policy, cancel).await? {
+                wal::pusher::PusherExit::AlreadyRunning => {
+                    tracing::debug!("another pusher empties this spool")
+                }
+                wal::pusher::PusherExit::Idle { stored } => {
+                    tracing::info!(stored, "the spool is empty; the pusher exits")
+                }
             }
             Ok(0)
         }

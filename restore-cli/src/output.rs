@@ -221,6 +221,13 @@ pub fn prune_plan(plan: &pgvault_core::retention::prune::PrunePlan) -> String {
             plan.recent_leftovers
         );
     }
+    if !plan.gaps_to_delete.is_empty() {
+        let _ = writeln!(
+            out,
+            "WAL gaps: {} record(s) before the oldest retained base backup: DELETE",
+            plan.gaps_to_delete.len()
+        );
+    }
     if !plan.wal_to_delete.is_empty() {
         let _ = writeln!(
             out,
@@ -571,6 +578,45 @@ pub fn archive_check(
                 b.missing.len(),
                 b.segments,
                 b.missing[0]
+            );
+        }
+    }
+    for gap in &found.gaps {
+        let _ = writeln!(
+            out,
+            "  GAP   {gap}: point-in-time recovery cannot cross it; take a new base backup (record {})",
+            gap.key
+        );
+    }
+    if let Some(spool) = &found.spool {
+        let _ = writeln!(
+            out,
+            "  {} archive spool: {} file(s), {} waiting; pusher {}; last stored {}{}",
+            if spool.status.last_error.is_some() {
+                "WARN "
+            } else {
+                "OK   "
+            },
+            spool.backlog_files,
+            human_bytes(spool.backlog_bytes),
+            if spool.pusher_running {
+                "running"
+            } else {
+                "idle"
+            },
+            spool.status.last_stored.as_deref().unwrap_or("nothing yet"),
+            spool
+                .status
+                .last_error
+                .as_deref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        );
+        if spool.dropped_unrecorded > 0 {
+            let _ = writeln!(
+                out,
+                "  GAP   {} segment(s) DROPPED by this host's spool (queue_full = \"drop\"), not yet recorded in the repository: point-in-time recovery cannot cross them",
+                spool.dropped_unrecorded
             );
         }
     }

@@ -93,7 +93,7 @@ pub(crate) async fn drill(
         .into_iter()
         .filter(|m| m.kind == BackupKind::Physical)
         .collect();
-    let archiver = crate::physical::archive_check::check(repo, &request.policy.source.url, false)
+    let archiver = crate::physical::archive_check::check(repo, request.policy)
         .await
         .ok()
         .and_then(|c| c.archiver.ok());

@@ -216,11 +216,55 @@ pub async fn verify_backup(
             outcome,
         });
     }
+    objects.extend(physical_extras(repo, manifest).await);
     Ok(VerifyReport {
         backup_id: manifest.id.clone(),
         deep: identities.is_some(),
         objects,
     })
+}
+
+/// What a physical backup has besides its objects: the plaintext copy of the server's
+/// manifest (its digest), and for an incremental, the chain a restore needs. Neither
+/// needs a key.
+async fn physical_extras(repo: &Repository, manifest: &BackupManifest) -> Vec<ObjectCheck> {
+    let mut checks = Vec::new();
+    let Some(physical) = &manifest.physical else {
+        return checks;
+    };
+    if let Some(copy) = &physical.server_manifest {
+        let outcome = crate::repository::chain::fetch_server_manifest(repo, manifest)
+            .await
+            .map(|bytes| format!("{} plaintext bytes, sha256 matches", bytes.len()));
+        checks.push(ObjectCheck {
+            role: "server_manifest".into(),
+            key: copy.key.clone(),
+            outcome,
+        });
+    }
+    if manifest.chain_link().is_some() {
+        let outcome = match repo.list_backups().await {
+            Ok(all) => crate::repository::chain::chain_of(manifest, &all)
+                .map(|chain| {
+                    format!(
+                        "every ancestor is present: {} backups from full {}",
+                        chain.len(),
+                        chain[0].id
+                    )
+                })
+                .map_err(|e| Error::Integrity {
+                    object: format!("the chain of backup {}", manifest.id),
+                    message: e.to_string(),
+                }),
+            Err(e) => Err(e),
+        };
+        checks.push(ObjectCheck {
+            role: "chain".into(),
+            key: format!("backup {}", manifest.id),
+            outcome,
+        });
+    }
+    checks
 }
 
 async fn deep_check_dump(

@@ -8,7 +8,10 @@
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
+use crate::physical::wal::gaps::GapRecord;
+use crate::physical::wal::pusher::SpoolState;
 use crate::physical::wal::{self, parse_lsn, ArchivedWal, WalFileKind};
+use crate::policy::Policy;
 use crate::postgres::ConnTarget;
 use crate::repository::{BackupKind, Repository};
 
@@ -74,13 +77,24 @@ pub struct ArchiveCheck {
     /// Whether the policy schedules incremental base backups (then `summarize_wal` must
     /// be on).
     pub incrementals_scheduled: bool,
+    /// Ranges of WAL dropped by a full spool (`queue_full = "drop"`), recorded in the
+    /// repository.
+    pub gaps: Vec<GapRecord>,
+    /// The local spool of asynchronous archiving, when it is on this host.
+    pub spool: Option<SpoolState>,
 }
 
 impl ArchiveCheck {
-    /// Whether everything is in order: no gap, archiver not failing, and WAL
-    /// summaries on where incremental backups are scheduled.
+    /// Whether everything is in order: no gap (missing or dropped), no drop waiting to
+    /// be recorded, archiver not failing, and WAL summaries on where incremental backups
+    /// are scheduled.
     pub fn healthy(&self) -> bool {
         self.backups.iter().all(|b| b.missing.is_empty())
+            && self.gaps.is_empty()
+            && self
+                .spool
+                .as_ref()
+                .is_none_or(|s| s.dropped_unrecorded == 0)
             && self
                 .archiver
                 .as_ref()
@@ -91,13 +105,14 @@ impl ArchiveCheck {
     }
 }
 
-/// Check the policy's archive and its source's archiver; `incrementals_scheduled` says
-/// whether the policy takes incremental base backups.
-pub async fn check(
-    repo: &Repository,
-    source_url: &str,
-    incrementals_scheduled: bool,
-) -> Result<ArchiveCheck> {
+/// Check the policy's archive, its gap records, its local spool and its source's
+/// archiver.
+pub async fn check(repo: &Repository, policy: &Policy) -> Result<ArchiveCheck> {
+    let source_url = policy.source.url.as_str();
+    let incrementals_scheduled = policy
+        .schedule
+        .as_ref()
+        .is_some_and(|s| s.physical_incremental.is_some());
     let archive = wal::list_archive(repo).await?;
     let mut timelines: Vec<u32> = archive.iter().map(|a| a.file.timeline).collect();
     timelines.dedup();
@@ -118,6 +133,8 @@ pub async fn check(
         backups,
         archiver,
         incrementals_scheduled,
+        gaps: wal::gaps::list_gaps(repo).await?,
+        spool: wal::pusher::spool_state(policy)?,
     })
 }
 

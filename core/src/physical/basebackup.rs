@@ -217,7 +217,7 @@ async fn physical_backup(
     // The parent's server manifest, for `--incremental`; the file lives until the end.
     let parent_manifest = match &parent {
         Some(parent) => {
-            let bytes = incremental::fetch_server_manifest(&repo, parent).await?;
+            let bytes = crate::repository::chain::fetch_server_manifest(&repo, parent).await?;
             let mut file = tempfile::NamedTempFile::new()
                 .map_err(|e| Error::io("cannot create a temporary file", e))?;
             file.write_all(&bytes)
@@ -313,8 +313,8 @@ async fn physical_backup(
     let server_manifest = if info.major() >= incremental::INCREMENTAL_MIN_MAJOR {
         let stored = async {
             let redacted = incremental::redact_server_manifest(&backup_manifest)?;
-            let key = repo.object_key(id, incremental::SERVER_MANIFEST_FILE);
-            let record = incremental::plain_object(key.clone(), redacted.as_bytes());
+            let key = repo.object_key(id, crate::repository::chain::SERVER_MANIFEST_FILE);
+            let record = crate::repository::chain::plain_object(key.clone(), redacted.as_bytes());
             repo.storage()
                 .put(&key, bytes::Bytes::from(redacted.into_bytes()))
                 .await?;

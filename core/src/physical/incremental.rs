@@ -1,25 +1,19 @@
-//! Incremental base backups (PostgreSQL 17 and newer): choosing the parent, the stored
-//! copy of the server's `backup_manifest` they are taken against, and the chains that
-//! restores walk back to the full backup.
+//! Incremental base backups (PostgreSQL 17 and newer): choosing the parent, and the
+//! copy of the server's `backup_manifest` the next incremental is taken against.
 //!
 //! `pg_basebackup --incremental=FILE` needs the parent's `backup_manifest`. pgvault keeps
 //! it beside every physical backup taken on PostgreSQL 17 or newer, in plaintext with
 //! the per-file checksums removed ([`redact_server_manifest`]): the server reads only
 //! the paths, sizes, WAL ranges and system identifier, and a writer of backups holds
 //! only age recipients, never an identity that could decrypt an encrypted copy. What the
-//! copy reveals (relation file names and sizes) is in docs/FORMAT.md §17.
-//!
-//! An incremental is only as good as its chain: [`chain_of`] resolves a backup to every
-//! ancestor up to the full at the root, and names the first one that is missing.
+//! copy reveals (relation file names and sizes) is in docs/FORMAT.md §17. Reading the
+//! copy back and resolving chains is the repository's ([`crate::repository::chain`]).
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::repository::{BackupKind, BackupManifest, PlainObject, Repository};
-
-/// File name of the plaintext copy of the server's `backup_manifest` in a backup's
-/// directory.
-pub(crate) const SERVER_MANIFEST_FILE: &str = "backup_manifest.json";
+use crate::repository::chain::{chain_of, server_manifest_of};
+use crate::repository::{BackupKind, BackupManifest};
 
 /// The first PostgreSQL major with incremental base backups.
 pub const INCREMENTAL_MIN_MAJOR: u32 = 17;
@@ -79,79 +73,6 @@ pub fn redact_server_manifest(text: &str) -> Result<String> {
     let checksum = hex::encode(Sha256::digest(out.as_bytes()));
     out.push_str(&format!("\"Manifest-Checksum\": \"{checksum}\"}}\n"));
     Ok(out)
-}
-
-/// Fetch a backup's copy of the server manifest, checked against the digest its
-/// pgvault manifest records.
-pub(crate) async fn fetch_server_manifest(
-    repo: &Repository,
-    backup: &BackupManifest,
-) -> Result<Vec<u8>> {
-    let copy = server_manifest_of(backup).ok_or_else(|| Error::Manifest {
-        key: format!("backup {}", backup.id),
-        message: "it has no stored backup_manifest".into(),
-    })?;
-    let bytes = repo.storage().get(&copy.key).await?;
-    let digest = hex::encode(Sha256::digest(&bytes));
-    if digest != copy.sha256 || bytes.len() as u64 != copy.size {
-        return Err(Error::Integrity {
-            object: copy.key.clone(),
-            message: format!(
-                "the stored backup_manifest of backup {} does not match its recorded sha256 (expected {}, got {digest})",
-                backup.id, copy.sha256
-            ),
-        });
-    }
-    Ok(bytes.to_vec())
-}
-
-/// The record of a plaintext copy stored under `key`.
-pub(crate) fn plain_object(key: String, bytes: &[u8]) -> PlainObject {
-    PlainObject {
-        key,
-        size: bytes.len() as u64,
-        sha256: hex::encode(Sha256::digest(bytes)),
-    }
-}
-
-fn server_manifest_of(backup: &BackupManifest) -> Option<&PlainObject> {
-    backup
-        .physical
-        .as_ref()
-        .and_then(|p| p.server_manifest.as_ref())
-}
-
-/// Every backup a restore of `backup` needs, the full at the root first and `backup`
-/// last. Refuses, naming it, when an ancestor is missing or from another cluster.
-pub fn chain_of(backup: &BackupManifest, all: &[BackupManifest]) -> Result<Vec<BackupManifest>> {
-    let mut chain = vec![backup.clone()];
-    while let Some(link) = chain.last().and_then(BackupManifest::chain_link) {
-        let child = chain.last().map(|m| m.id.clone()).unwrap_or_default();
-        let parent = all
-            .iter()
-            .find(|m| m.id == link.parent && m.kind == BackupKind::Physical)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "backup {child} is an incremental that needs its parent {}, which is not in the repository (deleted, or its manifest is damaged): the chain from {} is broken. Restore from another chain (`pgvault list` shows them), and take a new full base backup",
-                    link.parent, link.root
-                ))
-            })?;
-        if parent.system_identifier != backup.system_identifier {
-            return Err(Error::Invalid(format!(
-                "backup {child} names {} as its parent, but that backup is of another cluster (system identifier {}, not {})",
-                parent.id, parent.system_identifier, backup.system_identifier
-            )));
-        }
-        if chain.len() > 10_000 {
-            return Err(Error::Invalid(format!(
-                "the chain of backup {} loops through {}",
-                backup.id, parent.id
-            )));
-        }
-        chain.push(parent.clone());
-    }
-    chain.reverse();
-    Ok(chain)
 }
 
 /// The parent an incremental backup is taken against, or why there is none.

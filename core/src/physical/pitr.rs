@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::keys::Identities;
-use crate::physical::incremental;
 use crate::physical::wal::{self, parse_lsn, ArchivedWal, WalFileKind};
 use crate::pipeline::{self, Decode, Progress};
 use crate::repository::{object, BackupKind, BackupManifest, PhysicalInfo, Repository};
@@ -116,6 +115,8 @@ pub struct PitrPlan {
     pub disk_needed: u64,
     /// Free bytes on the data directory's filesystem now (when it can be read).
     pub disk_free: Option<u64>,
+    /// A WAL gap after the target: replay must stop before it.
+    pub gap_ahead: Option<wal::gaps::GapRecord>,
     /// Its WAL positions.
     pub physical: PhysicalInfo,
     /// Where recovery stops.
@@ -212,7 +213,7 @@ pub async fn plan(
 ) -> Result<PitrPlan> {
     let backups = repo.list_backups().await?;
     let base = choose_base(&backups, &target)?.clone();
-    let chain = incremental::chain_of(&base, &backups)?;
+    let chain = crate::repository::chain::chain_of(&base, &backups)?;
     let staging = (chain.len() > 1).then(|| staging_dir(pgdata, &base.id));
     let raw: u64 = chain.iter().map(BackupManifest::raw_size).sum();
     let disk_needed = if chain.len() > 1 { 2 * raw } else { raw };
@@ -294,6 +295,45 @@ pub async fn plan(
         end_lsn,
         seg_size,
     );
+    let mut needed = needed;
+    let mut gap_ahead = None;
+    let missing_first = needed.iter().position(|n| present(n).is_none());
+    if let Some(position) = missing_first {
+        // A dropped range is named as what it is, not as an unexplained hole. A time
+        // target before the first drop needs nothing from the gap on: replay stops
+        // there (and PostgreSQL stops with an error if the target lies further on).
+        let gaps = wal::gaps::list_gaps(repo).await?;
+        if let Some(gap) = gaps.iter().find(|g| g.covers(&needed[position])) {
+            match &target {
+                RecoveryTarget::Time(t) if *t < gap.dropped_at => {
+                    needed.truncate(position);
+                    gap_ahead = Some(gap.clone());
+                }
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "replay from base backup {} to {target} would cross a WAL gap: {gap}. Choose a time before {} or a base backup taken after {}",
+                        base.id,
+                        gap.dropped_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        gap.last
+                    )))
+                }
+            }
+        }
+    }
+    if target == RecoveryTarget::Latest && gap_ahead.is_none() {
+        // "The end of the archive" must not quietly mean "the last WAL before a drop".
+        let last = needed.last().cloned().unwrap_or_default();
+        let gaps = wal::gaps::list_gaps(repo).await?;
+        if let Some(gap) = gaps
+            .iter()
+            .find(|g| g.timeline == timeline && g.first.as_str() > last.as_str())
+        {
+            return Err(Error::Invalid(format!(
+                "--to-latest would end at {last}, before a WAL gap: {gap}. The newest WAL is gone; to accept that, restore with --to-time before {}",
+                gap.dropped_at.format("%Y-%m-%d %H:%M:%S UTC")
+            )));
+        }
+    }
     let missing: Vec<&String> = needed.iter().filter(|n| present(n).is_none()).collect();
     if let Some(first) = missing.first() {
         let stop_segment = wal::segment_name(physical.timeline, stop_lsn / seg_size, seg_size);
@@ -347,6 +387,7 @@ pub async fn plan(
         .sum();
     let newest_segment = needed.last().cloned();
     Ok(PitrPlan {
+        gap_ahead,
         chain,
         staging,
         disk_needed,
@@ -395,6 +436,12 @@ impl fmt::Display for PitrPlan {
                 String::new()
             }
         )?;
+        if let Some(gap) = &self.gap_ahead {
+            writeln!(
+                f,
+                "  WAL GAP:     after the target: {gap}; replay needs nothing from it, and PostgreSQL stops with an error if the target lies beyond it"
+            )?;
+        }
         if self.chain.len() > 1 {
             let members: Vec<&str> = self.chain.iter().map(|m| m.id.as_str()).collect();
             writeln!(

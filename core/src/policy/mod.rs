@@ -46,6 +46,8 @@ pub struct Policy {
     pub compression: CompressionConfig,
     /// Logical backup options.
     pub backup: BackupOptions,
+    /// How WAL reaches the repository (`[archive]`).
+    pub archive: ArchiveConfig,
     /// Retention rules, when the policy has a `[retention]` section.
     pub retention: Option<RetentionConfig>,
     /// When the agent runs backups, when the policy has a `[schedule]` section.
@@ -230,6 +232,60 @@ pub struct BackupOptions {
     pub incremental_fallback: IncrementalFallback,
 }
 
+/// The `[archive]` section: how `pgvault wal-push` hands WAL to the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveConfig {
+    /// Synchronous (each segment stored before `archive_command` returns) or
+    /// asynchronous (handed to a local spool, stored by a background pusher).
+    pub mode: ArchiveMode,
+    /// The spool of asynchronous mode (required there): segments wait in it, durably,
+    /// until the pusher has stored them.
+    pub spool_dir: Option<PathBuf>,
+    /// Most WAL bytes waiting in the spool (asynchronous mode).
+    pub queue_max: u64,
+    /// What happens to a segment that does not fit in `queue_max`.
+    pub queue_full: QueueFull,
+    /// Segments the pusher stores at once.
+    pub push_parallel: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            mode: ArchiveMode::Sync,
+            spool_dir: None,
+            queue_max: DEFAULT_QUEUE_MAX,
+            queue_full: QueueFull::Keep,
+            push_parallel: DEFAULT_PUSH_PARALLEL,
+        }
+    }
+}
+
+/// Default of `[archive] queue_max`: 4 GiB, 256 segments of 16 MiB.
+pub const DEFAULT_QUEUE_MAX: u64 = 4 << 30;
+/// Default of `[archive] push_parallel`.
+pub const DEFAULT_PUSH_PARALLEL: usize = 8;
+
+/// `[archive] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveMode {
+    /// `archive_command` returns once the segment is stored in the repository.
+    Sync,
+    /// `archive_command` returns once the segment is durably in the local spool; a
+    /// background pusher stores it.
+    Async,
+}
+
+/// `[archive] queue_full`: what a full spool does to the next segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueFull {
+    /// Refuse it: PostgreSQL keeps it in pg_wal and retries, and alerts fire.
+    Keep,
+    /// Accept it without storing it, to save the primary's disk, and record the dropped
+    /// range as a gap in the repository.
+    Drop,
+}
+
 /// `[backup] incremental_fallback`: what `backup --kind physical --incremental` does when
 /// no backup can be its parent (none yet, another timeline, WAL summaries missing…).
 /// Either way the reason is logged and, for a fallback, recorded in the manifest.
@@ -314,6 +370,11 @@ impl Policy {
         .map_err(located)?;
         let compression = CompressionConfig::try_from(raw.compression).map_err(located)?;
         let backup = BackupOptions::try_from(raw.backup).map_err(located)?;
+        let archive = ArchiveConfig::try_from(InDir {
+            raw: raw.archive,
+            dir,
+        })
+        .map_err(located)?;
         let mut retention = raw
             .retention
             .map(RetentionConfig::try_from)
@@ -356,6 +417,7 @@ impl Policy {
             recipients,
             compression,
             backup,
+            archive,
         })
     }
 }

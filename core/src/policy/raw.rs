@@ -16,6 +16,8 @@ pub(super) struct RawPolicy {
     pub(super) compression: RawCompression,
     #[serde(default)]
     pub(super) backup: RawBackup,
+    #[serde(default)]
+    pub(super) archive: RawArchive,
     pub(super) retention: Option<Spanned<RawRetention>>,
     pub(super) schedule: Option<RawSchedule>,
     pub(super) notify: Option<RawNotify>,
@@ -139,4 +141,14 @@ pub(super) struct RawBackup {
     pub(super) include_role_passwords: bool,
     pub(super) archive_wait: Option<Spanned<String>>,
     pub(super) incremental_fallback: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawArchive {
+    pub(super) mode: Option<Spanned<String>>,
+    pub(super) spool_dir: Option<Spanned<String>>,
+    pub(super) queue_max: Option<Spanned<String>>,
+    pub(super) queue_full: Option<Spanned<String>>,
+    pub(super) push_parallel: Option<Spanned<u32>>,
 }

@@ -10,14 +10,14 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::raw::{
-    RawBackup, RawCompression, RawEncryption, RawNotify, RawRepository, RawRestoreTest,
+    RawArchive, RawBackup, RawCompression, RawEncryption, RawNotify, RawRepository, RawRestoreTest,
     RawRetention, RawSchedule, RawSource,
 };
 use super::{
-    expand_env, parse_repository_url, retention, validate_postgres_url, BackupOptions,
-    CompressionConfig, DrillKind, DrillPick, DrillTargetConfig, IncrementalFallback,
-    RepositoryConfig, RestoreTestConfig, RetentionConfig, ScheduleConfig, SourceConfig, SqlCheck,
-    DEFAULT_ARCHIVE_WAIT, DEFAULT_PARTS_IN_FLIGHT, DEFAULT_PART_SIZE, MIN_PART_SIZE,
+    expand_env, parse_repository_url, retention, validate_postgres_url, ArchiveConfig, ArchiveMode,
+    BackupOptions, CompressionConfig, DrillKind, DrillPick, DrillTargetConfig, IncrementalFallback,
+    QueueFull, RepositoryConfig, RestoreTestConfig, RetentionConfig, ScheduleConfig, SourceConfig,
+    SqlCheck, DEFAULT_ARCHIVE_WAIT, DEFAULT_PARTS_IN_FLIGHT, DEFAULT_PART_SIZE, MIN_PART_SIZE,
     RANDOM_PICK_WITHIN,
 };
 use crate::keys::Recipients;
@@ -290,6 +290,66 @@ impl TryFrom<RawBackup> for BackupOptions {
             archive_wait,
             incremental_fallback,
         })
+    }
+}
+
+impl TryFrom<InDir<'_, RawArchive>> for ArchiveConfig {
+    type Error = Misplaced;
+
+    fn try_from(section: InDir<'_, RawArchive>) -> Found<ArchiveConfig> {
+        let InDir { raw, dir } = section;
+        let mut config = ArchiveConfig::default();
+        if let Some(mode) = &raw.mode {
+            config.mode = match mode.get_ref().as_str() {
+                "sync" => ArchiveMode::Sync,
+                "async" => ArchiveMode::Async,
+                other => {
+                    return Err(at(
+                        Some(mode.span()),
+                        format!("[archive] mode must be \"sync\" or \"async\", not {other:?}"),
+                    ))
+                }
+            };
+        }
+        config.spool_dir = raw.spool_dir.as_ref().map(|d| dir.join(d.get_ref()));
+        if config.mode == ArchiveMode::Async && config.spool_dir.is_none() {
+            return Err(at(
+                raw.mode.as_ref().map(|m| m.span()),
+                "[archive] mode = \"async\" needs spool_dir: a directory the server's OS user can write, on a disk with room for queue_max".into(),
+            ));
+        }
+        if let Some(max) = &raw.queue_max {
+            config.queue_max = crate::units::parse_byte_size(max.get_ref())
+                .map_err(|m| at(Some(max.span()), format!("[archive] queue_max: {m}")))?;
+            if config.queue_max < 16 << 20 {
+                return Err(at(
+                    Some(max.span()),
+                    "[archive] queue_max must be at least 16MiB (one WAL segment)".into(),
+                ));
+            }
+        }
+        if let Some(full) = &raw.queue_full {
+            config.queue_full = match full.get_ref().as_str() {
+                "keep" => QueueFull::Keep,
+                "drop" => QueueFull::Drop,
+                other => {
+                    return Err(at(
+                        Some(full.span()),
+                        format!("[archive] queue_full must be \"keep\" or \"drop\", not {other:?}"),
+                    ))
+                }
+            };
+        }
+        if let Some(n) = &raw.push_parallel {
+            if !(1..=64).contains(n.get_ref()) {
+                return Err(at(
+                    Some(n.span()),
+                    "[archive] push_parallel must be between 1 and 64".into(),
+                ));
+            }
+            config.push_parallel = *n.get_ref() as usize;
+        }
+        Ok(config)
     }
 }
 

@@ -15,6 +15,7 @@
 //! A backup exists when its manifest exists: data objects are written first and the
 //! manifest last, so a crash never leaves a listed backup without its data.
 
+pub mod chain;
 pub mod lease;
 pub mod leftovers;
 pub mod new_backup;

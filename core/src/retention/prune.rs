@@ -33,6 +33,8 @@ pub struct PrunePlan {
     pub recent_leftovers: usize,
     /// Archived WAL files no retained base backup needs (see [`crate::physical::wal::wal_not_needed`]).
     pub wal_to_delete: Vec<String>,
+    /// Gap records no retained base backup replays through.
+    pub gaps_to_delete: Vec<String>,
 }
 
 /// Plan a prune of `repo` at `now`. Reads the repository; changes nothing.
@@ -93,14 +95,21 @@ pub async fn plan(
             ));
         }
     }
-    let wal_to_delete = if retained_starts.is_empty() {
-        Vec::new()
+    let (wal_to_delete, gaps_to_delete) = if retained_starts.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
         let archive = crate::physical::wal::list_archive(repo).await?;
-        crate::physical::wal::wal_not_needed(&archive, &retained_starts)
-            .into_iter()
-            .map(|a| a.key.clone())
-            .collect()
+        let gaps = crate::physical::wal::gaps::list_gaps(repo).await?;
+        (
+            crate::physical::wal::wal_not_needed(&archive, &retained_starts)
+                .into_iter()
+                .map(|a| a.key.clone())
+                .collect(),
+            crate::physical::wal::gaps::gaps_not_needed(&gaps, &retained_starts)
+                .into_iter()
+                .map(|g| g.key.clone())
+                .collect(),
+        )
     };
     Ok(PrunePlan {
         retention,
@@ -109,6 +118,7 @@ pub async fn plan(
         dead_leases: found.dead_leases,
         recent_leftovers: found.recent,
         wal_to_delete,
+        gaps_to_delete,
     })
 }
 
@@ -138,7 +148,10 @@ pub async fn execute(
 ) -> Result<PruneOutcome> {
     unless_cancelled(cancel, async {
         let mut outcome = PruneOutcome::default();
-        for backup in plan.retention.to_delete() {
+        // Newest first: the planner gives up an incremental's parent only with the
+        // incremental, so deleting children before parents leaves every remaining chain
+        // whole however far an interrupted prune got.
+        for backup in plan.retention.to_delete().into_iter().rev() {
             repo.storage()
                 .delete(&repo.object_key(&backup.id, MANIFEST))
                 .await?;
@@ -168,6 +181,9 @@ pub async fn execute(
         for key in &plan.wal_to_delete {
             repo.storage().delete(key).await?;
             outcome.deleted_wal += 1;
+        }
+        for key in &plan.gaps_to_delete {
+            repo.storage().delete(key).await?;
         }
         Ok(outcome)
     })

@@ -1,12 +1,16 @@
-//! WAL for point-in-time recovery, in three parts: [`name`] (file names, segment
-//! numbers, LSNs, timeline histories), [`archive`] (push, fetch with prefetch, listing
-//! and retention of the archive), and [`settings`] (the `archive_command` and
-//! `restore_command` the server runs, and `ALTER SYSTEM`). The names callers use are
-//! re-exported here.
+//! WAL for point-in-time recovery: [`name`] (file names, segment numbers, LSNs,
+//! timeline histories), [`archive`] (push, fetch with prefetch, listing and retention of
+//! the archive), [`spool`] and [`pusher`] (asynchronous archiving through a local
+//! spool), [`gaps`] (records of WAL dropped by a full spool), and [`settings`] (the
+//! `archive_command` and `restore_command` the server runs, and `ALTER SYSTEM`). The
+//! names callers use are re-exported here.
 
 pub mod archive;
+pub mod gaps;
 pub mod name;
+pub mod pusher;
 pub mod settings;
+pub mod spool;
 
 pub use archive::{
     fetch, list_archive, push, wal_not_needed, ArchivedWal, FetchOutcome, PushOutcome, PREFETCH_DIR,
