@@ -195,6 +195,34 @@ impl Drop for Restored<'_> {
 }
 
 #[test]
+fn recovery_replays_through_the_long_lived_prefetcher() {
+    let Some(a) = Archiving::start() else {
+        return;
+    };
+    run_ok(a.cli(&["backup", "--kind", "physical"]));
+    for i in 0..12 {
+        a.insert(&format!("row {i}"));
+        a.switch_and_archive();
+    }
+    let dir = a.work.path().join("latest");
+    let _guard = Restored {
+        source: &a.source,
+        dir: dir.clone(),
+    };
+    let (out, port) = a.restore(&dir, &["--to-latest"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let served: usize = text(&out)
+        .split(" WAL file(s) from the prefetcher")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no prefetcher count in {}", text(&out)));
+    assert!(served >= 1, "{}", text(&out));
+    let expected: Vec<String> = (0..12).map(|i| format!("row {i}")).collect();
+    assert_eq!(a.notes_at(port), expected);
+}
+
+#[test]
 fn restore_to_a_time_an_lsn_and_a_named_point_gives_exactly_the_rows_before_it() {
     let Some(a) = Archiving::start() else {
         return;
@@ -430,7 +458,7 @@ fn a_missing_wal_segment_refuses_the_plan_and_names_it() {
 }
 
 #[test]
-fn wal_push_is_idempotent_refuses_different_content_and_fetch_prefetches() {
+fn wal_push_is_idempotent_refuses_different_content_and_fetch_is_served_by_the_prefetcher() {
     let work = tempfile::tempdir().unwrap();
     let key = keygen(work.path(), "ops");
     let repo = work.path().join("repo");
@@ -499,17 +527,25 @@ fn wal_push_is_idempotent_refuses_different_content_and_fetch_prefetches() {
         std::fs::read(restore_dir.join("RECOVERYXLOG")).unwrap(),
         original
     );
+    // The prefetcher started by that call keeps the next two segments ready.
     let prefetched = restore_dir.join(".pgvault-prefetch");
-    let mut waiting: Vec<String> = std::fs::read_dir(&prefetched)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    waiting.sort();
-    assert_eq!(
-        waiting,
-        ["000000010000000000000011", "000000010000000000000012"]
-    );
-    let out = fetch("000000010000000000000011", "0");
+    let ready = || {
+        let mut waiting: Vec<String> = std::fs::read_dir(&prefetched)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.') && n.len() == 24)
+            .collect();
+        waiting.sort();
+        waiting
+    };
+    pgvault_integration::wait_until("the prefetcher to fetch two segments ahead", 30, || {
+        ready() == ["000000010000000000000011", "000000010000000000000012"]
+    });
+    // Served from the prefetcher: the repository is not even reachable now.
+    let away = work.path().join("repo-away");
+    std::fs::rename(&repo, &away).unwrap();
+    let out = fetch("000000010000000000000011", "2");
+    std::fs::rename(&away, &repo).unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(!prefetched.join("000000010000000000000011").exists());
     assert_eq!(

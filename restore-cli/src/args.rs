@@ -63,6 +63,22 @@ pub(crate) enum Command {
         #[arg(long)]
         policy: PathBuf,
     },
+    /// The long-lived prefetcher of recovery: keeps the WAL segments after the last one
+    /// `wal-fetch` was asked for downloaded in DIR. `wal-fetch` starts it.
+    #[command(hide = true)]
+    WalPrefetcher {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// age identity file able to decrypt the archive.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Segments to keep ready ahead of recovery.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// The prefetch directory (`pg_wal/.pgvault-prefetch`).
+        dir: PathBuf,
+    },
     /// restore_command: fetch one WAL file (`%f`) to `%p`, verified, atomically. Exits 1
     /// when the archive does not have it, so recovery ends there; 126 when it could not
     /// be read (storage down, wrong key, damaged), so recovery stops with an error
@@ -74,8 +90,8 @@ pub(crate) enum Command {
         /// age identity file able to decrypt the archive.
         #[arg(long)]
         identity: PathBuf,
-        /// Segments to download ahead in parallel for the next calls.
-        #[arg(long, default_value_t = 4)]
+        /// Segments a long-lived prefetcher keeps downloaded ahead of recovery (0: none).
+        #[arg(long, default_value_t = 8)]
         prefetch: usize,
         /// The WAL file name (`%f`).
         name: String,
@@ -291,8 +307,8 @@ pub(crate) struct PitrArgs {
     /// Port to start the restored server on (with --start).
     #[arg(long, requires = "start")]
     pub(crate) port: Option<u16>,
-    /// WAL segments restore_command prefetches in parallel.
-    #[arg(long, default_value_t = 4, conflicts_with = "target")]
+    /// WAL segments a long-lived prefetcher keeps downloaded ahead of recovery (0: none).
+    #[arg(long, default_value_t = 8, conflicts_with = "target")]
     pub(crate) prefetch: usize,
     /// Whether the restored server archives WAL.
     #[arg(long, value_enum, default_value_t = ArchiveMode::Preserve, conflicts_with = "target")]

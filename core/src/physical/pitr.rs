@@ -534,6 +534,8 @@ pub struct PitrReport {
     pub reached: Vec<String>,
     /// Where the server's log is.
     pub log: Option<PathBuf>,
+    /// WAL files recovery got from the prefetcher, without a round trip (with `--start`).
+    pub prefetched: usize,
 }
 
 /// Carry out a plan: extract, configure recovery, optionally start and wait.
@@ -624,6 +626,7 @@ pub async fn execute(
         report.replay_seconds = Some(replay_started.elapsed().as_secs_f64());
         report.reached = reached;
         report.log = Some(log);
+        report.prefetched = wal::prefetcher::served_count(pgdata);
     }
     Ok(report)
 }

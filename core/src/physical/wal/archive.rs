@@ -1,6 +1,6 @@
 //! The WAL archive: storing each WAL file the server hands over ([`push`]), fetching
-//! one back for recovery with parallel prefetch ([`fetch`]), listing the archive, and
-//! WAL retention ([`wal_not_needed`]).
+//! one back for recovery ([`fetch`]), listing the archive, and WAL retention
+//! ([`wal_not_needed`]).
 //!
 //! Each WAL file (segment, `.history`, `.backup`, `.partial`) is stored through the same
 //! zstd → age pipeline as backups, under
@@ -10,14 +10,12 @@
 //! archived one is never overwritten. Fetching checks the digest after decrypting.
 //!
 //! [`push`] returns only after the object is durably stored, so PostgreSQL recycles a
-//! segment only once it is safe. [`fetch`] writes atomically (temp file + rename) and
-//! prefetches the next segments in parallel so replay is not bound by round trips.
+//! segment only once it is safe. [`fetch`] writes atomically (temp file + rename); the
+//! segments after it come from the long-lived prefetcher ([`super::prefetcher`]).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +25,7 @@ use crate::pipeline::{self, EncodeSettings};
 use crate::repository::Repository;
 use crate::stop_signal::unless_cancelled;
 
-use super::name::{segment_name, WalFileKind, WalFileName, DEFAULT_SEGMENT_SIZE};
+use super::name::{WalFileKind, WalFileName, DEFAULT_SEGMENT_SIZE};
 
 /// Suffix of every archived WAL object.
 const OBJECT_SUFFIX: &str = ".zst.age";
@@ -197,115 +195,39 @@ fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// How a fetch was served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchOutcome {
-    /// Whether the file came from an earlier prefetch.
-    pub from_prefetch: bool,
-    /// Segments prefetched by this call.
-    pub prefetched: usize,
-}
-
 /// Restore the archived WAL file `name` to `dest` (what `restore_command` passes as
-/// `%f` and `%p`). A missing file is [`Error::WalNotFound`], so recovery ends where the
-/// archive ends. With `prefetch > 0`, the next segments of the same timeline are
-/// downloaded in parallel into [`PREFETCH_DIR`] beside `dest` for the calls to come.
-/// `cancel` stops it before `dest` is written: recovery then sees a failed fetch.
+/// `%f` and `%p`), verified, atomically. A missing file is [`Error::WalNotFound`], so
+/// recovery ends where the archive ends. `cancel` stops it before `dest` is written:
+/// recovery then sees a failed fetch. (The segments after it are the prefetcher's, see
+/// [`super::prefetcher`].)
 pub async fn fetch(
     repo: &Repository,
     name: &str,
     dest: &Path,
     identities: &Identities,
     recipients: &[String],
-    prefetch: usize,
     cancel: &CancellationToken,
-) -> Result<FetchOutcome> {
-    let file = WalFileName::parse(name)?;
-    let prefetch_dir = dest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join(PREFETCH_DIR);
-    let waiting = prefetch_dir.join(&file.name);
-    if waiting.is_file() {
-        std::fs::rename(&waiting, dest).map_err(|e| {
-            Error::io(
-                format!("cannot move prefetched {} into place", file.name),
-                e,
-            )
-        })?;
-        return Ok(FetchOutcome {
-            from_prefetch: true,
-            prefetched: 0,
-        });
-    }
-    let data = unless_cancelled(cancel, async {
-        let archived = locate(repo, &file).await?;
-        download(repo, &archived, identities, recipients).await
-    })
+) -> Result<u64> {
+    unless_cancelled(
+        cancel,
+        download_to(repo, name, dest, identities, recipients),
+    )
     .await?;
-    write_atomically(dest, &data)?;
-    let mut prefetched = 0;
-    if file.kind == WalFileKind::Segment && prefetch > 0 && !data.is_empty() {
-        let size = data.len() as u64;
-        // Prefetching is a favour to the next calls: a cancel ends it, not this fetch.
-        tokio::select! {
-            n = prefetch_after(
-                repo,
-                &file,
-                size,
-                &prefetch_dir,
-                identities,
-                recipients,
-                prefetch,
-            ) => prefetched = n,
-            _ = cancel.cancelled() => {}
-        }
-    }
-    Ok(FetchOutcome {
-        from_prefetch: false,
-        prefetched,
-    })
+    Ok(std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0))
 }
 
-/// Download the `count` segments after `file` into `dir`; best effort (a missing or
-/// failing one is simply fetched normally later). Returns how many were stored.
-async fn prefetch_after(
+/// Locate, download, verify and atomically write the archived file `name` to `dest`.
+pub(crate) async fn download_to(
     repo: &Repository,
-    file: &WalFileName,
-    segment_size: u64,
-    dir: &Path,
+    name: &str,
+    dest: &Path,
     identities: &Identities,
     recipients: &[String],
-    count: usize,
-) -> usize {
-    let Some(segno) = file.segno_for(segment_size) else {
-        return 0;
-    };
-    if std::fs::create_dir_all(dir).is_err() {
-        return 0;
-    }
-    let names: Vec<String> = (1..=count as u64)
-        .map(|i| segment_name(file.timeline, segno + i, segment_size))
-        .filter(|n| !dir.join(n).exists())
-        .collect();
-    let dir: Arc<PathBuf> = Arc::new(dir.to_path_buf());
-    futures::stream::iter(names)
-        .map(|name| {
-            let dir = dir.clone();
-            async move {
-                let file = WalFileName::parse(&name).ok()?;
-                let archived = locate(repo, &file).await.ok()?;
-                let data = download(repo, &archived, identities, recipients)
-                    .await
-                    .ok()?;
-                write_atomically(&dir.join(&name), &data).ok()
-            }
-        })
-        .buffer_unordered(count.max(1))
-        .filter(|r| futures::future::ready(r.is_some()))
-        .count()
-        .await
+) -> Result<()> {
+    let file = WalFileName::parse(name)?;
+    let archived = locate(repo, &file).await?;
+    let data = download(repo, &archived, identities, recipients).await?;
+    write_atomically(dest, &data)
 }
 
 /// WAL retention: the archived files no retained base backup needs. LSNs are shared by
@@ -343,6 +265,7 @@ pub fn wal_not_needed<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::physical::wal::name::segment_name;
 
     const SEG: u64 = DEFAULT_SEGMENT_SIZE;
     fn archived(name: &str) -> ArchivedWal {

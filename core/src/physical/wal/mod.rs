@@ -1,6 +1,7 @@
 //! WAL for point-in-time recovery: [`name`] (file names, segment numbers, LSNs,
-//! timeline histories), [`archive`] (push, fetch with prefetch, listing and retention of
-//! the archive), [`spool`] and [`pusher`] (asynchronous archiving through a local
+//! timeline histories), [`archive`] (push, fetch, listing and retention of the
+//! archive), [`prefetcher`] (the segments recovery will ask for next), [`spool`] and
+//! [`pusher`] (asynchronous archiving through a local
 //! spool), [`gaps`] (records of WAL dropped by a full spool), and [`settings`] (the
 //! `archive_command` and `restore_command` the server runs, and `ALTER SYSTEM`). The
 //! names callers use are re-exported here.
@@ -8,12 +9,13 @@
 pub mod archive;
 pub mod gaps;
 pub mod name;
+pub mod prefetcher;
 pub mod pusher;
 pub mod settings;
 pub mod spool;
 
 pub use archive::{
-    fetch, list_archive, push, wal_not_needed, ArchivedWal, FetchOutcome, PushOutcome, PREFETCH_DIR,
+    fetch, list_archive, push, wal_not_needed, ArchivedWal, PushOutcome, PREFETCH_DIR,
 };
 pub use name::{
     format_lsn, needed_segments, parse_history, parse_lsn, segment_name, segments_per_log,
