@@ -5,6 +5,9 @@
 //! It prints `listening on 127.0.0.1:PORT` on stdout once ready, runs until SIGTERM or
 //! Ctrl-C, then prints the request and per-mode fault counts on stderr. SIGUSR1 makes the
 //! store unreachable (every connection is closed) until SIGUSR2, for outage tests.
+//! With `--tls-listen` it also accepts HTTPS (a throwaway certificate written to
+//! `--tls-dir`) and forwards it to the proxy, for S3 clients that speak only HTTPS, such
+//! as pgBackRest in the side-by-side benchmarks; it then prints `tls listening on …` too.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -44,6 +47,58 @@ struct Args {
     /// Milliseconds added to every request, as a real region's round trip would.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Also accept HTTPS here, forwarded to the proxy (port 0 picks a free port).
+    #[arg(long, requires = "tls_dir")]
+    tls_listen: Option<SocketAddr>,
+    /// Where the HTTPS certificate (a test CA and a leaf for localhost and 127.0.0.1) is
+    /// written.
+    #[arg(long)]
+    tls_dir: Option<std::path::PathBuf>,
+}
+
+/// Accept HTTPS on `listen` and pipe each connection, decrypted, to the proxy at `proxy`.
+async fn serve_tls(
+    listen: SocketAddr,
+    dir: &std::path::Path,
+    proxy: SocketAddr,
+) -> anyhow::Result<SocketAddr> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pki = pgvault_integration::pki::Pki::generate(dir);
+    let chain = CertificateDer::pem_file_iter(&pki.server_cert)
+        .context("reading the server certificate")?
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the server certificate")?;
+    let key = PrivateKeyDer::from_pem_file(&pki.server_key).context("reading the server key")?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("choosing TLS versions")?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .context("loading the server certificate")?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(proxy).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    Ok(addr)
 }
 
 #[tokio::main]
@@ -65,9 +120,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("starting the fault proxy in front of {}", args.upstream))?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let tls = match (args.tls_listen, &args.tls_dir) {
+        (Some(listen), Some(dir)) => Some(serve_tls(listen, dir, proxy.addr()).await?),
+        _ => None,
+    };
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on {}", proxy.addr())?;
+        if let Some(addr) = tls {
+            writeln!(stdout, "tls listening on {addr}")?;
+        }
         stdout.flush()?;
     }
     let mut down = signal(SignalKind::user_defined1()).context("installing a SIGUSR1 handler")?;
