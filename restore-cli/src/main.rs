@@ -291,6 +291,15 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 }
                 return Ok(0);
             }
+            // A spool left by asynchronous mode is still drained after a switch to sync.
+            if let Some(dir) = policy.archive.spool_dir.as_deref().filter(|d| d.is_dir()) {
+                let spool = wal::spool::Spool::existing(dir);
+                if spool.queued().is_ok_and(|q| !q.is_empty()) {
+                    if let Err(e) = wal::pusher::ensure_pusher(&spool, &policy.path) {
+                        tracing::warn!(error = %e, "cannot start the WAL pusher for the old spool");
+                    }
+                }
+            }
             let repo = open_repository(&policy).await?;
             let outcome = wal::push(
                 &repo,
@@ -312,12 +321,14 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             window,
             dir,
         } => {
-            let policy = load_policy(&policy)?;
+            let policy_path = policy;
+            let policy = load_policy(&policy_path)?;
             let identities = Identities::load(&identity)?;
             let repo = open_repository(&policy).await?;
             let recipients = policy.recipients.fingerprints();
             let fetched = wal::prefetcher::run_prefetcher(
                 &repo,
+                &policy_path,
                 &identities,
                 &recipients,
                 &dir,
@@ -361,7 +372,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                     wal::fetch(&repo, &name, &dest, &identities, &recipients, cancel).await?
                 };
                 if prefetch > 0 {
-                    let noted = wal::prefetcher::note_wanted(&dir, &name, size).and_then(|()| {
+                    let noted = wal::prefetcher::note_wanted(&dir, &name, size, &policy).and_then(|()| {
                         wal::prefetcher::ensure_prefetcher(&dir, &policy, &identity, prefetch)
                     });
                     if let Err(e) = noted {

@@ -588,7 +588,14 @@ pub fn archive_check(
             gap.key
         );
     }
-    if let Some(spool) = &found.spool {
+    if let Some(spool) = found.spool.as_ref().filter(|s| s.unreadable.is_some()) {
+        let _ = writeln!(
+            out,
+            "  WARN  archive spool: cannot read it as this user: {}",
+            spool.unreadable.as_deref().unwrap_or_default()
+        );
+    }
+    if let Some(spool) = found.spool.as_ref().filter(|s| s.unreadable.is_none()) {
         let _ = writeln!(
             out,
             "  {} archive spool: {} file(s), {} waiting; pusher {}; last stored {}{}",

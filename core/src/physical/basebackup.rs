@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::physical::incremental::{self, ParentChoice};
 use crate::physical::wal::{self, parse_lsn};
 use crate::pipeline::{self, Progress};
-use crate::policy::{IncrementalFallback, Policy};
+use crate::policy::{ArchiveMode, IncrementalFallback, Policy};
 use crate::repository::new_backup::{
     build_manifest, discard_objects, encode_settings, SourceSession,
 };
@@ -309,6 +309,24 @@ async fn physical_backup(
         }
     };
 
+    // With asynchronous archiving the server's wait ended when the spool took the end
+    // segment: the backup is listed only once its WAL is really in the repository.
+    if policy.archive.mode == ArchiveMode::Async {
+        let stored = wait_until_stored(
+            &repo,
+            policy,
+            timeline,
+            (start_lsn, stop_lsn),
+            segment_size,
+            cancel,
+        )
+        .await;
+        if let Err(e) = stored {
+            discard_objects(&repo, id).await;
+            return Err(e);
+        }
+    }
+
     // Keep the server's manifest for the next incremental (PostgreSQL 17 and newer).
     let server_manifest = if info.major() >= incremental::INCREMENTAL_MIN_MAJOR {
         let stored = async {
@@ -382,6 +400,69 @@ async fn physical_backup(
     repo.write_manifest(&manifest).await?;
     tracing::info!(policy = %policy.name, backup = %id, start = %wal::format_lsn(start_lsn), stop = %wal::format_lsn(stop_lsn), parent = parent.as_ref().map(|p| p.id.as_str()).unwrap_or("none"), "physical backup complete");
     Ok(manifest)
+}
+
+/// Wait until every WAL segment from `start` to `stop` is in the repository, for
+/// asynchronous archiving, where PostgreSQL's "archived" means "in the spool". Fails
+/// when one was dropped (a full spool in drop mode) or after `[backup] archive_wait`.
+async fn wait_until_stored(
+    repo: &crate::repository::Repository,
+    policy: &Policy,
+    timeline: u32,
+    (start, stop): (u64, u64),
+    segment_size: u64,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let mut pending: Vec<String> = (start / segment_size..=stop / segment_size)
+        .map(|segno| wal::segment_name(timeline, segno, segment_size))
+        .collect();
+    let started = tokio::time::Instant::now();
+    let spool = policy
+        .archive
+        .spool_dir
+        .as_deref()
+        .map(crate::physical::wal::spool::Spool::existing);
+    loop {
+        let mut still = Vec::new();
+        for name in pending {
+            if !wal::archive::is_archived(repo, &name).await? {
+                still.push(name);
+            }
+        }
+        pending = still;
+        let Some(first) = pending.first() else {
+            return Ok(());
+        };
+        let dropped_here = spool
+            .as_ref()
+            .and_then(|s| s.dropped().ok())
+            .is_some_and(|d| d.iter().any(|n| pending.contains(n)));
+        let recorded = wal::gaps::list_gaps(repo)
+            .await?
+            .into_iter()
+            .find(|g| pending.iter().any(|n| g.covers(n)));
+        if dropped_here || recorded.is_some() {
+            return Err(Error::Invalid(format!(
+                "base backup abandoned: WAL it needs was dropped by the archive spool (queue_full = \"drop\"){}; it could never be restored",
+                recorded.map(|g| format!(": {g}")).unwrap_or_default()
+            )));
+        }
+        if started.elapsed() >= policy.backup.archive_wait {
+            let last_error = spool
+                .as_ref()
+                .and_then(|s| s.status().last_error)
+                .map(|e| format!("; the pusher's last error: {e}"))
+                .unwrap_or_default();
+            return Err(Error::Invalid(format!(
+                "base backup abandoned: its WAL segment {first} was not stored within {} ([backup] archive_wait){last_error}",
+                crate::units::human_duration(policy.backup.archive_wait)
+            )));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
 }
 
 /// How long archiving may have been failing before a base backup refuses to start.

@@ -439,7 +439,7 @@ impl fmt::Display for PitrPlan {
         if let Some(gap) = &self.gap_ahead {
             writeln!(
                 f,
-                "  WAL GAP:     after the target: {gap}; replay needs nothing from it, and PostgreSQL stops with an error if the target lies beyond it"
+                "  WAL GAP:     after the target: {gap}. Replay stops at the gap: if the last commit before it is older than the target, PostgreSQL stops with \"recovery ended before configured recovery target was reached\" and nothing is promoted"
             )?;
         }
         if self.chain.len() > 1 {
@@ -666,8 +666,8 @@ fn chown_tree(root: &Path, user: Option<&str>) -> Result<()> {
 
 /// Extract every member of the plan's chain, verified, into its own directory under
 /// `staging`, then join them into the data directory with `pg_combinebackup` (hard
-/// links on PostgreSQL 18, `copy_file_range` on 17 with a plain copy when the
-/// filesystem refuses it).
+/// links on PostgreSQL 18, `copy_file_range` on 17, when staging and data directory share
+/// a filesystem; a plain copy otherwise, and whenever the faster mode fails).
 async fn build_from_chain(
     repo: &Repository,
     plan: &PitrPlan,
@@ -707,10 +707,17 @@ async fn build_from_chain(
     let major = (plan.base.server_version_num / 10000) as u32;
     let bin =
         crate::server::ServerBinaries::discover_exact(options.bin_dir.as_deref(), major).await?;
-    let modes: &[Option<&str>] = if major >= 18 {
-        &[Some("--link")]
-    } else {
-        &[Some("--copy-file-range"), None]
+    // Hard links and shared extents need one filesystem: a data directory that is a
+    // mount point of its own gets a plain copy.
+    let same_filesystem = {
+        use std::os::unix::fs::MetadataExt;
+        let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        device(staging).is_some() && device(staging) == device(&plan.pgdata)
+    };
+    let modes: &[Option<&str>] = match (same_filesystem, major >= 18) {
+        (true, true) => &[Some("--link"), None],
+        (true, false) => &[Some("--copy-file-range"), None],
+        (false, _) => &[None],
     };
     for (attempt, mode) in modes.iter().enumerate() {
         let mut cmd = tokio::process::Command::new(bin.program("pg_combinebackup"));
@@ -732,9 +739,8 @@ async fn build_from_chain(
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-        let another_mode_left = attempt + 1 < modes.len();
-        if another_mode_left && stderr.contains("copy_file_range") {
-            tracing::warn!(error = %stderr, "pg_combinebackup cannot use copy_file_range here; copying instead");
+        if attempt + 1 < modes.len() {
+            tracing::warn!(mode = mode.unwrap_or("copy"), error = %stderr, "pg_combinebackup failed in this mode; trying a plain copy");
             clear_dir(&plan.pgdata)?;
             continue;
         }

@@ -94,6 +94,11 @@ async fn find(repo: &Repository, file: &WalFileName) -> Result<Vec<ArchivedWal>>
         .collect())
 }
 
+/// Whether the archive holds a file named `name` (whatever its content).
+pub async fn is_archived(repo: &Repository, name: &str) -> Result<bool> {
+    Ok(!find(repo, &WalFileName::parse(name)?).await?.is_empty())
+}
+
 /// How a push ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushOutcome {

@@ -30,9 +30,11 @@ pub struct GapRecord {
     pub last: String,
     /// How many segments.
     pub segments: u64,
-    /// When the first of them was dropped: all of its WAL was written before then, and
-    /// no commit at or after it is in a segment before `first` (a time target before it
-    /// does not need the gap).
+    /// When the first of them was dropped. No commit at or after this time is in a
+    /// segment before `first`, so a time target at or after it certainly crosses the
+    /// gap; one before it may still need WAL from `first` (an archiver running behind
+    /// hands a segment over after it was written), which PostgreSQL reports by stopping
+    /// with "recovery ended before configured recovery target was reached".
     pub dropped_at: DateTime<Utc>,
     /// When the record was written.
     pub recorded_at: DateTime<Utc>,

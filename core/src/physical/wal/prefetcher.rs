@@ -76,20 +76,28 @@ pub fn served_count(pgdata: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// Tell the prefetcher that recovery asked for `name` (of `segment_size` bytes).
-pub fn note_wanted(dir: &Path, name: &str, segment_size: u64) -> Result<()> {
+/// Tell the prefetcher that recovery asked for `name` (of `segment_size` bytes), under
+/// the policy at `policy` (a prefetcher serving another policy's archive gives up).
+pub fn note_wanted(dir: &Path, name: &str, segment_size: u64, policy: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     let tmp = dir.join(".wanted.partial");
-    std::fs::write(&tmp, format!("{name} {segment_size}\n"))
-        .and_then(|()| std::fs::rename(&tmp, dir.join(WANTED)))
-        .map_err(|e| Error::io("cannot note the requested WAL file for the prefetcher", e))
+    let policy = std::fs::canonicalize(policy).unwrap_or_else(|_| policy.to_path_buf());
+    std::fs::write(
+        &tmp,
+        format!("{name} {segment_size} {}\n", policy.display()),
+    )
+    .and_then(|()| std::fs::rename(&tmp, dir.join(WANTED)))
+    .map_err(|e| Error::io("cannot note the requested WAL file for the prefetcher", e))
 }
 
-fn read_wanted(dir: &Path) -> Option<(WalFileName, u64)> {
+/// Recovery's last request: the file, the segment size, and the policy it came under.
+fn read_wanted(dir: &Path) -> Option<(WalFileName, u64, PathBuf)> {
     let text = std::fs::read_to_string(dir.join(WANTED)).ok()?;
-    let (name, size) = text.trim().split_once(' ')?;
-    Some((WalFileName::parse(name).ok()?, size.parse().ok()?))
+    let mut words = text.trim().splitn(3, ' ');
+    let name = WalFileName::parse(words.next()?).ok()?;
+    let size = words.next()?.parse().ok()?;
+    Some((name, size, PathBuf::from(words.next()?)))
 }
 
 fn lock(dir: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
@@ -120,7 +128,7 @@ pub fn ensure_prefetcher(dir: &Path, policy: &Path, identity: &Path, window: usi
     let program = super::settings::pgvault_program()?;
     let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     use std::os::unix::process::CommandExt;
-    std::process::Command::new(&program)
+    let mut child = std::process::Command::new(&program)
         .arg("wal-prefetcher")
         .arg("--policy")
         .arg(absolute(policy))
@@ -140,13 +148,18 @@ pub fn ensure_prefetcher(dir: &Path, policy: &Path, identity: &Path, window: usi
                 e,
             )
         })?;
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
     Ok(())
 }
 
 /// Keep the `window` segments after recovery's last request in `dir` until recovery
 /// stops asking (or `cancel`). Returns how many segments it downloaded.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_prefetcher(
     repo: &Repository,
+    policy: &Path,
     identities: &Identities,
     recipients: &[String],
     dir: &Path,
@@ -156,18 +169,29 @@ pub async fn run_prefetcher(
     let Some(_held) = lock(dir)? else {
         return Ok(0);
     };
+    let policy = std::fs::canonicalize(policy).unwrap_or_else(|_| policy.to_path_buf());
+    // The directory this prefetcher serves: a new restore into the same place makes a
+    // new one, and this prefetcher must not serve it.
+    let inode = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok()
+    };
+    let own = inode(dir);
     let mut fetched = 0usize;
     let mut absent: HashMap<String, Instant> = HashMap::new();
     let mut last_wanted: Option<String> = None;
     let mut last_request = Instant::now();
     loop {
-        if cancel.is_cancelled() || !dir.is_dir() || last_request.elapsed() >= IDLE_EXIT {
+        if cancel.is_cancelled() || inode(dir) != own || last_request.elapsed() >= IDLE_EXIT {
             break;
         }
-        let Some((wanted, size)) = read_wanted(dir) else {
+        let Some((wanted, size, asked_under)) = read_wanted(dir) else {
             tokio::time::sleep(POLL).await;
             continue;
         };
+        if asked_under != policy {
+            break;
+        }
         if last_wanted.as_deref() != Some(wanted.name.as_str()) {
             last_wanted = Some(wanted.name.clone());
             last_request = Instant::now();
@@ -216,6 +240,9 @@ pub async fn run_prefetcher(
                 }
             }
         }
+    }
+    if inode(dir) != own {
+        return Ok(fetched);
     }
     // What was not used is removed: recovery is over or has moved elsewhere.
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

@@ -9,6 +9,7 @@
 //! spool copy only after it is stored, turns drop markers into gap records
 //! ([`super::gaps`]), and exits when the spool has been empty for a while.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::policy::{ArchiveMode, Policy};
+use crate::policy::Policy;
 use crate::repository::new_backup::encode_settings;
 use crate::repository::Repository;
 
@@ -32,17 +33,13 @@ const IDLE_EXIT: Duration = Duration::from_secs(30);
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
 fn spool_of(policy: &Policy) -> Result<Spool> {
-    let dir = policy
-        .archive
-        .spool_dir
-        .as_deref()
-        .filter(|_| policy.archive.mode == ArchiveMode::Async)
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "policy {} does not archive asynchronously ([archive] mode = \"async\" with a spool_dir)",
-                policy.name
-            ))
-        })?;
+    // Any mode: a policy switched back to sync still drains what its spool holds.
+    let dir = policy.archive.spool_dir.as_deref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "policy {} has no [archive] spool_dir (asynchronous archiving is off)",
+            policy.name
+        ))
+    })?;
     Spool::open(dir)
 }
 
@@ -70,13 +67,9 @@ pub async fn archive_async(policy: &Policy, path: &Path) -> Result<HandOver> {
     handed
 }
 
-/// Whether a pusher holds the spool's lock.
+/// Whether a pusher runs for the spool (from the pid it recorded; takes no lock).
 pub fn pusher_running(spool: &Spool) -> bool {
-    match lock(spool) {
-        Ok(Some(_held)) => false,
-        Ok(None) => true,
-        Err(_) => false,
-    }
+    spool.live_pusher_pid().is_some()
 }
 
 /// Try to take the spool's pusher lock: `None` when another process holds it.
@@ -101,7 +94,8 @@ fn lock(spool: &Spool) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
 /// Start a pusher for the spool unless one runs: `pgvault wal-pusher --policy POLICY`,
 /// detached, its output appended to `<spool>/pusher.log`.
 pub fn ensure_pusher(spool: &Spool, policy_path: &Path) -> Result<()> {
-    if pusher_running(spool) {
+    // Probing takes the lock for an instant; a pusher starting in that instant retries.
+    if lock(spool)?.is_none() {
         return Ok(());
     }
     let program = super::settings::pgvault_program()?;
@@ -114,7 +108,7 @@ pub fn ensure_pusher(spool: &Spool, policy_path: &Path) -> Result<()> {
         .try_clone()
         .map_err(|e| Error::io("cannot open the pusher log", e))?;
     use std::os::unix::process::CommandExt;
-    std::process::Command::new(&program)
+    let mut child = std::process::Command::new(&program)
         .arg("wal-pusher")
         .arg("--policy")
         .arg(policy_path)
@@ -124,7 +118,24 @@ pub fn ensure_pusher(spool: &Spool, policy_path: &Path) -> Result<()> {
         .process_group(0)
         .spawn()
         .map_err(|e| Error::io(format!("cannot start {} wal-pusher", program.display()), e))?;
+    // A long-lived caller (the agent) reaps it; a short one (wal-push) exits first and
+    // the pusher is adopted.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
     Ok(())
+}
+
+/// Take the pusher lock, retrying briefly: a status reader or `ensure_pusher` may hold
+/// it for an instant.
+async fn lock_with_patience(spool: &Spool) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    for _ in 0..10 {
+        if let Some(held) = lock(spool)? {
+            return Ok(Some(held));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(None)
 }
 
 /// How a pusher run ended.
@@ -142,15 +153,17 @@ pub enum PusherExit {
 /// Empty the policy's spool into its repository until it stays empty (or `cancel`).
 pub async fn run_pusher(policy: &Policy, cancel: &CancellationToken) -> Result<PusherExit> {
     let spool = spool_of(policy)?;
-    let Some(held) = lock(&spool)? else {
+    let Some(held) = lock_with_patience(&spool).await? else {
         return Ok(PusherExit::AlreadyRunning);
     };
-    {
+    let record_pid = |held: &nix::fcntl::Flock<std::fs::File>| {
         use std::io::Write;
-        let mut file: &std::fs::File = &held;
+        let mut file: &std::fs::File = held;
         let _ = file.set_len(0);
         let _ = writeln!(file, "{}", std::process::id());
-    }
+    };
+    record_pid(&held);
+    let mut held = Some(held);
     spool.remove_partials()?;
     let repo = Repository::open(policy).await?;
     let settings = encode_settings(policy);
@@ -158,50 +171,79 @@ pub async fn run_pusher(policy: &Policy, cancel: &CancellationToken) -> Result<P
     let mut status = spool.status();
     let mut stored = 0usize;
     let mut idle_since = tokio::time::Instant::now();
-    let backoff = || {
+    // Each file backs off on its own: one that keeps failing (a conflict, say) must not
+    // hold back the others.
+    let delay = |failures: u32| {
         backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(500))
             .with_max_delay(Duration::from_secs(30))
             .without_max_times()
             .build()
+            .nth(failures as usize)
+            .unwrap_or(Duration::from_secs(30))
     };
-    let mut delays = backoff();
+    let mut failures: HashMap<String, u32> = HashMap::new();
+    let mut retry_at: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let gap_key = String::from(".gaps");
     loop {
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let mut failed: Option<String> = None;
+        let now = tokio::time::Instant::now();
+        let mut worked = false;
 
         // Dropped segments first: a gap must reach the repository as soon as it can.
         let dropped = spool.dropped()?;
-        if !dropped.is_empty() {
-            let size = spool.dropped_segment_size().unwrap_or(DEFAULT_SEGMENT_SIZE);
-            for (first, last, count) in gaps::runs(&dropped, size) {
-                let reason = format!(
-                    "[archive] queue_full = \"drop\": the spool {} held queue_max {}",
-                    spool.dir().display(),
-                    crate::units::human_bytes(policy.archive.queue_max)
-                );
-                let dropped_at = spool.dropped_at(&first).unwrap_or_else(chrono::Utc::now);
-                match gaps::record_gap(&repo, &first, &last, count, dropped_at, &reason).await {
-                    Ok(record) => {
-                        tracing::error!(gap = %record, "WAL gap recorded: point-in-time recovery cannot cross it");
-                        let names: Vec<String> = dropped
-                            .iter()
-                            .filter(|n| record.covers(n))
-                            .cloned()
-                            .collect();
-                        spool.forget_dropped(&names)?;
-                    }
-                    Err(e) => failed = Some(format!("cannot record a WAL gap: {e}")),
+        if !dropped.is_empty() && retry_at.get(&gap_key).is_none_or(|at| now >= *at) {
+            worked = true;
+            match record_gaps(&repo, policy, &spool, &dropped).await {
+                Ok(()) => {
+                    failures.remove(&gap_key);
+                    retry_at.remove(&gap_key);
+                }
+                Err(e) => {
+                    let n = failures.entry(gap_key.clone()).or_insert(0);
+                    retry_at.insert(gap_key.clone(), now + delay(*n));
+                    *n += 1;
+                    status.last_error = Some(format!("cannot record a WAL gap: {e}"));
+                    status.last_error_at = Some(chrono::Utc::now());
                 }
             }
         }
 
-        let queued = spool.queued()?;
-        if queued.is_empty() && failed.is_none() {
-            if idle_since.elapsed() >= IDLE_EXIT {
-                return Ok(PusherExit::Idle { stored });
+        let all = spool.queued()?;
+        retry_at.retain(|name, _| name == &gap_key || all.iter().any(|q| &q.name == name));
+        failures.retain(|name, _| name == &gap_key || all.iter().any(|q| &q.name == name));
+        let ready: Vec<_> = all
+            .iter()
+            .filter(|q| retry_at.get(&q.name).is_none_or(|at| now >= *at))
+            .take(parallel * 4)
+            .cloned()
+            .collect();
+        if ready.is_empty() {
+            if worked {
+                spool.write_status(&status)?;
+            }
+            let nothing_left = all.is_empty() && dropped.is_empty();
+            if nothing_left && idle_since.elapsed() >= IDLE_EXIT {
+                // Let go, then look once more: a file handed over while this pusher
+                // was deciding to leave found the lock held and started nobody.
+                drop(held.take());
+                if spool.queued()?.is_empty() && spool.dropped()?.is_empty() {
+                    return Ok(PusherExit::Idle { stored });
+                }
+                match lock(&spool)? {
+                    Some(again) => {
+                        record_pid(&again);
+                        held = Some(again);
+                        idle_since = tokio::time::Instant::now();
+                        continue;
+                    }
+                    None => return Ok(PusherExit::Idle { stored }),
+                }
+            }
+            if !nothing_left {
+                idle_since = now;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Err(Error::Cancelled),
@@ -209,12 +251,10 @@ pub async fn run_pusher(policy: &Policy, cancel: &CancellationToken) -> Result<P
             }
             continue;
         }
-        idle_since = tokio::time::Instant::now();
-        let batch: Vec<_> = queued.into_iter().take(parallel * 4).collect();
-        let results: Vec<(String, Result<()>)> = futures::stream::iter(batch)
+        idle_since = now;
+        let results: Vec<(String, Result<()>)> = futures::stream::iter(ready)
             .map(|q| {
                 let repo = &repo;
-
                 async move {
                     let pushed = push(repo, &q.path, &policy.recipients, settings, cancel).await;
                     (q.name, pushed.map(drop))
@@ -223,37 +263,73 @@ pub async fn run_pusher(policy: &Policy, cancel: &CancellationToken) -> Result<P
             .buffer_unordered(parallel)
             .collect()
             .await;
+        let mut all_ok = true;
         for (name, result) in results {
             match result {
                 Ok(()) => {
                     spool.remove_queued(&name)?;
+                    failures.remove(&name);
+                    retry_at.remove(&name);
                     stored += 1;
                     status.last_stored = Some(name);
                     status.last_stored_at = Some(chrono::Utc::now());
                 }
                 Err(Error::Cancelled) => return Err(Error::Cancelled),
-                Err(e) => failed = Some(format!("cannot store {name}: {e}")),
-            }
-        }
-        match failed {
-            None => {
-                status.last_error = None;
-                delays = backoff();
-                spool.write_status(&status)?;
-            }
-            Some(message) => {
-                tracing::warn!(error = %message, "the WAL pusher will retry");
-                status.last_error = Some(message);
-                status.last_error_at = Some(chrono::Utc::now());
-                spool.write_status(&status)?;
-                let wait = delays.next().unwrap_or(Duration::from_secs(30));
-                tokio::select! {
-                    _ = cancel.cancelled() => return Err(Error::Cancelled),
-                    _ = tokio::time::sleep(wait) => {}
+                Err(e) => {
+                    all_ok = false;
+                    let n = failures.entry(name.clone()).or_insert(0);
+                    retry_at.insert(name.clone(), tokio::time::Instant::now() + delay(*n));
+                    *n += 1;
+                    tracing::warn!(file = %name, error = %e, attempts = *n, "the WAL pusher will retry this file");
+                    status.last_error = Some(format!("cannot store {name}: {e}"));
+                    status.last_error_at = Some(chrono::Utc::now());
                 }
             }
         }
+        if all_ok && failures.is_empty() {
+            status.last_error = None;
+        }
+        spool.write_status(&status)?;
     }
+}
+
+/// Record the spool's dropped segments as gap records, one per contiguous run, and
+/// forget their markers. A segment the repository holds after all (stored, then handed
+/// over again after a crash and dropped) is no gap.
+async fn record_gaps(
+    repo: &Repository,
+    policy: &Policy,
+    spool: &Spool,
+    dropped: &[String],
+) -> Result<()> {
+    let mut really = Vec::new();
+    let mut stored_anyway = Vec::new();
+    for name in dropped {
+        if super::archive::is_archived(repo, name).await? {
+            stored_anyway.push(name.clone());
+        } else {
+            really.push(name.clone());
+        }
+    }
+    spool.forget_dropped(&stored_anyway)?;
+    let size = spool.dropped_segment_size().unwrap_or(DEFAULT_SEGMENT_SIZE);
+    for (first, last, count) in gaps::runs(&really, size) {
+        let reason = format!(
+            "[archive] queue_full = \"drop\": the spool {} held queue_max {}",
+            spool.dir().display(),
+            crate::units::human_bytes(policy.archive.queue_max)
+        );
+        let dropped_at = spool.dropped_at(&first).unwrap_or_else(chrono::Utc::now);
+        let record = gaps::record_gap(repo, &first, &last, count, dropped_at, &reason).await?;
+        tracing::error!(gap = %record, "WAL gap recorded: point-in-time recovery cannot cross it");
+        let names: Vec<String> = really
+            .iter()
+            .filter(|n| record.covers(n))
+            .cloned()
+            .collect();
+        spool.forget_dropped(&names)?;
+    }
+    Ok(())
 }
 
 /// A spool as `check` and the metrics see it.
@@ -269,23 +345,40 @@ pub struct SpoolState {
     pub status: PusherStatus,
     /// Whether a pusher runs now.
     pub pusher_running: bool,
+    /// Why the spool could not be read (another OS user's 0700 directory, say).
+    pub unreadable: Option<String>,
 }
 
-/// Read a policy's spool, when it archives asynchronously and the spool is on this host.
+/// Read a policy's spool, when it has one on this host (in any mode: a policy switched
+/// back to sync may still hold files). Creates nothing; a spool this user cannot read is
+/// reported as such.
 pub fn spool_state(policy: &Policy) -> Result<Option<SpoolState>> {
     let Some(dir) = policy.archive.spool_dir.as_deref() else {
         return Ok(None);
     };
-    if policy.archive.mode != ArchiveMode::Async || !dir.is_dir() {
+    if !dir.exists() {
         return Ok(None);
     }
-    let spool = Spool::open(dir)?;
-    let queued = spool.queued()?;
-    Ok(Some(SpoolState {
-        backlog_bytes: queued.iter().map(|q| q.size).sum(),
-        backlog_files: queued.len(),
-        dropped_unrecorded: spool.dropped()?.len(),
-        status: spool.status(),
-        pusher_running: pusher_running(&spool),
+    let spool = Spool::existing(dir);
+    let read = spool
+        .queued()
+        .and_then(|queued| Ok((queued, spool.dropped()?)));
+    Ok(Some(match read {
+        Ok((queued, dropped)) => SpoolState {
+            backlog_bytes: queued.iter().map(|q| q.size).sum(),
+            backlog_files: queued.len(),
+            dropped_unrecorded: dropped.len(),
+            status: spool.status(),
+            pusher_running: pusher_running(&spool),
+            unreadable: None,
+        },
+        Err(e) => SpoolState {
+            backlog_bytes: 0,
+            backlog_files: 0,
+            dropped_unrecorded: 0,
+            status: PusherStatus::default(),
+            pusher_running: false,
+            unreadable: Some(e.to_string()),
+        },
     }))
 }

@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! <spool>/queue/<WAL file name>      copies waiting for the pusher (complete, fsynced)
-//! <spool>/queue/.<name>.partial      a copy being written (never pushed)
+//! <spool>/queue/.<name>.<pid>.partial  a copy being written (never pushed)
 //! <spool>/dropped/<segment name>     segments accepted without storing (drop mode);
 //!                                    the marker holds the segment size
 //! <spool>/pusher.lock                locked by the running pusher; holds its pid
@@ -97,6 +97,26 @@ impl Spool {
         Ok(Spool {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// The spool at `dir` as it is, creating nothing (for status readers, which may run
+    /// as another OS user than the archiver).
+    pub fn existing(dir: &Path) -> Spool {
+        Spool {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The pid recorded by the pusher that holds (or last held) the lock, when that
+    /// process is alive. Reads only: taking the lock to probe would make a pusher that
+    /// starts at that moment give up.
+    pub fn live_pusher_pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.lock_path())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
     /// The spool's directory.
@@ -202,10 +222,17 @@ impl Spool {
             .map_err(|e| Error::io(format!("cannot read WAL file {}", path.display()), e))?
             .len();
         let queued = self.queue_dir().join(name);
+        // Handed over before (PostgreSQL retries after a crash): make sure what is
+        // there is durable before acknowledging it again.
         if std::fs::metadata(&queued).is_ok_and(|m| m.len() == size) {
+            sync_file(&queued)?;
+            sync_dir(&self.queue_dir())?;
             return Ok(HandOver::AlreadyQueued);
         }
-        if self.dropped_dir().join(name).exists() {
+        let marker = self.dropped_dir().join(name);
+        if marker.exists() {
+            sync_file(&marker)?;
+            sync_dir(&self.dropped_dir())?;
             return Ok(HandOver::Dropped {
                 backlog: self.backlog()?,
             });
@@ -236,7 +263,11 @@ impl Spool {
                 }
             }
         }
-        let partial = self.queue_dir().join(format!(".{name}.partial"));
+        // The writer's pid in the name: a pusher starting meanwhile removes only the
+        // partial copies of writers that are gone.
+        let partial = self
+            .queue_dir()
+            .join(format!(".{name}.{}.partial", std::process::id()));
         let copied = (|| -> std::io::Result<()> {
             let mut from = File::open(path)?;
             let mut to = File::create(&partial)?;
@@ -278,10 +309,19 @@ impl Spool {
             .map_err(|e| Error::io("cannot write the pusher status", e))
     }
 
-    /// Remove copies a crash left half-written.
+    /// Remove copies that writers which are gone left half-written.
     pub fn remove_partials(&self) -> Result<()> {
         for entry in read_dir(&self.queue_dir())? {
-            if entry.file_name().to_string_lossy().ends_with(".partial") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".partial") else {
+                continue;
+            };
+            let writer_alive = stem
+                .rsplit('.')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !writer_alive {
                 remove_if_present(&entry.path())?;
             }
         }
@@ -323,6 +363,13 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(dir) => sync_dir(dir),
         None => Ok(()),
     }
+}
+
+/// fsync a file's content.
+fn sync_file(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(format!("cannot sync {}", path.display()), e))
 }
 
 /// fsync a directory, so the names created or removed in it survive a crash.
@@ -393,5 +440,23 @@ mod tests {
 
         spool.remove_queued("000000010000000000000001").unwrap();
         assert_eq!(spool.backlog().unwrap(), 50);
+    }
+
+    #[test]
+    fn a_starting_pusher_removes_only_partial_copies_whose_writer_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let queue = dir.path().join("queue");
+        let live = queue.join(format!(
+            ".000000010000000000000001.{}.partial",
+            std::process::id()
+        ));
+        let dead = queue.join(".000000010000000000000002.4294967295.partial");
+        std::fs::write(&live, b"x").unwrap();
+        std::fs::write(&dead, b"x").unwrap();
+        spool.remove_partials().unwrap();
+        assert!(live.exists());
+        assert!(!dead.exists());
+        assert!(spool.queued().unwrap().is_empty());
     }
 }
