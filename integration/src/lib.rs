@@ -117,6 +117,19 @@ pub fn pgvault(server: Option<&S3Server>) -> Command {
     cmd
 }
 
+/// An `archive_command` running `pgvault wal-push` for `policy` with `server`'s S3
+/// credentials (the server's own environment has none).
+pub fn s3_archive_command(server: &S3Server, policy: &Path) -> String {
+    format!(
+        "env AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_REGION={} AWS_EC2_METADATA_DISABLED=true {} wal-push --policy {} %p",
+        server.access_key_id,
+        server.secret_access_key,
+        server.region,
+        pgvault_bin().display(),
+        policy.display()
+    )
+}
+
 /// Run a command and return its output (never panics on a non-zero exit).
 pub fn run(mut cmd: Command) -> Output {
     cmd.output()

@@ -17,8 +17,8 @@ use std::process::Command;
 use pgvault_integration::cluster::is_root;
 use pgvault_integration::fault_proxy::{FaultConfig, FaultProxy};
 use pgvault_integration::{
-    keygen, pgvault, pgvault_bin, run, run_ok, text, wait_until, write_policy, PgCluster, RepoSpec,
-    S3Server, TestKey,
+    keygen, pgvault, run, run_ok, text, wait_until, write_policy, PgCluster, RepoSpec, S3Server,
+    TestKey,
 };
 use rand::Rng;
 
@@ -81,14 +81,7 @@ impl AsyncArchiving {
                 .unwrap();
             assert!(status.success());
         }
-        let archive_command = format!(
-            "env AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_REGION={} AWS_EC2_METADATA_DISABLED=true {} wal-push --policy {} %p",
-            server.access_key_id,
-            server.secret_access_key,
-            server.region,
-            pgvault_bin().display(),
-            policy.display()
-        );
+        let archive_command = pgvault_integration::s3_archive_command(&server, &policy);
         source.configure_and_restart(&[
             ("wal_level", "replica"),
             ("archive_mode", "on"),

@@ -60,14 +60,7 @@ impl Archiving {
                 .unwrap();
             assert!(status.success());
         }
-        let archive_command = format!(
-            "env AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_REGION={} AWS_EC2_METADATA_DISABLED=true {} wal-push --policy {} %p",
-            server.access_key_id,
-            server.secret_access_key,
-            server.region,
-            pgvault_bin().display(),
-            policy.display()
-        );
+        let archive_command = pgvault_integration::s3_archive_command(&server, &policy);
         source.configure_and_restart(&[
             ("wal_level", "replica"),
             ("archive_mode", "on"),

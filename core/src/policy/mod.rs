@@ -546,6 +546,52 @@ mod tests {
     }
 
     #[test]
+    fn archive_and_incremental_settings_parse_and_wrong_words_are_placed() {
+        let text = format!(
+            "{}[backup]\nincremental_fallback = \"refuse\"\n[archive]\nmode = \"async\"\nspool_dir = \"/var/spool/pgvault\"\nqueue_max = \"1GiB\"\nqueue_full = \"drop\"\npush_parallel = 4\n",
+            minimal("")
+        );
+        let p = parse(&text).unwrap();
+        assert_eq!(p.backup.incremental_fallback, IncrementalFallback::Refuse);
+        assert_eq!(p.archive.mode, ArchiveMode::Async);
+        assert_eq!(
+            p.archive.spool_dir.as_deref(),
+            Some(Path::new("/var/spool/pgvault"))
+        );
+        assert_eq!(p.archive.queue_max, 1 << 30);
+        assert_eq!(p.archive.queue_full, QueueFull::Drop);
+        assert_eq!(p.archive.push_parallel, 4);
+        assert_eq!(
+            parse(&minimal("")).unwrap().archive,
+            ArchiveConfig::default()
+        );
+
+        let err = parse(&format!(
+            "{}[archive]\nqueue_full = \"discard\"\n",
+            minimal("")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "p.toml:9:14: [archive] queue_full must be \"keep\" or \"drop\", not \"discard\""
+            ),
+            "{err}"
+        );
+        let err = parse(&format!("{}[archive]\nmode = \"async\"\n", minimal("")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs spool_dir"), "{err}");
+        let err = parse(&format!(
+            "{}[schedule]\nbackup = \"0 2 * * *\"\nphysical_incremental = \"0 * * * *\"\n",
+            minimal("")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs [schedule] physical too"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_reported_with_line_and_column() {
         let err = parse(&minimal("colour = \"blue\"\n"))
             .unwrap_err()

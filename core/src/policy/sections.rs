@@ -50,6 +50,25 @@ pub(super) struct InDir<'a, T> {
     pub(super) dir: &'a Path,
 }
 
+/// One of a closed set of words (`key` names the setting in the error).
+fn choice<T: Copy>(key: &str, value: &Spanned<String>, options: &[(&str, T)]) -> Found<T> {
+    options
+        .iter()
+        .find(|(word, _)| *word == value.get_ref().as_str())
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let words: Vec<String> = options.iter().map(|(w, _)| format!("\"{w}\"")).collect();
+            at(
+                Some(value.span()),
+                format!(
+                    "{key} must be {}, not {:?}",
+                    words.join(" or "),
+                    value.get_ref()
+                ),
+            )
+        })
+}
+
 /// A span of time the policy may give (`7d`, `36h`), with `prefix` before any error.
 fn optional_span(prefix: &str, value: &Option<Spanned<String>>) -> Found<Option<chrono::Duration>> {
     value
@@ -274,16 +293,14 @@ impl TryFrom<RawBackup> for BackupOptions {
         };
         let incremental_fallback = match &raw.incremental_fallback {
             None => IncrementalFallback::Full,
-            Some(value) => match value.get_ref().as_str() {
-                "full" => IncrementalFallback::Full,
-                "refuse" => IncrementalFallback::Refuse,
-                other => {
-                    return Err(at(
-                        Some(value.span()),
-                        format!("[backup] incremental_fallback must be \"full\" or \"refuse\", not {other:?}"),
-                    ))
-                }
-            },
+            Some(value) => choice(
+                "[backup] incremental_fallback",
+                value,
+                &[
+                    ("full", IncrementalFallback::Full),
+                    ("refuse", IncrementalFallback::Refuse),
+                ],
+            )?,
         };
         Ok(BackupOptions {
             include_role_passwords: raw.include_role_passwords,
@@ -300,16 +317,11 @@ impl TryFrom<InDir<'_, RawArchive>> for ArchiveConfig {
         let InDir { raw, dir } = section;
         let mut config = ArchiveConfig::default();
         if let Some(mode) = &raw.mode {
-            config.mode = match mode.get_ref().as_str() {
-                "sync" => ArchiveMode::Sync,
-                "async" => ArchiveMode::Async,
-                other => {
-                    return Err(at(
-                        Some(mode.span()),
-                        format!("[archive] mode must be \"sync\" or \"async\", not {other:?}"),
-                    ))
-                }
-            };
+            config.mode = choice(
+                "[archive] mode",
+                mode,
+                &[("sync", ArchiveMode::Sync), ("async", ArchiveMode::Async)],
+            )?;
         }
         config.spool_dir = raw.spool_dir.as_ref().map(|d| dir.join(d.get_ref()));
         if config.mode == ArchiveMode::Async && config.spool_dir.is_none() {
@@ -329,16 +341,11 @@ impl TryFrom<InDir<'_, RawArchive>> for ArchiveConfig {
             }
         }
         if let Some(full) = &raw.queue_full {
-            config.queue_full = match full.get_ref().as_str() {
-                "keep" => QueueFull::Keep,
-                "drop" => QueueFull::Drop,
-                other => {
-                    return Err(at(
-                        Some(full.span()),
-                        format!("[archive] queue_full must be \"keep\" or \"drop\", not {other:?}"),
-                    ))
-                }
-            };
+            config.queue_full = choice(
+                "[archive] queue_full",
+                full,
+                &[("keep", QueueFull::Keep), ("drop", QueueFull::Drop)],
+            )?;
         }
         if let Some(n) = &raw.push_parallel {
             if !(1..=64).contains(n.get_ref()) {

@@ -210,6 +210,45 @@ pub fn run_tool(tool: &str, mut cmd: Command) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// Start `cmd` detached from the caller: in its own process group (so the caller's
+/// terminal or service manager signals do not reach it) and reaped by a thread, so a
+/// long-lived caller keeps no zombie; a short-lived caller exits first and the child is
+/// adopted. For pgvault's own helpers (the WAL pusher and prefetcher).
+pub fn spawn_detached(mut cmd: Command, what: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io(format!("cannot start {what}"), e))?;
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(())
+}
+
+/// Take an exclusive `flock` on `path` (created when missing) without waiting: `None`
+/// when another process holds it. Held until the returned lock is dropped; the kernel
+/// releases it when the holder dies, so a killed holder never blocks a successor.
+pub fn try_lock_exclusive(
+    path: &std::path::Path,
+) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(Some(held)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(Error::io(
+            format!("cannot lock {}", path.display()),
+            io::Error::from(errno),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,21 +101,7 @@ fn read_wanted(dir: &Path) -> Option<(WalFileName, u64, PathBuf)> {
 }
 
 fn lock(dir: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
-    let path = dir.join("prefetcher.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(held) => Ok(Some(held)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, errno)) => Err(Error::io(
-            format!("cannot lock {}", path.display()),
-            std::io::Error::from(errno),
-        )),
-    }
+    crate::server::process::try_lock_exclusive(&dir.join("prefetcher.lock"))
 }
 
 /// Start a prefetcher for `dir` unless one runs: `pgvault wal-prefetcher`, detached.
@@ -127,9 +113,8 @@ pub fn ensure_prefetcher(dir: &Path, policy: &Path, identity: &Path, window: usi
     }
     let program = super::settings::pgvault_program()?;
     let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    use std::os::unix::process::CommandExt;
-    let mut child = std::process::Command::new(&program)
-        .arg("wal-prefetcher")
+    let mut cmd = std::process::Command::new(&program);
+    cmd.arg("wal-prefetcher")
         .arg("--policy")
         .arg(absolute(policy))
         .arg("--identity")
@@ -137,21 +122,9 @@ pub fn ensure_prefetcher(dir: &Path, policy: &Path, identity: &Path, window: usi
         .arg("--window")
         .arg(window.to_string())
         .arg(dir)
-        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| {
-            Error::io(
-                format!("cannot start {} wal-prefetcher", program.display()),
-                e,
-            )
-        })?;
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
-    Ok(())
+        .stderr(std::process::Stdio::null());
+    crate::server::process::spawn_detached(cmd, &format!("{} wal-prefetcher", program.display()))
 }
 
 /// Keep the `window` segments after recovery's last request in `dir` until recovery

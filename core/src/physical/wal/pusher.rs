@@ -74,21 +74,7 @@ pub fn pusher_running(spool: &Spool) -> bool {
 
 /// Try to take the spool's pusher lock: `None` when another process holds it.
 fn lock(spool: &Spool) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
-    let path = spool.lock_path();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(held) => Ok(Some(held)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, errno)) => Err(Error::io(
-            format!("cannot lock {}", path.display()),
-            std::io::Error::from(errno),
-        )),
-    }
+    crate::server::process::try_lock_exclusive(&spool.lock_path())
 }
 
 /// Start a pusher for the spool unless one runs: `pgvault wal-pusher --policy POLICY`,
@@ -107,23 +93,13 @@ pub fn ensure_pusher(spool: &Spool, policy_path: &Path) -> Result<()> {
     let err = log
         .try_clone()
         .map_err(|e| Error::io("cannot open the pusher log", e))?;
-    use std::os::unix::process::CommandExt;
-    let mut child = std::process::Command::new(&program)
-        .arg("wal-pusher")
+    let mut cmd = std::process::Command::new(&program);
+    cmd.arg("wal-pusher")
         .arg("--policy")
         .arg(policy_path)
-        .stdin(std::process::Stdio::null())
         .stdout(log)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| Error::io(format!("cannot start {} wal-pusher", program.display()), e))?;
-    // A long-lived caller (the agent) reaps it; a short one (wal-push) exits first and
-    // the pusher is adopted.
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
-    Ok(())
+        .stderr(err);
+    crate::server::process::spawn_detached(cmd, &format!("{} wal-pusher", program.display()))
 }
 
 /// Take the pusher lock, retrying briefly: a status reader or `ensure_pusher` may hold
