@@ -7,7 +7,8 @@
 #   wal          a WAL-heavy pgbench (-c 8, each transaction inserts 16 KiB of random
 #                text) for BENCH_PGBENCH_SECONDS, archived by
 #                  pgvault wal-push (sync) | pgvault wal-push ([archive] mode = "async")
-#                  | pgbackrest archive-push --archive-async (process-max = push_parallel)
+#                  | pgbackrest archive-push --archive-async (process-max = push_parallel,
+#                    encrypted with aes-256-cbc as pgvault encrypts with age)
 #                segments archived per second, the largest backlog (.ready files), whether
 #                it kept up, and how long the backlog took to clear; then each archiver
 #                drains a backlog of BENCH_DRAIN_SEGMENTS segments written while archiving
@@ -271,6 +272,8 @@ repo1-s3-key-secret=$PGVAULT_TEST_S3_SECRET_ACCESS_KEY
 repo1-path=/pgbackrest
 compress-type=zst
 compress-level=3
+repo1-cipher-type=aes-256-cbc
+repo1-cipher-pass=$(head -c 24 /dev/urandom | base64)
 archive-async=y
 spool-path=$BENCH_DIR/pgbackrest-spool
 process-max=$PARALLEL

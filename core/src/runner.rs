@@ -476,8 +476,10 @@ pub async fn run_archive_watch(
                     if let (Some(spool), Some(dir)) =
                         (&found.spool, policy.archive.spool_dir.as_deref())
                     {
+                        // ensure_pusher probes the lock itself: a stale pid in the lock
+                        // file cannot make the agent believe a pusher runs.
                         let waiting = spool.backlog_files > 0 || spool.dropped_unrecorded > 0;
-                        if waiting && !spool.pusher_running {
+                        if waiting {
                             tracing::info!(policy = %policy.name, files = spool.backlog_files, "the archive spool has a backlog and no pusher; starting one");
                             let started =
                                 crate::physical::wal::spool::Spool::open(dir).and_then(|s| {

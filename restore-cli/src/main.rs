@@ -294,7 +294,9 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             // A spool left by asynchronous mode is still drained after a switch to sync.
             if let Some(dir) = policy.archive.spool_dir.as_deref().filter(|d| d.is_dir()) {
                 let spool = wal::spool::Spool::existing(dir);
-                if spool.queued().is_ok_and(|q| !q.is_empty()) {
+                let waiting = spool.queued().is_ok_and(|q| !q.is_empty())
+                    || spool.dropped().is_ok_and(|d| !d.is_empty());
+                if waiting {
                     if let Err(e) = wal::pusher::ensure_pusher(&spool, &policy.path) {
                         tracing::warn!(error = %e, "cannot start the WAL pusher for the old spool");
                     }

@@ -28,6 +28,7 @@ use crate::repository::new_backup::{
 };
 use crate::repository::{self, object, BackupKind, BackupManifest, ChainLink, PhysicalInfo};
 use crate::server::ChildReader;
+use crate::stop_signal::unless_cancelled;
 
 /// File name of a physical backup's tar object.
 pub(crate) const BASE_FILE: &str = "base.tar.zst.age";
@@ -423,31 +424,50 @@ async fn wait_until_stored(
         .as_deref()
         .map(crate::physical::wal::spool::Spool::existing);
     loop {
+        // The spool answers for what it still holds; only files it no longer holds are
+        // looked up in the repository (one LIST each, once: stored files stay stored).
+        let queued: std::collections::HashSet<String> = spool
+            .as_ref()
+            .and_then(|s| s.queued().ok())
+            .map(|q| q.into_iter().map(|q| q.name).collect())
+            .unwrap_or_default();
+        let dropped: Vec<String> = spool
+            .as_ref()
+            .and_then(|s| s.dropped().ok())
+            .unwrap_or_default();
         let mut still = Vec::new();
         for name in pending {
-            if !wal::archive::is_archived(repo, &name).await? {
+            let stored = !queued.contains(&name)
+                && !dropped.contains(&name)
+                && unless_cancelled(cancel, wal::archive::is_archived(repo, &name)).await?;
+            if !stored {
                 still.push(name);
             }
         }
         pending = still;
-        let Some(first) = pending.first() else {
+        let Some(first) = pending.first().cloned() else {
             return Ok(());
         };
-        let dropped_here = spool
-            .as_ref()
-            .and_then(|s| s.dropped().ok())
-            .is_some_and(|d| d.iter().any(|n| pending.contains(n)));
-        let recorded = wal::gaps::list_gaps(repo)
-            .await?
-            .into_iter()
-            .find(|g| pending.iter().any(|n| g.covers(n)));
+        let timed_out = started.elapsed() >= policy.backup.archive_wait;
+        let dropped_here = dropped.iter().any(|n| pending.contains(n));
+        // Gap records are read only when a drop is suspected: no marker left locally
+        // (recorded already) and nothing queued, or at the end of the wait.
+        let suspect = dropped_here || timed_out || !pending.iter().any(|n| queued.contains(n));
+        let recorded = if suspect {
+            unless_cancelled(cancel, wal::gaps::list_gaps(repo))
+                .await?
+                .into_iter()
+                .find(|g| pending.iter().any(|n| g.covers(n)))
+        } else {
+            None
+        };
         if dropped_here || recorded.is_some() {
             return Err(Error::Invalid(format!(
                 "base backup abandoned: WAL it needs was dropped by the archive spool (queue_full = \"drop\"){}; it could never be restored",
                 recorded.map(|g| format!(": {g}")).unwrap_or_default()
             )));
         }
-        if started.elapsed() >= policy.backup.archive_wait {
+        if timed_out {
             let last_error = spool
                 .as_ref()
                 .and_then(|s| s.status().last_error)

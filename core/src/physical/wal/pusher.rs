@@ -176,6 +176,9 @@ pub async fn run_pusher(policy: &Policy, cancel: &CancellationToken) -> Result<P
                 Ok(()) => {
                     failures.remove(&gap_key);
                     retry_at.remove(&gap_key);
+                    if failures.is_empty() {
+                        status.last_error = None;
+                    }
                 }
                 Err(e) => {
                     let n = failures.entry(gap_key.clone()).or_insert(0);

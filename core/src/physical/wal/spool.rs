@@ -116,7 +116,11 @@ impl Spool {
             .trim()
             .parse()
             .ok()?;
-        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+        // The pid may have been reused (after a reboot, say): it must be a pusher.
+        let command = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&command)
+            .contains("wal-pusher")
+            .then_some(pid)
     }
 
     /// The spool's directory.
@@ -224,14 +228,15 @@ impl Spool {
         let queued = self.queue_dir().join(name);
         // Handed over before (PostgreSQL retries after a crash): make sure what is
         // there is durable before acknowledging it again.
+        // (Gone meanwhile means the pusher stored it or recorded its gap: just as good.)
         if std::fs::metadata(&queued).is_ok_and(|m| m.len() == size) {
-            sync_file(&queued)?;
+            sync_file_if_present(&queued)?;
             sync_dir(&self.queue_dir())?;
             return Ok(HandOver::AlreadyQueued);
         }
         let marker = self.dropped_dir().join(name);
         if marker.exists() {
-            sync_file(&marker)?;
+            sync_file_if_present(&marker)?;
             sync_dir(&self.dropped_dir())?;
             return Ok(HandOver::Dropped {
                 backlog: self.backlog()?,
@@ -313,7 +318,12 @@ impl Spool {
     pub fn remove_partials(&self) -> Result<()> {
         for entry in read_dir(&self.queue_dir())? {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".partial") else {
+            // Only pgvault's own copies start with a dot: `<segment>.partial` is a real
+            // WAL file (a promoted standby's last segment) waiting to be stored.
+            let Some(stem) = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".partial"))
+            else {
                 continue;
             };
             let writer_alive = stem
@@ -365,11 +375,13 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     }
 }
 
-/// fsync a file's content.
-fn sync_file(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(format!("cannot sync {}", path.display()), e))
+/// fsync a file's content; a file removed meanwhile is no error.
+fn sync_file_if_present(path: &Path) -> Result<()> {
+    match File::open(path).and_then(|f| f.sync_all()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("cannot sync {}", path.display()), e)),
+    }
 }
 
 /// fsync a directory, so the names created or removed in it survive a crash.
@@ -452,11 +464,21 @@ mod tests {
             std::process::id()
         ));
         let dead = queue.join(".000000010000000000000002.4294967295.partial");
+        // A promoted standby's last segment, handed over for archiving: real WAL.
+        let wal = queue.join("000000010000000000000003.partial");
         std::fs::write(&live, b"x").unwrap();
         std::fs::write(&dead, b"x").unwrap();
+        std::fs::write(&wal, b"x").unwrap();
         spool.remove_partials().unwrap();
         assert!(live.exists());
         assert!(!dead.exists());
-        assert!(spool.queued().unwrap().is_empty());
+        assert!(wal.exists());
+        let names: Vec<String> = spool
+            .queued()
+            .unwrap()
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
+        assert_eq!(names, vec!["000000010000000000000003.partial"]);
     }
 }
