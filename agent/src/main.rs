@@ -234,6 +234,23 @@ async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
                 shutdown.clone(),
             ));
         }
+        let streaming = policy.archive.mode == pgvault_core::policy::ArchiveMode::Stream;
+        if streaming {
+            tracing::info!(policy = %policy.name, slot = %policy.stream_slot(), "WAL streaming");
+            tasks.spawn(runner::run_stream(policy.clone(), shutdown.clone()));
+        }
+        let physical_scheduled = policy
+            .schedule
+            .as_ref()
+            .is_some_and(|s| s.physical.is_some());
+        if streaming && !physical_scheduled {
+            tasks.spawn(runner::run_archive_watch(
+                policy.clone(),
+                status.clone(),
+                shutdown.clone(),
+                archive_every,
+            ));
+        }
         if policy
             .schedule
             .as_ref()

@@ -123,6 +123,21 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
         "wal_spool_backlog_bytes",
         "Bytes of WAL waiting in this host's archive spool (asynchronous archiving)",
     );
+    let stream_up = gauge(
+        &mut registry,
+        "wal_stream_up",
+        "1 if this agent's WAL stream receives now (streaming mode)",
+    );
+    let stream_lag = gauge(
+        &mut registry,
+        "wal_stream_lag_bytes",
+        "Bytes of WAL the source has flushed that the repository does not hold (streaming mode)",
+    );
+    let stream_problems = gauge(
+        &mut registry,
+        "wal_stream_problems",
+        "Problems with the WAL stream (behind, stopped, slot unbounded, unreserved or lost); 0 when healthy",
+    );
     let drill_at = gauge(
         &mut registry,
         "restore_test_last_timestamp_seconds",
@@ -212,6 +227,17 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
         }
         if let Some(v) = s.wal_spool_backlog_bytes {
             spool_backlog.get_or_create(&label).set(v as f64);
+        }
+        if let Some(v) = s.wal_stream_up {
+            stream_up
+                .get_or_create(&label)
+                .set(if v { 1.0 } else { 0.0 });
+        }
+        if let Some(v) = s.wal_stream_lag_bytes {
+            stream_lag.get_or_create(&label).set(v as f64);
+        }
+        if let Some(v) = s.wal_stream_problems {
+            stream_problems.get_or_create(&label).set(v as f64);
         }
         if let Some(t) = s.last_drill_at {
             drill_at

@@ -52,6 +52,9 @@ pub enum EventKind {
     /// WAL was dropped by a full archive spool (`queue_full = "drop"`): point-in-time
     /// recovery cannot cross the gap. `error` describes it.
     WalGap,
+    /// The WAL stream of a streaming policy is behind, stopped or its slot is about to
+    /// be lost: nothing is gone yet, but the RPO is past its bound. `error` says what.
+    WalStreamBehind,
 }
 
 /// One notification.
@@ -138,6 +141,12 @@ impl Event {
                 self.policy,
                 self.error.as_deref().unwrap_or("a range was dropped")
             ),
+            EventKind::WalStreamBehind => format!(
+                ":rotating_light: pgvault WAL stream of *{}* on {} is BEHIND: {}",
+                self.policy,
+                self.host,
+                self.error.as_deref().unwrap_or("unknown")
+            ),
         }
     }
 }
@@ -152,7 +161,10 @@ pub fn host_name() -> String {
 /// Whether `config` wants events of `kind`.
 pub fn wanted(config: &NotifyConfig, kind: EventKind) -> bool {
     match kind {
-        EventKind::BackupFailed | EventKind::RestoreTestFailed | EventKind::WalGap => true,
+        EventKind::BackupFailed
+        | EventKind::RestoreTestFailed
+        | EventKind::WalGap
+        | EventKind::WalStreamBehind => true,
         EventKind::RestoreTestPassed => config.on_success,
         EventKind::BackupSucceeded => config.on_success,
         EventKind::RetentionDeleted => config.on_retention,

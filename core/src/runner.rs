@@ -76,6 +76,12 @@ pub struct PolicyStatus {
     pub wal_dropped_unrecorded: Option<u64>,
     /// Bytes waiting in this host's archive spool (asynchronous archiving).
     pub wal_spool_backlog_bytes: Option<u64>,
+    /// Whether this agent's WAL stream receives now (streaming mode).
+    pub wal_stream_up: Option<bool>,
+    /// Bytes the source has flushed that the repository does not hold (streaming mode).
+    pub wal_stream_lag_bytes: Option<u64>,
+    /// Problems `check` would report about the stream (streaming mode).
+    pub wal_stream_problems: Option<u64>,
     /// When the last restore test started.
     pub last_drill_at: Option<DateTime<Utc>>,
     /// Whether it passed.
@@ -456,6 +462,7 @@ pub async fn run_archive_watch(
     every: std::time::Duration,
 ) {
     let mut announced: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut stream_alarm = false;
     loop {
         match Repository::open(&policy).await {
             Ok(repo) => match crate::physical::archive_check::check(&repo, &policy).await {
@@ -498,12 +505,41 @@ pub async fn run_archive_watch(
                     if gaps > 0 {
                         tracing::warn!(policy = %policy.name, gaps, "WAL archive has gaps: point-in-time recovery from some base backups stops early");
                     }
+                    // A stream that is behind, stopped or about to lose its slot raises
+                    // the alarm once per episode.
+                    let stream_problems = found
+                        .stream
+                        .as_ref()
+                        .map(|st| st.problems(Utc::now()))
+                        .unwrap_or_default();
+                    if stream_problems.is_empty() {
+                        stream_alarm = false;
+                    } else if !stream_alarm {
+                        stream_alarm = true;
+                        let text = stream_problems.join("; ");
+                        tracing::error!(policy = %policy.name, problems = %text, "WAL stream is behind: point-in-time recovery is losing its RPO");
+                        if let Some(notify) = &policy.notify {
+                            let mut event = Event::new(EventKind::WalStreamBehind, &policy.name);
+                            event.error = Some(text);
+                            crate::notify::send(notify, &event).await;
+                        }
+                    }
                     update(&status, |s| {
+                        if let Some(st) = &found.stream {
+                            s.wal_stream_up = Some(
+                                st.receiver.as_ref().is_some_and(|r| r.receiving)
+                                    && st.receiver_running,
+                            );
+                            s.wal_stream_lag_bytes = st.receiver.as_ref().and_then(|r| r.lag_bytes);
+                            s.wal_stream_problems = Some(stream_problems.len() as u64);
+                            s.wal_archive_lag_seconds = st.rpo_seconds(Utc::now());
+                        }
                         s.wal_archive_gaps = Some(gaps as u64);
                         s.wal_gap_records = Some(found.gaps.len() as u64);
                         s.wal_dropped_unrecorded = Some(unrecorded as u64);
                         s.wal_spool_backlog_bytes = found.spool.as_ref().map(|sp| sp.backlog_bytes);
                         match &found.archiver {
+                            _ if found.stream.is_some() => {}
                             Ok(a) => {
                                 s.wal_archiver_failing = Some(a.failing());
                                 s.wal_archive_lag_seconds = a
@@ -525,6 +561,24 @@ pub async fn run_archive_watch(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Stream the policy's WAL (`[archive] mode = "stream"`) until `shutdown`: see
+/// [`crate::physical::wal::receiver`]. A receiver that cannot start (the repository
+/// unreachable at boot, say) is retried every 30 seconds.
+pub async fn run_stream(policy: Policy, shutdown: CancellationToken) {
+    loop {
+        match crate::physical::wal::receiver::run_receiver(&policy, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(policy = %policy.name, error = %e, "the WAL stream cannot start; retrying in 30 s")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
         }
     }
 }

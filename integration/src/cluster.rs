@@ -308,6 +308,19 @@ impl PgCluster {
         );
     }
 
+    /// Crash the server: `kill -KILL` its postmaster (the first line of
+    /// `postmaster.pid`), as a power loss or an OOM kill would.
+    pub fn kill_postmaster(&self) {
+        let pid_file = self.dir.path().join("data").join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", pid_file.display()));
+        let pid = text.lines().next().unwrap_or_default().trim().to_string();
+        check(
+            "kill -KILL of the postmaster",
+            Command::new("kill").args(["-KILL", &pid]).output(),
+        );
+    }
+
     /// Stop a server running on another data directory (one a test restored), if any.
     pub fn stop_data_dir(&self, data: &Path) {
         let _ = Self::as_pg(is_root(), &self.bin.join("pg_ctl"))

@@ -419,11 +419,25 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             let exe = std::env::current_exe().context("cannot find the pgvault executable")?;
             let policy_abs = std::fs::canonicalize(&policy_path)
                 .with_context(|| format!("cannot resolve {}", policy_path.display()))?;
-            let settings = wal::archive_settings(&exe, &policy_abs, timeout)?;
+            let streaming = policy.archive.mode == pgvault_core::policy::ArchiveMode::Stream;
+            let settings = if streaming {
+                wal::stream_settings()
+            } else {
+                wal::archive_settings(&exe, &policy_abs, timeout)?
+            };
             if !apply {
-                println!("# settings to archive WAL into policy {} (apply with --apply, or put them in postgresql.conf):", policy.name);
+                if streaming {
+                    println!("# settings to stream WAL into policy {} over replication slot {} (apply with --apply, or put them in postgresql.conf):", policy.name, policy.stream_slot());
+                    println!("# max_slot_wal_keep_size: the most WAL the source keeps for a stalled stream; past it the slot is lost and pgvault records a gap, instead of the disk filling up");
+                } else {
+                    println!("# settings to archive WAL into policy {} (apply with --apply, or put them in postgresql.conf):", policy.name);
+                }
                 for (name, value) in &settings {
                     println!("{name} = {}", pgvault_core::postgres::quote_literal(value));
+                }
+                if streaming {
+                    println!("# the source role needs the REPLICATION attribute, and pg_hba.conf a line for replication connections from the agent's host, e.g.:");
+                    println!("#   host  replication  <role>  <agent address>/32  scram-sha-256");
                 }
                 println!(
                     "# PostgreSQL 17 and newer, for incremental base backups (no restart needed):"
@@ -438,6 +452,17 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             let info = pgvault_core::postgres::server_info(&client).await?;
             let mut settings = settings;
             settings.extend(wal::summary_settings(info.major()));
+            if streaming {
+                // An existing bound is the operator's choice; only "unlimited" is replaced.
+                let keep: String = client
+                    .query_one("select current_setting('max_slot_wal_keep_size')", &[])
+                    .await
+                    .context("cannot read max_slot_wal_keep_size")?
+                    .get(0);
+                if keep != "-1" {
+                    settings.retain(|(name, _)| *name != "max_slot_wal_keep_size");
+                }
+            }
             let applied = wal::apply_archive_settings(&client, &settings).await?;
             let mut restart = false;
             for a in &applied {
@@ -456,6 +481,12 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             }
             if restart {
                 println!("restart the server for wal_level/archive_mode to take effect");
+            }
+            if streaming {
+                println!(
+                    "streaming: the agent creates replication slot {} and runs pg_receivewal; `pgvault check` shows the stream",
+                    policy.stream_slot()
+                );
             }
             Ok(0)
         }

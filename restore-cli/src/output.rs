@@ -627,7 +627,18 @@ pub fn archive_check(
             );
         }
     }
+    if let Some(stream) = &found.stream {
+        stream_lines(&mut out, stream, now);
+    }
     match &found.archiver {
+        Ok(a) if found.stream.is_some() => {
+            if a.summarize_wal == Some(false) && found.incrementals_scheduled {
+                let _ = writeln!(
+                    out,
+                    "  FAIL  summarize_wal is off, and the policy schedules incremental base backups: `pgvault archive setup --apply` turns it on (no restart)"
+                );
+            }
+        }
         Ok(a) => {
             let lag = a
                 .last_archived_at
@@ -676,6 +687,79 @@ pub fn archive_check(
         }
     }
     out
+}
+
+/// `check`'s lines about the WAL stream of a streaming policy.
+fn stream_lines(
+    out: &mut String,
+    stream: &pgvault_core::physical::archive_check::StreamCheck,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let problems = stream.problems(now);
+    let rpo = stream
+        .rpo_seconds(now)
+        .map(human_seconds)
+        .unwrap_or_else(|| "unknown".into());
+    let bound = if stream.receiver.is_some() {
+        ""
+    } else {
+        " (at least: no receiver status on this host)"
+    };
+    let receiver = match &stream.receiver {
+        Some(r) => format!(
+            "receiver {}, stored up to {}, {} behind the source{}",
+            if r.receiving && stream.receiver_running {
+                "streaming"
+            } else {
+                "STOPPED"
+            },
+            r.stored_lsn.as_deref().unwrap_or("nothing yet"),
+            r.lag_bytes.map(human_bytes).unwrap_or_else(|| "?".into()),
+            r.last_error
+                .as_deref()
+                .filter(|_| !r.receiving)
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        ),
+        None => "no receiver has run on this host".into(),
+    };
+    let _ = writeln!(
+        out,
+        "  {} WAL stream (slot {}): RPO {rpo}{bound}; {receiver}",
+        if problems.is_empty() {
+            "OK   "
+        } else {
+            "FAIL "
+        },
+        stream.slot
+    );
+    if let Ok(Some(slot)) = &stream.slot_row {
+        let _ = writeln!(
+            out,
+            "  {} slot {}: wal_status {}, {}; max_slot_wal_keep_size {}",
+            if slot.wal_status == "lost" || slot.wal_status == "unreserved" {
+                "FAIL "
+            } else {
+                "OK   "
+            },
+            stream.slot,
+            slot.wal_status,
+            slot.safe_wal_size
+                .map(|b| format!(
+                    "{} more WAL before it is lost",
+                    human_bytes(b.max(0) as u64)
+                ))
+                .unwrap_or_else(|| "no bound".into()),
+            match stream.max_slot_wal_keep_size {
+                Some(-1) => "-1 (UNBOUNDED)".to_string(),
+                Some(b) => human_bytes(b.max(0) as u64),
+                None => "?".into(),
+            }
+        );
+    }
+    for problem in problems {
+        let _ = writeln!(out, "  FAIL  {problem}");
+    }
 }
 
 /// `check`'s lines for scratch databases left by interrupted restores or drills.

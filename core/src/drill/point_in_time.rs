@@ -93,11 +93,18 @@ pub(crate) async fn drill(
         .into_iter()
         .filter(|m| m.kind == BackupKind::Physical)
         .collect();
-    let archiver = crate::physical::archive_check::check(repo, request.policy)
+    let check = crate::physical::archive_check::check(repo, request.policy)
         .await
-        .ok()
-        .and_then(|c| c.archiver.ok());
-    let last_archived = archiver.as_ref().and_then(|a| a.last_archived_at);
+        .ok();
+    let archiver = check.as_ref().and_then(|c| c.archiver.clone().ok());
+    let mut last_archived = archiver.as_ref().and_then(|a| a.last_archived_at);
+    // With streaming, the RPO is the stream's lag, not the time since a segment was
+    // archived (the server archives nothing).
+    if let Some(stream) = check.as_ref().and_then(|c| c.stream.as_ref()) {
+        last_archived = stream
+            .rpo_seconds(started_at)
+            .map(|rpo| started_at - chrono::Duration::milliseconds((rpo * 1000.0) as i64));
+    }
     let rpo = last_archived.map(|t| {
         let lag = seconds_of(started_at - t);
         RpoResult {
@@ -130,7 +137,7 @@ pub(crate) async fn drill(
     // it. The drill makes one (an empty transaction), closes its WAL segment and waits
     // until it is archived; without access to the source it falls back to the newest
     // archived segment's time.
-    let anchor = anchor_commit(&request.policy.source.url).await;
+    let anchor = anchor_commit(repo, &request.policy.source.url).await;
     if let Err(e) = &anchor {
         tracing::warn!(error = %e, "cannot write an anchor commit on the source; the drill's target may lie past the archived WAL");
     }
@@ -358,8 +365,10 @@ pub(crate) async fn drill(
 }
 
 /// Commit an empty transaction on the source, switch WAL and wait (up to 5 minutes)
-/// until the segment is archived. Returns a time just before that commit.
-async fn anchor_commit(source_url: &str) -> Result<DateTime<Utc>> {
+/// until the segment is in the repository (whatever the archive mode: the server's
+/// "archived" means "in the spool" with asynchronous archiving, and nothing with
+/// streaming). Returns a time just before that commit.
+async fn anchor_commit(repo: &Repository, source_url: &str) -> Result<DateTime<Utc>> {
     let client = crate::postgres::ConnTarget::parse(source_url)?
         .connect()
         .await?;
@@ -384,20 +393,12 @@ async fn anchor_commit(source_url: &str) -> Result<DateTime<Utc>> {
         .get(0);
     let deadline = Instant::now() + std::time::Duration::from_secs(300);
     loop {
-        let archived: bool = client
-            .query_one(
-                "select coalesce(last_archived_wal >= $1, false) from pg_stat_archiver",
-                &[&segment],
-            )
-            .await
-            .map_err(|e| Error::pg("cannot read pg_stat_archiver", e))?
-            .get(0);
-        if archived {
+        if crate::physical::wal::archive::is_archived(repo, &segment).await? {
             return Ok(before);
         }
         if Instant::now() > deadline {
             return Err(Error::Invalid(format!(
-                "WAL segment {segment} was not archived within 5 minutes"
+                "WAL segment {segment} was not stored in the repository within 5 minutes"
             )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -82,6 +82,101 @@ pub struct ArchiveCheck {
     pub gaps: Vec<GapRecord>,
     /// The local spool of asynchronous archiving, when it is on this host.
     pub spool: Option<SpoolState>,
+    /// The WAL stream, for a policy with `[archive] mode = "stream"`.
+    pub stream: Option<StreamCheck>,
+}
+
+/// The WAL stream of a streaming policy: its slot on the source, the source's bound on
+/// what the slot may hold, and what the receiver reports.
+#[derive(Debug, Clone)]
+pub struct StreamCheck {
+    /// The replication slot's name.
+    pub slot: String,
+    /// Its row in `pg_replication_slots`, or why it could not be read (`Ok(None)`: no
+    /// such slot).
+    pub slot_row: std::result::Result<Option<SlotState>, String>,
+    /// `max_slot_wal_keep_size` in bytes (`-1`: unlimited, which lets a stalled stream
+    /// fill the source's disk), when it could be read.
+    pub max_slot_wal_keep_size: Option<i64>,
+    /// The receiver's status file on this host (`None`: no receiver ran here).
+    pub receiver: Option<crate::physical::wal::receiver::StreamStatus>,
+    /// Whether a receiver holds this host's spool now.
+    pub receiver_running: bool,
+    /// The newest stored stream chunk's time: the RPO's lower bound where no receiver
+    /// status is at hand.
+    pub newest_chunk_at: Option<DateTime<Utc>>,
+    /// The policy's bound on the stream's RPO.
+    pub max_lag: std::time::Duration,
+}
+
+/// A replication slot as the source shows it.
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    /// `reserved`, `extended`, `unreserved` (WAL goes at the next checkpoint) or `lost`.
+    pub wal_status: String,
+    /// Whether a receiver streams from it now.
+    pub active: bool,
+    /// Bytes the source may still write before the slot is lost (`None`: unbounded).
+    pub safe_wal_size: Option<i64>,
+}
+
+impl StreamCheck {
+    /// What is wrong with the stream, one line each; empty when it is healthy.
+    pub fn problems(&self, now: DateTime<Utc>) -> Vec<String> {
+        let mut problems = Vec::new();
+        match &self.slot_row {
+            Err(e) => problems.push(format!("cannot read slot {}: {e}", self.slot)),
+            Ok(None) => problems.push(format!(
+                "replication slot {} does not exist on the source: the agent creates it when the stream starts",
+                self.slot
+            )),
+            Ok(Some(s)) if s.wal_status == "lost" => problems.push(format!(
+                "replication slot {} is LOST: the source removed WAL the stream had not received; the agent records the gap and recreates the slot",
+                self.slot
+            )),
+            Ok(Some(s)) => {
+                if s.wal_status == "unreserved" {
+                    problems.push(format!(
+                        "replication slot {} is past max_slot_wal_keep_size: WAL it needs goes at the next checkpoint",
+                        self.slot
+                    ));
+                }
+                if !s.active {
+                    problems.push(format!(
+                        "no receiver streams from slot {}: is the agent running?",
+                        self.slot
+                    ));
+                }
+            }
+        }
+        if self.max_slot_wal_keep_size == Some(-1) {
+            problems.push("max_slot_wal_keep_size is -1 (unlimited): a stalled stream would fill the source's disk; set a bound, e.g. ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'".into());
+        }
+        if let Some(rpo) = self.rpo_seconds(now) {
+            if rpo > self.max_lag.as_secs_f64() {
+                problems.push(format!(
+                    "the stream is {rpo:.0} s behind the source (stream_max_lag {})",
+                    crate::units::human_duration(self.max_lag)
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The RPO of point-in-time recovery now: the receiver's figure, aged by the time
+    /// since it wrote it; else the age of the newest stored chunk (a lower bound).
+    pub fn rpo_seconds(&self, now: DateTime<Utc>) -> Option<f64> {
+        let seconds = |d: chrono::Duration| d.num_milliseconds().max(0) as f64 / 1000.0;
+        match &self.receiver {
+            Some(r) => {
+                let rpo = r.rpo_seconds?;
+                // A receiver that stopped writing its status is not keeping up.
+                let silent = r.updated_at.map_or(0.0, |at| seconds(now - at));
+                Some(if silent > 5.0 { rpo + silent } else { rpo })
+            }
+            None => self.newest_chunk_at.map(|at| seconds(now - at)),
+        }
+    }
 }
 
 impl ArchiveCheck {
@@ -89,7 +184,12 @@ impl ArchiveCheck {
     /// be recorded, archiver not failing, and WAL summaries on where incremental backups
     /// are scheduled.
     pub fn healthy(&self) -> bool {
+        let streaming = self.stream.is_some();
         self.backups.iter().all(|b| b.missing.is_empty())
+            && self
+                .stream
+                .as_ref()
+                .is_none_or(|s| s.problems(Utc::now()).is_empty())
             && self.gaps.is_empty()
             && self
                 .spool
@@ -99,7 +199,8 @@ impl ArchiveCheck {
                 .archiver
                 .as_ref()
                 .map(|a| {
-                    !a.failing() && (!self.incrementals_scheduled || a.summarize_wal == Some(true))
+                    (streaming || !a.failing())
+                        && (!self.incrementals_scheduled || a.summarize_wal == Some(true))
                 })
                 .unwrap_or(false)
     }
@@ -135,6 +236,59 @@ pub async fn check(repo: &Repository, policy: &Policy) -> Result<ArchiveCheck> {
         incrementals_scheduled,
         gaps: wal::gaps::list_gaps(repo).await?,
         spool: wal::pusher::spool_state(policy)?,
+        stream: match policy.archive.mode {
+            crate::policy::ArchiveMode::Stream => Some(stream_check(repo, policy).await?),
+            _ => None,
+        },
+    })
+}
+
+async fn stream_check(repo: &Repository, policy: &Policy) -> Result<StreamCheck> {
+    let slot = policy.stream_slot();
+    let spool = policy.archive.spool_dir.as_deref();
+    let source = async {
+        let client = ConnTarget::parse(&policy.source.url)?.connect().await?;
+        let row = client
+            .query_opt(
+                "select coalesce(wal_status, ''), active, safe_wal_size from pg_replication_slots where slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| crate::error::Error::pg("cannot read pg_replication_slots", e))?;
+        let keep: Option<i64> = client
+            .query_one(
+                "select case when setting = '-1' then -1 else setting::bigint * 1024 * 1024 end from pg_settings where name = 'max_slot_wal_keep_size'",
+                &[],
+            )
+            .await
+            .ok()
+            .map(|r| r.get(0));
+        Ok::<_, crate::error::Error>((
+            row.map(|r| SlotState {
+                wal_status: r.get(0),
+                active: r.get(1),
+                safe_wal_size: r.get(2),
+            }),
+            keep,
+        ))
+    }
+    .await;
+    let (slot_row, max_slot_wal_keep_size) = match source {
+        Ok((row, keep)) => (Ok(row), keep),
+        Err(e) => (Err(e.to_string()), None),
+    };
+    Ok(StreamCheck {
+        slot,
+        slot_row,
+        max_slot_wal_keep_size,
+        receiver: spool.and_then(wal::receiver::read_status),
+        receiver_running: spool.is_some_and(wal::receiver::receiver_running),
+        newest_chunk_at: wal::stream::list_partials(repo)
+            .await?
+            .iter()
+            .filter_map(|p| p.stored_at)
+            .max(),
+        max_lag: policy.archive.stream_max_lag,
     })
 }
 

@@ -194,17 +194,21 @@ async fn physical_backup(
             tablespaces.join(", ")
         )));
     }
-    let archive_mode: String = client
-        .query_one("select current_setting('archive_mode')", &[])
-        .await
-        .map_err(|e| Error::pg("cannot read archive_mode", e))?
-        .get(0);
-    if archive_mode == "off" {
-        return Err(Error::Invalid(
-            "archive_mode is off on the source: a physical backup is useless without its archived WAL; run `pgvault archive setup --policy … --apply` and restart the server".into(),
-        ));
+    if policy.archive.mode == ArchiveMode::Stream {
+        refuse_without_stream(&client, &policy.stream_slot()).await?;
+    } else {
+        let archive_mode: String = client
+            .query_one("select current_setting('archive_mode')", &[])
+            .await
+            .map_err(|e| Error::pg("cannot read archive_mode", e))?
+            .get(0);
+        if archive_mode == "off" {
+            return Err(Error::Invalid(
+                "archive_mode is off on the source: a physical backup is useless without its archived WAL; run `pgvault archive setup --policy … --apply` and restart the server".into(),
+            ));
+        }
+        refuse_while_archiving_fails(&client).await?;
     }
-    refuse_while_archiving_fails(&client).await?;
     let segment_size: i64 = client
         .query_one(
             "select setting::bigint from pg_settings where name = 'wal_segment_size'",
@@ -311,8 +315,12 @@ async fn physical_backup(
     };
 
     // With asynchronous archiving the server's wait ended when the spool took the end
-    // segment: the backup is listed only once its WAL is really in the repository.
-    if policy.archive.mode == ArchiveMode::Async {
+    // segment, and with streaming the server does not wait at all: the backup is listed
+    // only once its WAL is really in the repository.
+    if matches!(
+        policy.archive.mode,
+        ArchiveMode::Async | ArchiveMode::Stream
+    ) {
         let stored = wait_until_stored(
             &repo,
             policy,
@@ -482,6 +490,29 @@ async fn wait_until_stored(
             _ = cancel.cancelled() => return Err(Error::Cancelled),
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
         }
+    }
+}
+
+/// With streaming, the backup's WAL reaches the repository only through the slot: refuse
+/// to start when no receiver streams from it, instead of waiting `archive_wait` for WAL
+/// that nobody stores.
+async fn refuse_without_stream(client: &tokio_postgres::Client, slot: &str) -> Result<()> {
+    let active: Option<bool> = client
+        .query_opt(
+            "select active from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| Error::pg("cannot read pg_replication_slots", e))?
+        .map(|r| r.get(0));
+    match active {
+        Some(true) => Ok(()),
+        Some(false) => Err(Error::Invalid(format!(
+            "no receiver streams from replication slot {slot}: the base backup's WAL would never be stored; start the agent, which runs the stream ([archive] mode = \"stream\"), and see `pgvault check`"
+        ))),
+        None => Err(Error::Invalid(format!(
+            "replication slot {slot} does not exist on the source: the agent creates it when it starts streaming ([archive] mode = \"stream\"); start the agent first"
+        ))),
     }
 }
 

@@ -131,6 +131,9 @@ pub struct PitrPlan {
     pub segments_stored_bytes: u64,
     /// The newest archived segment on the path.
     pub newest_segment: Option<String>,
+    /// When that segment is a streaming policy's growing one: the LSN its stored bytes
+    /// end at (replay ends there at the latest).
+    pub streamed_end: Option<u64>,
     /// The data directory to restore into.
     pub pgdata: PathBuf,
     /// Entries in it now (0: absent or empty).
@@ -225,7 +228,10 @@ pub async fn plan(
     let seg_size = physical.wal_segment_size;
     let start_lsn = parse_lsn(&physical.start_lsn)?;
     let stop_lsn = parse_lsn(&physical.stop_lsn)?;
-    let archive = wal::list_archive(repo).await?;
+    let mut archive = wal::list_archive(repo).await?;
+    // A streaming policy's growing segment ends the archive on its timeline.
+    let tails = wal::stream::usable_tails(&archive, wal::stream::list_partials(repo).await?);
+    archive.extend(tails.iter().map(|(entry, _)| entry.clone()));
 
     // Follow the newest timeline that descends from the backup's (as
     // recovery_target_timeline = 'latest' does), or the one asked for.
@@ -386,7 +392,12 @@ pub async fn plan(
         .map(|a| a.stored_size)
         .sum();
     let newest_segment = needed.last().cloned();
+    let streamed_end = tails
+        .iter()
+        .find(|(entry, _)| Some(&entry.file.name) == newest_segment.as_ref())
+        .map(|(_, end)| *end);
     Ok(PitrPlan {
+        streamed_end,
         gap_ahead,
         chain,
         staging,
@@ -436,6 +447,14 @@ impl fmt::Display for PitrPlan {
                 String::new()
             }
         )?;
+        if let Some(end) = self.streamed_end {
+            writeln!(
+                f,
+                "  stream:      {} is the growing segment of the WAL stream, stored up to {}: replay ends there at the latest",
+                self.newest_segment.as_deref().unwrap_or("-"),
+                wal::format_lsn(end)
+            )?;
+        }
         if let Some(gap) = &self.gap_ahead {
             writeln!(
                 f,

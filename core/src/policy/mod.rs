@@ -247,6 +247,15 @@ pub struct ArchiveConfig {
     pub queue_full: QueueFull,
     /// Segments the pusher stores at once.
     pub push_parallel: usize,
+    /// The replication slot of streaming mode (`None`: `pgvault_<policy>`, see
+    /// [`Policy::stream_slot`]).
+    pub slot: Option<String>,
+    /// How often streaming mode stores the growing segment: the RPO of a crash of the
+    /// source, within the stream's lag.
+    pub partial_interval: std::time::Duration,
+    /// How far the stream may fall behind the source before `check` fails and alarms
+    /// fire.
+    pub stream_max_lag: std::time::Duration,
 }
 
 impl Default for ArchiveConfig {
@@ -257,9 +266,17 @@ impl Default for ArchiveConfig {
             queue_max: DEFAULT_QUEUE_MAX,
             queue_full: QueueFull::Keep,
             push_parallel: DEFAULT_PUSH_PARALLEL,
+            slot: None,
+            partial_interval: DEFAULT_PARTIAL_INTERVAL,
+            stream_max_lag: DEFAULT_STREAM_MAX_LAG,
         }
     }
 }
+
+/// Default of `[archive] partial_interval`.
+pub const DEFAULT_PARTIAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Default of `[archive] stream_max_lag`.
+pub const DEFAULT_STREAM_MAX_LAG: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Default of `[archive] queue_max`: 4 GiB, 256 segments of 16 MiB.
 pub const DEFAULT_QUEUE_MAX: u64 = 4 << 30;
@@ -274,6 +291,9 @@ pub enum ArchiveMode {
     /// `archive_command` returns once the segment is durably in the local spool; a
     /// background pusher stores it.
     Async,
+    /// No `archive_command`: the agent streams WAL over a replication slot
+    /// (`pg_receivewal`) and stores completed segments and the growing one.
+    Stream,
 }
 
 /// `[archive] queue_full`: what a full spool does to the next segment.
@@ -303,6 +323,27 @@ pub enum IncrementalFallback {
 pub const DEFAULT_ARCHIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 impl Policy {
+    /// The replication slot streaming mode uses: `[archive] slot`, or `pgvault_` and the
+    /// policy name in the characters slot names allow (lower-case letters, digits, `_`;
+    /// at most 63).
+    pub fn stream_slot(&self) -> String {
+        if let Some(slot) = &self.archive.slot {
+            return slot.clone();
+        }
+        let name: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("pgvault_{name}").chars().take(63).collect()
+    }
+
     /// Read and validate a policy file.
     pub fn load(path: &Path) -> Result<Policy> {
         let text = std::fs::read_to_string(path)

@@ -151,4 +151,7 @@ pub(super) struct RawArchive {
     pub(super) queue_max: Option<Spanned<String>>,
     pub(super) queue_full: Option<Spanned<String>>,
     pub(super) push_parallel: Option<Spanned<u32>>,
+    pub(super) slot: Option<Spanned<String>>,
+    pub(super) partial_interval: Option<Spanned<String>>,
+    pub(super) stream_max_lag: Option<Spanned<String>>,
 }

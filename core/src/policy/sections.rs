@@ -320,7 +320,11 @@ impl TryFrom<InDir<'_, RawArchive>> for ArchiveConfig {
             config.mode = choice(
                 "[archive] mode",
                 mode,
-                &[("sync", ArchiveMode::Sync), ("async", ArchiveMode::Async)],
+                &[
+                    ("sync", ArchiveMode::Sync),
+                    ("async", ArchiveMode::Async),
+                    ("stream", ArchiveMode::Stream),
+                ],
             )?;
         }
         config.spool_dir = raw.spool_dir.as_ref().map(|d| dir.join(d.get_ref()));
@@ -329,6 +333,62 @@ impl TryFrom<InDir<'_, RawArchive>> for ArchiveConfig {
                 raw.mode.as_ref().map(|m| m.span()),
                 "[archive] mode = \"async\" needs spool_dir: a directory the server's OS user can write, on a disk with room for queue_max".into(),
             ));
+        }
+        if config.mode == ArchiveMode::Stream && config.spool_dir.is_none() {
+            return Err(at(
+                raw.mode.as_ref().map(|m| m.span()),
+                "[archive] mode = \"stream\" needs spool_dir: a directory on the agent's host where pg_receivewal writes WAL until it is stored".into(),
+            ));
+        }
+        if let Some(slot) = &raw.slot {
+            let name = slot.get_ref();
+            let valid = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                return Err(at(
+                    Some(slot.span()),
+                    "[archive] slot must be 1 to 63 lower-case letters, digits or underscores (PostgreSQL's rule for slot names)".into(),
+                ));
+            }
+            config.slot = Some(name.clone());
+        }
+        let bounded = |key: &str,
+                       value: &Option<Spanned<String>>,
+                       range: std::ops::RangeInclusive<u64>,
+                       words: &str|
+         -> Found<Option<std::time::Duration>> {
+            let Some(span) = optional_span(key, value)? else {
+                return Ok(None);
+            };
+            span.to_std()
+                .ok()
+                .filter(|d| range.contains(&(d.as_millis() as u64)))
+                .map(Some)
+                .ok_or_else(|| {
+                    at(
+                        value.as_ref().map(|v| v.span()),
+                        format!("{key} must be between {words}"),
+                    )
+                })
+        };
+        if let Some(d) = bounded(
+            "[archive] partial_interval",
+            &raw.partial_interval,
+            1_000..=600_000,
+            "1s and 10m",
+        )? {
+            config.partial_interval = d;
+        }
+        if let Some(d) = bounded(
+            "[archive] stream_max_lag",
+            &raw.stream_max_lag,
+            1_000..=86_400_000,
+            "1s and 24h",
+        )? {
+            config.stream_max_lag = d;
         }
         if let Some(max) = &raw.queue_max {
             config.queue_max = crate::units::parse_byte_size(max.get_ref())

@@ -213,12 +213,53 @@ pub async fn fetch(
     recipients: &[String],
     cancel: &CancellationToken,
 ) -> Result<u64> {
-    unless_cancelled(
-        cancel,
-        download_to(repo, name, dest, identities, recipients),
-    )
+    unless_cancelled(cancel, async {
+        match download_to(repo, name, dest, identities, recipients).await {
+            Err(Error::WalNotFound { .. }) => {
+                let data = growing_segment(repo, name, identities, recipients).await?;
+                write_atomically(dest, &data)
+            }
+            other => other,
+        }
+    })
     .await?;
     Ok(std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0))
+}
+
+/// The segment `name` as a streaming policy stored it while it grew (see
+/// [`super::stream`]), zero-padded. Only the newest segment of its timeline is served
+/// so: an older one missing from the archive is a hole, and serving its beginning would
+/// end recovery early without a word. The prefetcher never calls this: a growing
+/// segment must be read when recovery asks for it, not before.
+async fn growing_segment(
+    repo: &Repository,
+    name: &str,
+    identities: &Identities,
+    recipients: &[String],
+) -> Result<Vec<u8>> {
+    let file = WalFileName::parse(name)?;
+    let not_found = || Error::WalNotFound {
+        name: name.into(),
+        policy: repo.policy().into(),
+    };
+    if file.kind != WalFileKind::Segment {
+        return Err(not_found());
+    }
+    let Some(partial) = super::stream::find_partial(repo, &file).await? else {
+        return Err(not_found());
+    };
+    let prefix = repo.wal_prefix();
+    let later = repo
+        .storage()
+        .list(&format!("{prefix}{:08X}/", file.timeline))
+        .await?
+        .iter()
+        .filter_map(|o| parse_key(&prefix, o))
+        .any(|a| a.file.kind == WalFileKind::Segment && a.file.name > file.name);
+    if later {
+        return Err(not_found());
+    }
+    super::stream::assemble(repo, &partial, identities, recipients).await
 }
 
 /// Locate, download, verify and atomically write the archived file `name` to `dest`.

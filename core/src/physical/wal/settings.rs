@@ -42,6 +42,21 @@ pub fn archive_settings(
     ])
 }
 
+/// Bound suggested for `max_slot_wal_keep_size` when the server has none: how much WAL
+/// the source keeps for a stalled stream before it gives up the slot (and pgvault
+/// records a gap) instead of filling its disk.
+pub const SUGGESTED_SLOT_KEEP: &str = "10GB";
+
+/// The server settings streaming mode (`[archive] mode = "stream"`) needs: replication
+/// connections (`wal_level = replica`; `max_wal_senders` defaults to 10) and a bound on
+/// the WAL a replication slot may hold. No `archive_command`.
+pub fn stream_settings() -> Vec<(&'static str, String)> {
+    vec![
+        ("wal_level", "replica".into()),
+        ("max_slot_wal_keep_size", SUGGESTED_SLOT_KEEP.into()),
+    ]
+}
+
 /// The settings incremental base backups need on a server of `major`: `summarize_wal`
 /// from PostgreSQL 17 on (it needs no restart), nothing before.
 pub fn summary_settings(major: u32) -> Vec<(&'static str, String)> {

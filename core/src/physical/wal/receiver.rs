@@ -1,0 +1,664 @@
+//! The stream receiver of `[archive] mode = "stream"`: the agent runs `pg_receivewal`
+//! against a replication slot and stores what it receives, so point-in-time recovery
+//! works where `archive_command` cannot be set, with an RPO of seconds.
+//!
+//! ```text
+//! <spool_dir>/stream/              pg_receivewal --directory (segments, <seg>.partial)
+//! <spool_dir>/receiver.lock        held by the one receiver of this spool (flock)
+//! <spool_dir>/stream-status.json   what the receiver stored and how far behind it is
+//! ```
+//!
+//! Every `[archive] partial_interval` the receiver:
+//! - stores each completed segment and `.history` file through the WAL archive
+//!   ([`super::archive::push`], the keys and idempotency of `archive_command`), then
+//!   deletes its stream chunks and the local copy (the newest file always stays, for
+//!   `pg_receivewal` to resume from);
+//! - stores the new bytes of the growing segment as a chunk ([`super::stream`]), up to
+//!   the position `pg_receivewal` reported flushed to the server (`--synchronous`), so
+//!   no chunk holds a half-written page;
+//! - samples the source's flush position and clock, and from them computes the RPO: the
+//!   time since the newest moment whose WAL is entirely stored.
+//!
+//! When `pg_receivewal` exits (the source crashed, a network cut) every byte it wrote is
+//! final, and the receiver stores all of it before it restarts the stream with backoff.
+//! A slot the source invalidated (`wal_status = 'lost'`, `max_slot_wal_keep_size`
+//! exceeded) means WAL is gone: the receiver writes a gap record ([`super::gaps`]),
+//! recreates the slot and streams on, so the gap is named and never silent.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use crate::postgres::ConnTarget;
+use crate::repository::new_backup::encode_settings;
+use crate::repository::Repository;
+use crate::server::PgTools;
+
+use super::name::{format_lsn, parse_lsn, segment_name, WalFileKind, WalFileName};
+
+/// What the receiver reports about itself, in `<spool_dir>/stream-status.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// The receiver's process (the agent).
+    pub pid: u32,
+    /// The replication slot.
+    pub slot: String,
+    /// Whether `pg_receivewal` runs now.
+    pub receiving: bool,
+    /// When the current (or last) `pg_receivewal` started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it last exited.
+    pub exited_at: Option<DateTime<Utc>>,
+    /// When everything it wrote before its last exit was stored.
+    pub stored_after_exit_at: Option<DateTime<Utc>>,
+    /// The end of the WAL stored without a hole (LSN).
+    pub stored_lsn: Option<String>,
+    /// The source's flush position at the last sample.
+    pub source_flush_lsn: Option<String>,
+    /// Bytes of WAL the source has flushed and the repository does not hold.
+    pub lag_bytes: Option<u64>,
+    /// The newest moment whose WAL is entirely stored (source clock).
+    pub covered_at: Option<DateTime<Utc>>,
+    /// The RPO now: seconds since `covered_at` (a lower bound while `covered_at` is
+    /// unknown).
+    pub rpo_seconds: Option<f64>,
+    /// Times the stream was restarted since the receiver started.
+    pub restarts: u64,
+    /// The last error, one line.
+    pub last_error: Option<String>,
+    /// When this status was written.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// The directory `pg_receivewal` writes into.
+pub fn stream_dir(spool: &Path) -> PathBuf {
+    spool.join("stream")
+}
+
+fn status_path(spool: &Path) -> PathBuf {
+    spool.join("stream-status.json")
+}
+
+/// The receiver's last status in `spool` (`None` when there is none or it is
+/// unreadable).
+pub fn read_status(spool: &Path) -> Option<StreamStatus> {
+    let text = std::fs::read(status_path(spool)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Whether a receiver holds `spool`'s lock now.
+pub fn receiver_running(spool: &Path) -> bool {
+    matches!(
+        crate::server::process::try_lock_exclusive(&spool.join("receiver.lock")),
+        Ok(None)
+    )
+}
+
+/// Longest pause between two attempts to (re)start the stream.
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
+/// Samples of the source's flush position kept for the RPO (at 1 s, a day).
+const MAX_SAMPLES: usize = 86_400;
+
+/// Run the receiver of `policy` until `cancel`: stream, store, restart with backoff.
+/// While another receiver holds the spool, it waits.
+pub async fn run_receiver(policy: &Policy, cancel: &CancellationToken) -> Result<()> {
+    let spool = policy.archive.spool_dir.clone().ok_or_else(|| {
+        Error::Invalid(format!(
+            "policy {}: [archive] mode = \"stream\" needs spool_dir",
+            policy.name
+        ))
+    })?;
+    let dir = stream_dir(&spool);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    // One receiver per spool: another agent on this host (or a probe by `check`) may
+    // hold the lock; this one waits for it.
+    let mut warned = false;
+    let _lock = loop {
+        if let Some(held) =
+            crate::server::process::try_lock_exclusive(&spool.join("receiver.lock"))?
+        {
+            break held;
+        }
+        if !warned {
+            tracing::warn!(policy = %policy.name, spool = %spool.display(), "another process streams into this spool; waiting for it to stop");
+            warned = true;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    };
+    let repo = Repository::open(policy).await?;
+    let mut receiver = Receiver {
+        policy,
+        repo,
+        spool,
+        dir,
+        slot: policy.stream_slot(),
+        segment_size: None,
+        status: StreamStatus::default(),
+        samples: VecDeque::new(),
+        chunk_ends: HashMap::new(),
+        pushed: HashSet::new(),
+        stored_lsn: None,
+    };
+    receiver.status.pid = std::process::id();
+    receiver.status.slot = receiver.slot.clone();
+    let mut backoff = std::time::Duration::from_secs(1);
+    loop {
+        let started = tokio::time::Instant::now();
+        if let Err(e) = receiver.session(cancel).await {
+            tracing::warn!(policy = %policy.name, slot = %receiver.slot, error = %e, "WAL stream stopped");
+            receiver.status.last_error = Some(e.to_string());
+        }
+        receiver.status.receiving = false;
+        receiver.write_status();
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        if started.elapsed() > MAX_BACKOFF {
+            backoff = std::time::Duration::from_secs(1);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        receiver.status.restarts += 1;
+    }
+}
+
+/// One sample of the source.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: DateTime<Utc>,
+    flush: u64,
+    /// What `pg_receivewal` reported flushed (from `pg_stat_replication`).
+    received: Option<u64>,
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+struct SlotRow {
+    wal_status: String,
+    active_pid: Option<i32>,
+}
+
+/// How far the growing segment may be stored.
+#[derive(Debug, Clone, Copy)]
+enum Written {
+    /// `pg_receivewal` runs: up to what it reported flushed.
+    UpTo(Option<u64>),
+    /// `pg_receivewal` has exited: everything in the file is final.
+    All,
+}
+
+struct Receiver<'a> {
+    policy: &'a Policy,
+    repo: Repository,
+    spool: PathBuf,
+    dir: PathBuf,
+    slot: String,
+    segment_size: Option<u64>,
+    status: StreamStatus,
+    samples: VecDeque<Sample>,
+    /// Growing segment name → bytes stored from its start.
+    chunk_ends: HashMap<String, u64>,
+    /// `.history` files stored (they stay in the directory).
+    pushed: HashSet<String>,
+    /// The end of the WAL stored without a hole, when known.
+    stored_lsn: Option<u64>,
+}
+
+impl Receiver<'_> {
+    fn write_status(&mut self) {
+        self.status.updated_at = Some(Utc::now());
+        self.status.stored_lsn = self.stored_lsn.map(format_lsn);
+        let path = status_path(&self.spool);
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&self.status)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&tmp, json))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the stream status");
+        }
+    }
+
+    /// Connect, check the slot, run `pg_receivewal` and store what it writes until it
+    /// exits or `cancel`.
+    async fn session(&mut self, cancel: &CancellationToken) -> Result<()> {
+        // What a previous run left in the directory is final: store it first.
+        self.store_pass(Written::All, cancel).await?;
+        let target = ConnTarget::parse(&self.policy.source.url)?;
+        let client = target.connect().await?;
+        let info = crate::postgres::server_info(&client).await?;
+        if info.version_num < 130000 {
+            return Err(Error::Invalid(format!(
+                "streaming WAL needs PostgreSQL 13 or newer (the source is {})",
+                info.version
+            )));
+        }
+        let size: i64 = client
+            .query_one(
+                "select setting::bigint from pg_settings where name = 'wal_segment_size'",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::pg("cannot read wal_segment_size", e))?
+            .get(0);
+        self.segment_size = Some(size as u64);
+        let tools = PgTools::discover(self.policy.source.bin_dir.as_deref(), info.major()).await?;
+        match slot_row(&client, &self.slot).await? {
+            None => create_slot(&client, &self.slot).await?,
+            Some(row) if row.wal_status == "lost" => self.slot_lost(&client).await?,
+            Some(SlotRow {
+                active_pid: Some(pid),
+                ..
+            }) => {
+                return Err(Error::Invalid(format!(
+                    "replication slot {} is in use by server process {pid}: another receiver streams this policy",
+                    self.slot
+                )))
+            }
+            Some(_) => {}
+        }
+        let application = format!("pgvault_stream_{}", self.slot);
+        let mut cmd = target.command(&tools.tool("pg_receivewal"));
+        cmd.arg(format!("--directory={}", self.dir.display()))
+            .arg(format!("--slot={}", self.slot))
+            .args([
+                "--no-loop",
+                "--no-password",
+                "--synchronous",
+                "--status-interval=1",
+            ])
+            .env("PGAPPNAME", &application)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io("cannot start pg_receivewal", e))?;
+        let stderr = Arc::new(Mutex::new(VecDeque::<String>::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let lines = stderr.clone();
+            tokio::spawn(async move {
+                let mut reader = tokio::io::BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    tracing::debug!(line = %line, "pg_receivewal");
+                    if let Ok(mut kept) = lines.lock() {
+                        kept.push_back(line);
+                        if kept.len() > 20 {
+                            kept.pop_front();
+                        }
+                    }
+                }
+            });
+        }
+        tracing::info!(policy = %self.policy.name, slot = %self.slot, "WAL stream started");
+        self.status.receiving = true;
+        self.status.started_at = Some(Utc::now());
+        self.write_status();
+        let mut tick = tokio::time::interval(self.policy.archive.partial_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let exit = loop {
+            tokio::select! {
+                exit = child.wait() => break exit,
+                _ = cancel.cancelled() => {
+                    let _ = child.start_kill();
+                    break child.wait().await;
+                }
+                _ = tick.tick() => {
+                    let sample = sample(&client, &application).await;
+                    if let Err(e) = &sample {
+                        tracing::debug!(error = %e, "cannot sample the source");
+                    }
+                    let sample = sample.ok();
+                    let stored = self
+                        .store_pass(Written::UpTo(sample.and_then(|s| s.received)), cancel)
+                        .await;
+                    if let Err(e) = stored {
+                        tracing::warn!(policy = %self.policy.name, error = %e, "cannot store streamed WAL; retrying");
+                        self.status.last_error = Some(e.to_string());
+                    }
+                    self.record_sample(sample);
+                    self.write_status();
+                }
+            }
+        };
+        self.status.receiving = false;
+        self.status.exited_at = Some(Utc::now());
+        self.write_status();
+        // Everything pg_receivewal wrote is final now: store all of it. A cancel
+        // (shutdown) still gets this pass; only a second one ends it.
+        self.store_pass(Written::All, &CancellationToken::new())
+            .await?;
+        self.status.stored_after_exit_at = Some(Utc::now());
+        self.record_sample(None);
+        self.write_status();
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        let said: Vec<String> = stderr
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default();
+        Err(Error::Tool {
+            tool: "pg_receivewal".into(),
+            message: format!(
+                "{}: {}",
+                exit.map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string()),
+                crate::server::process::stderr_tail(&said.join("\n"))
+            ),
+        })
+    }
+
+    /// Store what the directory holds: completed segments and history files through
+    /// the archive, the growing segment's new bytes as a chunk (up to `written`).
+    async fn store_pass(&mut self, written: Written, cancel: &CancellationToken) -> Result<()> {
+        let mut files: Vec<(WalFileName, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(format!("cannot read {}", self.dir.display()), e))?
+        {
+            let entry = entry.map_err(|e| Error::io("cannot read the stream directory", e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(file) = WalFileName::parse(&name) {
+                files.push((file, entry.path()));
+            }
+        }
+        // The growing segment is the newest `.partial` (highest segment, then timeline).
+        let order = |f: &WalFileName| (f.segno.unwrap_or(0), f.timeline);
+        let growing = files
+            .iter()
+            .filter(|(f, _)| f.kind == WalFileKind::Partial)
+            .max_by_key(|(f, _)| order(f))
+            .map(|(f, p)| (f.clone(), p.clone()));
+        let newest_complete = files
+            .iter()
+            .filter(|(f, _)| f.kind == WalFileKind::Segment)
+            .map(|(f, _)| order(f))
+            .max();
+        let settings = encode_settings(self.policy);
+        files.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        for (file, path) in &files {
+            let is_growing = growing.as_ref().is_some_and(|(g, _)| g.name == file.name);
+            if is_growing || self.pushed.contains(&file.name) {
+                continue;
+            }
+            let kind = file.kind;
+            if kind == WalFileKind::BackupHistory {
+                continue;
+            }
+            match super::archive::push(&self.repo, path, &self.policy.recipients, settings, cancel)
+                .await
+            {
+                Ok(_) => {}
+                Err(Error::WalConflict { name, existing, .. }) => {
+                    // Another writer (an archive_command before a switch to streaming, a
+                    // promoted copy) stored different bytes under the name: keep ours
+                    // locally and say so, never overwrite.
+                    tracing::warn!(file = %name, existing = %existing, "the archive holds a different file under this name; the streamed copy stays in the spool");
+                    self.pushed.insert(file.name.clone());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            if kind == WalFileKind::Segment {
+                let segment_end = self
+                    .segment_size
+                    .and_then(|size| file.segno_for(size).map(|n| (n + 1) * size));
+                self.advance(segment_end);
+                super::stream::forget_chunks(&self.repo, file).await?;
+                self.chunk_ends.remove(&file.name);
+            }
+            // The newest file stays for pg_receivewal to resume from; history files stay
+            // (it reads them at a timeline switch).
+            let keep = kind == WalFileKind::History
+                || (growing.is_none() && Some(order(file)) == newest_complete);
+            if keep {
+                self.pushed.insert(file.name.clone());
+            } else if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a stored WAL file from the stream directory");
+            }
+        }
+        let Some((file, path)) = growing else {
+            return Ok(());
+        };
+        let segment = WalFileName::parse(file.name.trim_end_matches(".partial"))?;
+        let Some(size) = self.segment_size else {
+            return Ok(());
+        };
+        let Some(segno) = segment.segno_for(size) else {
+            return Ok(());
+        };
+        let data = tokio::fs::read(&path)
+            .await
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        // Bytes below the flush position pg_receivewal reported are written; trailing
+        // zeros are not WAL yet (the file is pre-filled with them).
+        let written_end = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1) as u64;
+        let limit = match written {
+            Written::All => written_end,
+            Written::UpTo(None) => 0,
+            Written::UpTo(Some(lsn)) => lsn.saturating_sub(segno * size).min(written_end),
+        };
+        let stored_end = match self.chunk_ends.get(&segment.name) {
+            Some(end) => *end,
+            None => {
+                let found = super::stream::find_partial(&self.repo, &segment).await?;
+                found.map_or(0, |p| p.covered)
+            }
+        };
+        self.chunk_ends.insert(segment.name.clone(), stored_end);
+        if limit > stored_end {
+            let range = data[stored_end as usize..limit as usize].to_vec();
+            super::stream::store_chunk(
+                &self.repo,
+                self.policy,
+                &segment,
+                (stored_end, range),
+                size,
+                cancel,
+            )
+            .await?;
+            self.chunk_ends.insert(segment.name.clone(), limit);
+        }
+        let end = *self.chunk_ends.get(&segment.name).unwrap_or(&0);
+        if end > 0 {
+            self.advance(Some(segno * size + end));
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, lsn: Option<u64>) {
+        if let Some(lsn) = lsn {
+            self.stored_lsn = Some(self.stored_lsn.map_or(lsn, |s| s.max(lsn)));
+        }
+    }
+
+    /// Add `sample` and recompute the lag and the RPO.
+    fn record_sample(&mut self, sample: Option<Sample>) {
+        if let Some(s) = sample {
+            self.samples.push_back(s);
+            if self.samples.len() > MAX_SAMPLES {
+                self.samples.pop_front();
+            }
+            self.status.source_flush_lsn = Some(format_lsn(s.flush));
+        }
+        let Some(stored) = self.stored_lsn else {
+            return;
+        };
+        let now = Utc::now();
+        // The newest sample whose flush position is stored: nothing written up to it is
+        // missing. Older samples are no longer needed.
+        if let Some(i) = self.samples.iter().rposition(|s| s.flush <= stored) {
+            self.samples.drain(..i);
+        }
+        let Some(first) = self.samples.front().copied() else {
+            return;
+        };
+        let newest = self.samples.back().copied().unwrap_or(first);
+        self.status.lag_bytes = Some(newest.flush.saturating_sub(stored));
+        if first.flush <= stored {
+            self.status.covered_at = Some(first.at);
+            self.status.rpo_seconds = Some(seconds(now - first.at));
+        } else {
+            // Even the oldest sample is not covered: the RPO is at least its age.
+            self.status.rpo_seconds = Some(
+                seconds(now - first.at)
+                    .max(self.status.covered_at.map_or(0.0, |c| seconds(now - c))),
+            );
+        }
+    }
+
+    /// The source invalidated the slot: WAL after what is stored is gone. Record the
+    /// gap, recreate the slot and start the directory afresh.
+    async fn slot_lost(&mut self, client: &tokio_postgres::Client) -> Result<()> {
+        let size = self
+            .segment_size
+            .unwrap_or(super::name::DEFAULT_SEGMENT_SIZE);
+        client
+            .execute("select pg_drop_replication_slot($1)", &[&self.slot])
+            .await
+            .map_err(|e| Error::pg(format!("cannot drop the lost slot {}", self.slot), e))?;
+        create_slot(client, &self.slot).await?;
+        let row = client
+            .query_one(
+                "select restart_lsn::text, timeline_id from pg_replication_slots, pg_control_checkpoint() where slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(|e| Error::pg("cannot read the new slot", e))?;
+        let restart = parse_lsn(&row.get::<_, Option<String>>(0).unwrap_or_default())?;
+        let timeline = row.get::<_, i32>(1) as u32;
+        let stored = match self.stored_lsn {
+            Some(lsn) => Some(lsn),
+            None => stored_position(&self.repo, timeline, size).await?,
+        };
+        let reason = format!(
+            "replication slot {} was lost: the source removed WAL the stream had not received (max_slot_wal_keep_size exceeded)",
+            self.slot
+        );
+        if let Some(stored) = stored {
+            let (first, last) = (stored / size, (restart / size).saturating_sub(1));
+            if first <= last {
+                let when = self.status.covered_at.unwrap_or_else(Utc::now);
+                let record = super::gaps::record_gap(
+                    &self.repo,
+                    &segment_name(timeline, first, size),
+                    &segment_name(timeline, last, size),
+                    last - first + 1,
+                    when,
+                    &reason,
+                )
+                .await?;
+                tracing::error!(policy = %self.policy.name, gap = %record, "WAL stream lost its slot; the gap is recorded");
+            }
+        } else {
+            tracing::error!(policy = %self.policy.name, "{reason}; nothing was stored before, so no gap is recorded");
+        }
+        // The directory's files are stored (the session's first pass); pg_receivewal
+        // must start at the new slot's position, not resume from them.
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        self.chunk_ends.clear();
+        self.pushed.clear();
+        self.stored_lsn = Some(restart - restart % size);
+        self.samples.clear();
+        self.status.covered_at = None;
+        self.status.last_error = Some(reason);
+        Ok(())
+    }
+}
+
+fn seconds(d: chrono::Duration) -> f64 {
+    d.num_milliseconds().max(0) as f64 / 1000.0
+}
+
+async fn sample(client: &tokio_postgres::Client, application: &str) -> Result<Sample> {
+    let row = client
+        .query_one(
+            "select clock_timestamp(), pg_current_wal_flush_lsn()::text, \
+             (select flush_lsn::text from pg_stat_replication where application_name = $1 \
+              order by flush_lsn desc nulls last limit 1)",
+            &[&application],
+        )
+        .await
+        .map_err(|e| Error::pg("cannot read the source's WAL position", e))?;
+    Ok(Sample {
+        at: row.get(0),
+        flush: parse_lsn(&row.get::<_, String>(1))?,
+        received: row
+            .get::<_, Option<String>>(2)
+            .map(|l| parse_lsn(&l))
+            .transpose()?,
+    })
+}
+
+async fn slot_row(client: &tokio_postgres::Client, slot: &str) -> Result<Option<SlotRow>> {
+    let row = client
+        .query_opt(
+            "select coalesce(wal_status, ''), active_pid from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| Error::pg("cannot read pg_replication_slots", e))?;
+    Ok(row.map(|r| SlotRow {
+        wal_status: r.get(0),
+        active_pid: r.get(1),
+    }))
+}
+
+/// Create the physical slot, reserving WAL at once (another agent may have created it
+/// meanwhile: that is fine).
+async fn create_slot(client: &tokio_postgres::Client, slot: &str) -> Result<()> {
+    let created = client
+        .execute(
+            "select pg_create_physical_replication_slot($1, true)",
+            &[&slot],
+        )
+        .await;
+    match created {
+        Ok(_) => {
+            tracing::info!(slot, "replication slot created");
+            Ok(())
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(()),
+        Err(e) => Err(Error::pg(
+            format!(
+                "cannot create replication slot {slot} (the role needs the REPLICATION attribute)"
+            ),
+            e,
+        )),
+    }
+}
+
+/// The end of the newest WAL stored on `timeline`: complete segments and chunks.
+async fn stored_position(repo: &Repository, timeline: u32, size: u64) -> Result<Option<u64>> {
+    let complete = super::archive::list_archive(repo)
+        .await?
+        .into_iter()
+        .filter(|a| a.file.kind == WalFileKind::Segment && a.file.timeline == timeline)
+        .filter_map(|a| a.file.segno_for(size).map(|n| (n + 1) * size))
+        .max();
+    let partial = super::stream::list_partials(repo)
+        .await?
+        .into_iter()
+        .filter(|p| p.segment.timeline == timeline && p.covered > 0)
+        .filter_map(|p| p.segment.segno_for(size).map(|n| n * size + p.covered))
+        .max();
+    Ok(complete.max(partial))
+}
