@@ -254,3 +254,65 @@ fn pitr_to_five_seconds_before_a_crash_of_the_source_restores_every_commit_befor
     );
     assert_eq!(ids, expected);
 }
+
+#[test]
+fn a_lost_slot_is_named_by_check_recorded_as_a_gap_and_plans_refuse_to_cross_it() {
+    let Some(mut s) = Streaming::start() else {
+        return;
+    };
+    s.source
+        .configure_and_restart(&[("max_slot_wal_keep_size", "32MB")]);
+    wait_until("the stream to reconnect after the restart", 60, || {
+        s.source.psql(
+            "postgres",
+            "select count(*) from pg_stat_replication where application_name = 'pgvault_stream_pgvault_app'",
+        ) == "1"
+    });
+    run_ok(s.cli(&["backup", "--kind", "physical"]));
+    s.stop_agent();
+    // With the stream stopped, the source writes past the slot's bound and removes the
+    // WAL the slot held.
+    wait_until("the slot to be lost", 120, || {
+        s.source.psql(
+            "postgres",
+            "insert into ev (note) select 'x' from generate_series(1, 1000); select pg_switch_wal(); checkpoint",
+        );
+        s.source.psql(
+            "postgres",
+            "select wal_status from pg_replication_slots where slot_name = 'pgvault_app'",
+        ) == "lost"
+    });
+    let check = run(s.cli(&["check"]));
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    assert!(
+        text(&check).contains("replication slot pgvault_app is LOST"),
+        "{}",
+        text(&check)
+    );
+
+    // The agent records what is gone and streams on from a new slot.
+    s.start_agent();
+    let check = run(s.cli(&["check"]));
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    assert!(
+        text(&check).contains("GAP   WAL") && text(&check).contains("slot pgvault_app was lost"),
+        "check names the recorded gap: {}",
+        text(&check)
+    );
+    let dir = s.work.path().join("restored");
+    let plan = run(s.cli(&[
+        "restore",
+        "--identity",
+        s.key.identity.to_str().unwrap(),
+        "--pgdata",
+        dir.to_str().unwrap(),
+        "--to-latest",
+        "--dry-run",
+    ]));
+    assert!(!plan.status.success(), "{}", text(&plan));
+    assert!(
+        text(&plan).contains("WAL gap") && text(&plan).contains("slot pgvault_app was lost"),
+        "the plan refuses by naming the gap: {}",
+        text(&plan)
+    );
+}

@@ -633,6 +633,49 @@ mod tests {
     }
 
     #[test]
+    fn stream_settings_parse_with_defaults_and_bounds() {
+        let p = parse(&format!(
+            "{}[archive]\nmode = \"stream\"\nspool_dir = \"/var/spool/pgvault\"\n",
+            minimal("")
+        ))
+        .unwrap();
+        assert_eq!(p.archive.mode, ArchiveMode::Stream);
+        assert_eq!(p.archive.partial_interval, DEFAULT_PARTIAL_INTERVAL);
+        assert_eq!(p.archive.stream_max_lag, DEFAULT_STREAM_MAX_LAG);
+        assert_eq!(
+            p.stream_slot(),
+            format!("pgvault_{}", p.name.replace('-', "_"))
+        );
+        let p = parse(&format!(
+            "{}[archive]\nmode = \"stream\"\nspool_dir = \"s\"\nslot = \"app_db_1\"\npartial_interval = \"5s\"\nstream_max_lag = \"2m\"\n",
+            minimal("")
+        ))
+        .unwrap();
+        assert_eq!(p.stream_slot(), "app_db_1");
+        assert_eq!(p.archive.partial_interval.as_secs(), 5);
+        assert_eq!(p.archive.stream_max_lag.as_secs(), 120);
+        for (extra, expected) in [
+            ("", "needs spool_dir"),
+            (
+                "spool_dir = \"s\"\nslot = \"App-DB\"\n",
+                "[archive] slot must be",
+            ),
+            (
+                "spool_dir = \"s\"\npartial_interval = \"1h\"\n",
+                "partial_interval must be between 1s and 10m",
+            ),
+        ] {
+            let err = parse(&format!(
+                "{}[archive]\nmode = \"stream\"\n{extra}",
+                minimal("")
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_reported_with_line_and_column() {
         let err = parse(&minimal("colour = \"blue\"\n"))
             .unwrap_err()

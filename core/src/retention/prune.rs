@@ -98,7 +98,8 @@ pub async fn plan(
     let (wal_to_delete, gaps_to_delete) = if retained_starts.is_empty() {
         (Vec::new(), Vec::new())
     } else {
-        let archive = crate::physical::wal::list_archive(repo).await?;
+        let mut archive = crate::physical::wal::list_archive(repo).await?;
+        archive.extend(crate::physical::wal::stream::chunks_for_retention(repo).await?);
         let gaps = crate::physical::wal::gaps::list_gaps(repo).await?;
         (
             crate::physical::wal::wal_not_needed(&archive, &retained_starts)

@@ -500,26 +500,12 @@ impl Receiver<'_> {
         let Some(stored) = self.stored_lsn else {
             return;
         };
-        let now = Utc::now();
-        // The newest sample whose flush position is stored: nothing written up to it is
-        // missing. Older samples are no longer needed.
-        if let Some(i) = self.samples.iter().rposition(|s| s.flush <= stored) {
-            self.samples.drain(..i);
-        }
-        let Some(first) = self.samples.front().copied() else {
-            return;
-        };
-        let newest = self.samples.back().copied().unwrap_or(first);
-        self.status.lag_bytes = Some(newest.flush.saturating_sub(stored));
-        if first.flush <= stored {
-            self.status.covered_at = Some(first.at);
-            self.status.rpo_seconds = Some(seconds(now - first.at));
-        } else {
-            // Even the oldest sample is not covered: the RPO is at least its age.
-            self.status.rpo_seconds = Some(
-                seconds(now - first.at)
-                    .max(self.status.covered_at.map_or(0.0, |c| seconds(now - c))),
-            );
+        if let Some(rpo) = rpo_now(&mut self.samples, stored, Utc::now()) {
+            self.status.lag_bytes = Some(rpo.lag_bytes);
+            if rpo.covered_at.is_some() {
+                self.status.covered_at = rpo.covered_at;
+            }
+            self.status.rpo_seconds = Some(rpo.seconds);
         }
     }
 
@@ -582,6 +568,34 @@ impl Receiver<'_> {
         self.status.last_error = Some(reason);
         Ok(())
     }
+}
+
+/// The stream's lag and RPO at one moment.
+#[derive(Debug, Clone, PartialEq)]
+struct Rpo {
+    /// Bytes flushed by the source (at the newest sample) and not stored.
+    lag_bytes: u64,
+    /// The newest sampled moment whose WAL is entirely stored, when a sample shows it.
+    covered_at: Option<DateTime<Utc>>,
+    /// Seconds since then (at least the oldest uncovered sample's age).
+    seconds: f64,
+}
+
+/// The RPO at `now` given the source's flush positions over time (`samples`, oldest
+/// first) and the stored end `stored`. Samples older than the newest covered one are
+/// dropped: they can never matter again.
+fn rpo_now(samples: &mut VecDeque<Sample>, stored: u64, now: DateTime<Utc>) -> Option<Rpo> {
+    if let Some(i) = samples.iter().rposition(|s| s.flush <= stored) {
+        samples.drain(..i);
+    }
+    let first = samples.front().copied()?;
+    let newest = samples.back().copied().unwrap_or(first);
+    let covered = first.flush <= stored;
+    Some(Rpo {
+        lag_bytes: newest.flush.saturating_sub(stored),
+        covered_at: covered.then_some(first.at),
+        seconds: seconds(now - first.at),
+    })
 }
 
 fn seconds(d: chrono::Duration) -> f64 {
@@ -661,4 +675,52 @@ async fn stored_position(repo: &Repository, timeline: u32, size: u64) -> Result<
         .filter_map(|p| p.segment.segno_for(size).map(|n| n * size + p.covered))
         .max();
     Ok(complete.max(partial))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(second: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 7, 0, 0, 0).unwrap() + chrono::Duration::seconds(second)
+    }
+
+    fn samples(points: &[(i64, u64)]) -> VecDeque<Sample> {
+        points
+            .iter()
+            .map(|(s, flush)| Sample {
+                at: at(*s),
+                flush: *flush,
+                received: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_rpo_is_the_age_of_the_newest_moment_entirely_stored() {
+        // The source flushed 100, 200, 300 at seconds 0, 1, 2; 200 is stored.
+        let mut s = samples(&[(0, 100), (1, 200), (2, 300)]);
+        let rpo = rpo_now(&mut s, 200, at(5)).unwrap();
+        assert_eq!(rpo.covered_at, Some(at(1)));
+        assert_eq!(rpo.seconds, 4.0);
+        assert_eq!(rpo.lag_bytes, 100);
+        assert_eq!(s.len(), 2, "the sample before the covered one is dropped");
+        // Everything stored: the RPO is the age of the newest sample, the lag 0.
+        let rpo = rpo_now(&mut s, 300, at(3)).unwrap();
+        assert_eq!(
+            (rpo.covered_at, rpo.seconds, rpo.lag_bytes),
+            (Some(at(2)), 1.0, 0)
+        );
+    }
+
+    #[test]
+    fn with_nothing_covered_the_rpo_is_at_least_the_oldest_sample_age() {
+        let mut s = samples(&[(10, 500), (11, 600)]);
+        let rpo = rpo_now(&mut s, 400, at(40)).unwrap();
+        assert_eq!(rpo.covered_at, None);
+        assert_eq!(rpo.seconds, 30.0);
+        assert_eq!(rpo.lag_bytes, 200);
+        assert_eq!(rpo_now(&mut VecDeque::new(), 400, at(40)), None);
+    }
 }

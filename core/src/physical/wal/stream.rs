@@ -205,6 +205,22 @@ pub async fn list_partials(repo: &Repository) -> Result<Vec<StreamPartial>> {
     Ok(partials(list_under(repo, &stream_prefix(repo)).await?))
 }
 
+/// Every stored chunk as an archive entry (its segment's name, its own key), for WAL
+/// retention: a chunk goes when its segment is no longer needed, like the segment.
+pub async fn chunks_for_retention(repo: &Repository) -> Result<Vec<super::archive::ArchivedWal>> {
+    Ok(list_under(repo, &stream_prefix(repo))
+        .await?
+        .into_iter()
+        .map(|c| super::archive::ArchivedWal {
+            file: c.segment,
+            key: c.key,
+            sha256: c.sha256,
+            stored_size: c.stored_size,
+            archived_at: c.stored_at,
+        })
+        .collect())
+}
+
 /// What the repository holds of growing segment `segment` (`None`: no chunk).
 pub async fn find_partial(
     repo: &Repository,
