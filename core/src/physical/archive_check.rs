@@ -152,6 +152,20 @@ impl StreamCheck {
         if self.max_slot_wal_keep_size == Some(-1) {
             problems.push("max_slot_wal_keep_size is -1 (unlimited): a stalled stream would fill the source's disk; set a bound, e.g. ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'".into());
         }
+        if let Some(r) = &self.receiver {
+            let stale_start = r
+                .started_at
+                .is_some_and(|t| (now - t).to_std().is_ok_and(|d| d > self.max_lag));
+            if r.rpo_seconds.is_none() && stale_start {
+                problems.push(format!(
+                    "the receiver has stored nothing it can measure since it started{}",
+                    r.last_error
+                        .as_deref()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
         if let Some(rpo) = self.rpo_seconds(now) {
             if rpo > self.max_lag.as_secs_f64() {
                 problems.push(format!(

@@ -22,8 +22,11 @@
 //! When `pg_receivewal` exits (the source crashed, a network cut) every byte it wrote is
 //! final, and the receiver stores all of it before it restarts the stream with backoff.
 //! A slot the source invalidated (`wal_status = 'lost'`, `max_slot_wal_keep_size`
-//! exceeded) means WAL is gone: the receiver writes a gap record ([`super::gaps`]),
-//! recreates the slot and streams on, so the gap is named and never silent.
+//! exceeded) is recreated; when `pg_receivewal` then finds the WAL it needs removed, the
+//! receiver writes a gap record ([`super::gaps`]) from the end of the stored stream to
+//! the new slot's start, and streams on from there, so the gap is named and never silent.
+//! A `pg_receivewal` left running by a killed agent is stopped before anything in the
+//! directory is read as final.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -105,6 +108,10 @@ pub fn receiver_running(spool: &Path) -> bool {
 const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
 /// Samples of the source's flush position kept for the RPO (at 1 s, a day).
 const MAX_SAMPLES: usize = 86_400;
+/// Longest a sample of the source may take (a stalled network must not stall storing).
+const SAMPLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// What pg_receivewal says when the server no longer has the WAL it asks for.
+const WAL_REMOVED: &str = "has already been removed";
 
 /// Run the receiver of `policy` until `cancel`: stream, store, restart with backoff.
 /// While another receiver holds the spool, it waits.
@@ -136,7 +143,11 @@ pub async fn run_receiver(policy: &Policy, cancel: &CancellationToken) -> Result
             _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
         }
     };
+    // A pg_receivewal left by a killed agent may still write into the directory, and
+    // the first pass reads every file there as final: it is stopped first.
+    stop_orphan(&spool, &dir).await;
     let repo = Repository::open(policy).await?;
+    let previous = read_status(&spool).unwrap_or_default();
     let mut receiver = Receiver {
         policy,
         repo,
@@ -144,14 +155,18 @@ pub async fn run_receiver(policy: &Policy, cancel: &CancellationToken) -> Result
         dir,
         slot: policy.stream_slot(),
         segment_size: None,
-        status: StreamStatus::default(),
+        status: StreamStatus {
+            pid: std::process::id(),
+            slot: policy.stream_slot(),
+            covered_at: previous.covered_at,
+            ..StreamStatus::default()
+        },
         samples: VecDeque::new(),
         chunk_ends: HashMap::new(),
-        pushed: HashSet::new(),
+        kept: HashSet::new(),
+        conflicts: HashSet::new(),
         stored_lsn: None,
     };
-    receiver.status.pid = std::process::id();
-    receiver.status.slot = receiver.slot.clone();
     let mut backoff = std::time::Duration::from_secs(1);
     loop {
         let started = tokio::time::Instant::now();
@@ -160,6 +175,7 @@ pub async fn run_receiver(policy: &Policy, cancel: &CancellationToken) -> Result
             receiver.status.last_error = Some(e.to_string());
         }
         receiver.status.receiving = false;
+        receiver.record_sample(None);
         receiver.write_status();
         if cancel.is_cancelled() {
             return Ok(());
@@ -176,11 +192,61 @@ pub async fn run_receiver(policy: &Policy, cancel: &CancellationToken) -> Result
     }
 }
 
+fn pid_path(spool: &Path) -> PathBuf {
+    spool.join("pg_receivewal.pid")
+}
+
+/// Stop the `pg_receivewal` a previous receiver of this spool started, if it still runs
+/// (an agent killed with SIGKILL leaves its child behind): SIGTERM, then SIGKILL after
+/// ten seconds. A pid that now belongs to another program is left alone.
+async fn stop_orphan(spool: &Path, dir: &Path) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Some(pid) = std::fs::read_to_string(pid_path(spool))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let ours = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let line = String::from_utf8_lossy(&c).replace('\0', " ");
+            line.contains("pg_receivewal") && line.contains(&dir.display().to_string())
+        })
+    };
+    if !ours(pid) {
+        let _ = std::fs::remove_file(pid_path(spool));
+        return;
+    }
+    tracing::warn!(
+        pid,
+        "stopping the pg_receivewal a previous agent left running"
+    );
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    for _ in 0..100 {
+        if !ours(pid) {
+            let _ = std::fs::remove_file(pid_path(spool));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    for _ in 0..50 {
+        if !ours(pid) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_file(pid_path(spool));
+}
+
 /// One sample of the source.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     at: DateTime<Utc>,
     flush: u64,
+    /// The timeline the source writes.
+    timeline: u32,
     /// What `pg_receivewal` reported flushed (from `pg_stat_replication`).
     received: Option<u64>,
 }
@@ -195,8 +261,9 @@ struct SlotRow {
 /// How far the growing segment may be stored.
 #[derive(Debug, Clone, Copy)]
 enum Written {
-    /// `pg_receivewal` runs: up to what it reported flushed.
-    UpTo(Option<u64>),
+    /// `pg_receivewal` runs: up to the position it reported flushed on the timeline the
+    /// source writes (`None`: unknown, store nothing of the growing segment).
+    UpTo(Option<(u64, u32)>),
     /// `pg_receivewal` has exited: everything in the file is final.
     All,
 }
@@ -212,8 +279,10 @@ struct Receiver<'a> {
     samples: VecDeque<Sample>,
     /// Growing segment name → bytes stored from its start.
     chunk_ends: HashMap<String, u64>,
-    /// `.history` files stored (they stay in the directory).
-    pushed: HashSet<String>,
+    /// Files stored that stay in the directory (history files, the newest segment).
+    kept: HashSet<String>,
+    /// Files the archive holds with other content: never overwritten, never deleted here.
+    conflicts: HashSet<String>,
     /// The end of the WAL stored without a hole, when known.
     stored_lsn: Option<u64>,
 }
@@ -259,7 +328,18 @@ impl Receiver<'_> {
         let tools = PgTools::discover(self.policy.source.bin_dir.as_deref(), info.major()).await?;
         match slot_row(&client, &self.slot).await? {
             None => create_slot(&client, &self.slot).await?,
-            Some(row) if row.wal_status == "lost" => self.slot_lost(&client).await?,
+            Some(row) if row.wal_status == "lost" => {
+                // The source gave the slot up. Whether WAL is really gone shows when
+                // pg_receivewal asks for it (see `wal_gone`).
+                tracing::error!(policy = %self.policy.name, slot = %self.slot, "the replication slot was lost (max_slot_wal_keep_size exceeded); recreating it");
+                client
+                    .execute("select pg_drop_replication_slot($1)", &[&self.slot])
+                    .await
+                    .map_err(|e| {
+                        Error::pg(format!("cannot drop the lost slot {}", self.slot), e)
+                    })?;
+                create_slot(&client, &self.slot).await?;
+            }
             Some(SlotRow {
                 active_pid: Some(pid),
                 ..
@@ -271,7 +351,6 @@ impl Receiver<'_> {
             }
             Some(_) => {}
         }
-        let application = format!("pgvault_stream_{}", self.slot);
         let mut cmd = target.command(&tools.tool("pg_receivewal"));
         cmd.arg(format!("--directory={}", self.dir.display()))
             .arg(format!("--slot={}", self.slot))
@@ -281,7 +360,7 @@ impl Receiver<'_> {
                 "--synchronous",
                 "--status-interval=1",
             ])
-            .env("PGAPPNAME", &application)
+            .env("PGAPPNAME", format!("pgvault_stream_{}", self.slot))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
@@ -290,6 +369,9 @@ impl Receiver<'_> {
         let mut child = cmd
             .spawn()
             .map_err(|e| Error::io("cannot start pg_receivewal", e))?;
+        if let Some(pid) = child.id() {
+            let _ = std::fs::write(pid_path(&self.spool), pid.to_string());
+        }
         let stderr = Arc::new(Mutex::new(VecDeque::<String>::new()));
         if let Some(pipe) = child.stderr.take() {
             let lines = stderr.clone();
@@ -310,6 +392,7 @@ impl Receiver<'_> {
         self.status.receiving = true;
         self.status.started_at = Some(Utc::now());
         self.write_status();
+        let mut sampler = Some(client);
         let mut tick = tokio::time::interval(self.policy.archive.partial_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let exit = loop {
@@ -320,15 +403,9 @@ impl Receiver<'_> {
                     break child.wait().await;
                 }
                 _ = tick.tick() => {
-                    let sample = sample(&client, &application).await;
-                    if let Err(e) = &sample {
-                        tracing::debug!(error = %e, "cannot sample the source");
-                    }
-                    let sample = sample.ok();
-                    let stored = self
-                        .store_pass(Written::UpTo(sample.and_then(|s| s.received)), cancel)
-                        .await;
-                    if let Err(e) = stored {
+                    let sample = self.sample(&target, &mut sampler).await;
+                    let bound = sample.and_then(|s| s.received.map(|r| (r, s.timeline)));
+                    if let Err(e) = self.store_pass(Written::UpTo(bound), cancel).await {
                         tracing::warn!(policy = %self.policy.name, error = %e, "cannot store streamed WAL; retrying");
                         self.status.last_error = Some(e.to_string());
                     }
@@ -337,11 +414,12 @@ impl Receiver<'_> {
                 }
             }
         };
+        let _ = std::fs::remove_file(pid_path(&self.spool));
         self.status.receiving = false;
         self.status.exited_at = Some(Utc::now());
         self.write_status();
         // Everything pg_receivewal wrote is final now: store all of it. A cancel
-        // (shutdown) still gets this pass; only a second one ends it.
+        // (shutdown) still gets this pass.
         self.store_pass(Written::All, &CancellationToken::new())
             .await?;
         self.status.stored_after_exit_at = Some(Utc::now());
@@ -354,6 +432,11 @@ impl Receiver<'_> {
             .lock()
             .map(|l| l.iter().cloned().collect())
             .unwrap_or_default();
+        if said.iter().any(|l| l.contains(WAL_REMOVED)) {
+            if let Some(client) = &sampler {
+                self.wal_gone(client).await?;
+            }
+        }
         Err(Error::Tool {
             tool: "pg_receivewal".into(),
             message: format!(
@@ -363,6 +446,33 @@ impl Receiver<'_> {
                 crate::server::process::stderr_tail(&said.join("\n"))
             ),
         })
+    }
+
+    /// Sample the source (at most [`SAMPLE_TIMEOUT`]), reconnecting after a failure.
+    async fn sample(
+        &mut self,
+        target: &ConnTarget,
+        client: &mut Option<tokio_postgres::Client>,
+    ) -> Option<Sample> {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            *client = tokio::time::timeout(SAMPLE_TIMEOUT, target.connect())
+                .await
+                .ok()
+                .and_then(|c| c.ok());
+        }
+        let c = client.as_ref()?;
+        match tokio::time::timeout(SAMPLE_TIMEOUT, sample(c, &self.slot)).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot sample the source");
+                *client = None;
+                None
+            }
+            Err(_) => {
+                *client = None;
+                None
+            }
+        }
     }
 
     /// Store what the directory holds: completed segments and history files through
@@ -394,65 +504,85 @@ impl Receiver<'_> {
         files.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         for (file, path) in &files {
             let is_growing = growing.as_ref().is_some_and(|(g, _)| g.name == file.name);
-            if is_growing || self.pushed.contains(&file.name) {
-                continue;
-            }
             let kind = file.kind;
-            if kind == WalFileKind::BackupHistory {
+            if is_growing
+                || kind == WalFileKind::BackupHistory
+                || self.conflicts.contains(&file.name)
+            {
                 continue;
             }
-            match super::archive::push(&self.repo, path, &self.policy.recipients, settings, cancel)
+            if !self.kept.contains(&file.name) {
+                match super::archive::push(
+                    &self.repo,
+                    path,
+                    &self.policy.recipients,
+                    settings,
+                    cancel,
+                )
                 .await
-            {
-                Ok(_) => {}
-                Err(Error::WalConflict { name, existing, .. }) => {
-                    // Another writer (an archive_command before a switch to streaming, a
-                    // promoted copy) stored different bytes under the name: keep ours
-                    // locally and say so, never overwrite.
-                    tracing::warn!(file = %name, existing = %existing, "the archive holds a different file under this name; the streamed copy stays in the spool");
-                    self.pushed.insert(file.name.clone());
-                    continue;
+                {
+                    Ok(_) => {}
+                    Err(Error::WalConflict { name, existing, .. }) => {
+                        // Another writer (an archive_command before a switch to streaming,
+                        // a promoted copy) stored different bytes under the name: keep
+                        // ours locally and say so, never overwrite.
+                        tracing::warn!(file = %name, existing = %existing, "the archive holds a different file under this name; the streamed copy stays in the spool");
+                        self.conflicts.insert(file.name.clone());
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
+                if kind == WalFileKind::Segment {
+                    let length = std::fs::metadata(path).map_or(0, |m| m.len());
+                    let segment_end = self
+                        .segment_size
+                        .or_else(|| is_segment_size(length).then_some(length))
+                        .and_then(|size| file.segno_for(size).map(|n| (n + 1) * size));
+                    self.advance(segment_end);
+                    super::stream::forget_chunks(&self.repo, file).await?;
+                    self.chunk_ends.remove(&file.name);
+                }
             }
-            if kind == WalFileKind::Segment {
-                let segment_end = self
-                    .segment_size
-                    .and_then(|size| file.segno_for(size).map(|n| (n + 1) * size));
-                self.advance(segment_end);
-                super::stream::forget_chunks(&self.repo, file).await?;
-                self.chunk_ends.remove(&file.name);
-            }
-            // The newest file stays for pg_receivewal to resume from; history files stay
-            // (it reads them at a timeline switch).
+            // The newest file stays for pg_receivewal to resume from, until a newer one
+            // exists; history files stay (it reads them at a timeline switch).
             let keep = kind == WalFileKind::History
                 || (growing.is_none() && Some(order(file)) == newest_complete);
             if keep {
-                self.pushed.insert(file.name.clone());
-            } else if let Err(e) = std::fs::remove_file(path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove a stored WAL file from the stream directory");
+                self.kept.insert(file.name.clone());
+            } else {
+                self.kept.remove(&file.name);
+                if let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a stored WAL file from the stream directory");
+                }
             }
         }
         let Some((file, path)) = growing else {
             return Ok(());
         };
         let segment = WalFileName::parse(file.name.trim_end_matches(".partial"))?;
-        let Some(size) = self.segment_size else {
-            return Ok(());
+        let data = tokio::fs::read(&path)
+            .await
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        // pg_receivewal creates the file at the full segment size: before the source has
+        // been asked (it may be down after a crash), that size is the segment size.
+        let size = match self.segment_size {
+            Some(size) => size,
+            None if is_segment_size(data.len() as u64) => data.len() as u64,
+            None => return Ok(()),
         };
         let Some(segno) = segment.segno_for(size) else {
             return Ok(());
         };
-        let data = tokio::fs::read(&path)
-            .await
-            .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-        // Bytes below the flush position pg_receivewal reported are written; trailing
-        // zeros are not WAL yet (the file is pre-filled with them).
-        let written_end = data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1) as u64;
+        let base = segno * size;
         let limit = match written {
-            Written::All => written_end,
-            Written::UpTo(None) => 0,
-            Written::UpTo(Some(lsn)) => lsn.saturating_sub(segno * size).min(written_end),
+            // Every byte is final; trailing zeros are the file's pre-filling, not WAL.
+            Written::All => data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1) as u64,
+            // Bytes below the position pg_receivewal reported flushed were written and
+            // fsynced before it said so: final, whatever a racing read sees beyond.
+            Written::UpTo(Some((flushed, timeline))) if timeline == segment.timeline => {
+                flushed.saturating_sub(base).min(data.len() as u64)
+            }
+            Written::UpTo(_) => 0,
         };
         let stored_end = match self.chunk_ends.get(&segment.name) {
             Some(end) => *end,
@@ -477,7 +607,7 @@ impl Receiver<'_> {
         }
         let end = *self.chunk_ends.get(&segment.name).unwrap_or(&0);
         if end > 0 {
-            self.advance(Some(segno * size + end));
+            self.advance(Some(base + end));
         }
         Ok(())
     }
@@ -488,7 +618,7 @@ impl Receiver<'_> {
         }
     }
 
-    /// Add `sample` and recompute the lag and the RPO.
+    /// Add `sample` and recompute the lag and the RPO (ageing it when `None`).
     fn record_sample(&mut self, sample: Option<Sample>) {
         if let Some(s) = sample {
             self.samples.push_back(s);
@@ -509,38 +639,44 @@ impl Receiver<'_> {
         }
     }
 
-    /// The source invalidated the slot: WAL after what is stored is gone. Record the
-    /// gap, recreate the slot and start the directory afresh.
-    async fn slot_lost(&mut self, client: &tokio_postgres::Client) -> Result<()> {
+    /// pg_receivewal asked for WAL the source has removed (a lost or recreated slot):
+    /// what lies between the stored stream and the slot's start is gone. Record it as a
+    /// gap, and restart the directory at the slot's start: a zero-filled `.partial` there
+    /// makes pg_receivewal of every major resume exactly at it (an empty directory would
+    /// start at the server's current position before PostgreSQL 15, leaving a hole no
+    /// record names).
+    async fn wal_gone(&mut self, client: &tokio_postgres::Client) -> Result<()> {
         let size = self
             .segment_size
             .unwrap_or(super::name::DEFAULT_SEGMENT_SIZE);
-        client
-            .execute("select pg_drop_replication_slot($1)", &[&self.slot])
-            .await
-            .map_err(|e| Error::pg(format!("cannot drop the lost slot {}", self.slot), e))?;
-        create_slot(client, &self.slot).await?;
         let row = client
             .query_one(
-                "select restart_lsn::text, timeline_id from pg_replication_slots, pg_control_checkpoint() where slot_name = $1",
+                "select restart_lsn::text, substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8) \
+                 from pg_replication_slots where slot_name = $1",
                 &[&self.slot],
             )
             .await
-            .map_err(|e| Error::pg("cannot read the new slot", e))?;
+            .map_err(|e| Error::pg("cannot read the replication slot", e))?;
         let restart = parse_lsn(&row.get::<_, Option<String>>(0).unwrap_or_default())?;
-        let timeline = row.get::<_, i32>(1) as u32;
+        let timeline = u32::from_str_radix(&row.get::<_, String>(1), 16)
+            .map_err(|e| Error::Internal(format!("a timeline that is not hex: {e}")))?;
         let stored = match self.stored_lsn {
-            Some(lsn) => Some(lsn),
+            Some(lsn) => Some((lsn, None)),
             None => stored_position(&self.repo, timeline, size).await?,
         };
         let reason = format!(
-            "replication slot {} was lost: the source removed WAL the stream had not received (max_slot_wal_keep_size exceeded)",
+            "replication slot {} was lost or recreated: the source removed WAL the stream had not received (max_slot_wal_keep_size exceeded, or the slot dropped)",
             self.slot
         );
-        if let Some(stored) = stored {
-            let (first, last) = (stored / size, (restart / size).saturating_sub(1));
-            if first <= last {
-                let when = self.status.covered_at.unwrap_or_else(Utc::now);
+        match stored {
+            Some((stored, stored_at)) if stored / size < restart / size => {
+                let (first, last) = (stored / size, restart / size - 1);
+                // No commit after the newest moment known stored lies before `first`.
+                let when = self
+                    .status
+                    .covered_at
+                    .or(stored_at)
+                    .unwrap_or_else(Utc::now);
                 let record = super::gaps::record_gap(
                     &self.repo,
                     &segment_name(timeline, first, size),
@@ -550,18 +686,23 @@ impl Receiver<'_> {
                     &reason,
                 )
                 .await?;
-                tracing::error!(policy = %self.policy.name, gap = %record, "WAL stream lost its slot; the gap is recorded");
+                tracing::error!(policy = %self.policy.name, gap = %record, "WAL is gone; the gap is recorded");
             }
-        } else {
-            tracing::error!(policy = %self.policy.name, "{reason}; nothing was stored before, so no gap is recorded");
+            _ => {
+                tracing::error!(policy = %self.policy.name, "{reason}; nothing stored lies before the slot's start, so no gap is recorded")
+            }
         }
-        // The directory's files are stored (the session's first pass); pg_receivewal
-        // must start at the new slot's position, not resume from them.
+        // Every file was stored by the pass after pg_receivewal exited.
         for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
+        let start = format!("{}.partial", segment_name(timeline, restart / size, size));
+        let file = std::fs::File::create(self.dir.join(&start))
+            .and_then(|f| f.set_len(size).map(|()| f))
+            .and_then(|f| f.sync_all());
+        file.map_err(|e| Error::io(format!("cannot create {start} in the stream directory"), e))?;
         self.chunk_ends.clear();
-        self.pushed.clear();
+        self.kept.clear();
         self.stored_lsn = Some(restart - restart % size);
         self.samples.clear();
         self.status.covered_at = None;
@@ -598,25 +739,36 @@ fn rpo_now(samples: &mut VecDeque<Sample>, stored: u64, now: DateTime<Utc>) -> O
     })
 }
 
+/// Whether `bytes` is a WAL segment size PostgreSQL allows (a power of two, 1 MiB to
+/// 1 GiB).
+fn is_segment_size(bytes: u64) -> bool {
+    bytes.is_power_of_two() && ((1 << 20)..=(1 << 30)).contains(&bytes)
+}
+
 fn seconds(d: chrono::Duration) -> f64 {
     d.num_milliseconds().max(0) as f64 / 1000.0
 }
 
-async fn sample(client: &tokio_postgres::Client, application: &str) -> Result<Sample> {
+async fn sample(client: &tokio_postgres::Client, slot: &str) -> Result<Sample> {
+    // The flush position pg_receivewal reported is found through the slot, not the
+    // application name (a URL's application_name, or truncation to 63 bytes, changes it).
     let row = client
         .query_one(
             "select clock_timestamp(), pg_current_wal_flush_lsn()::text, \
-             (select flush_lsn::text from pg_stat_replication where application_name = $1 \
-              order by flush_lsn desc nulls last limit 1)",
-            &[&application],
+             substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8), \
+             (select r.flush_lsn::text from pg_replication_slots s \
+              join pg_stat_replication r on r.pid = s.active_pid where s.slot_name = $1)",
+            &[&slot],
         )
         .await
         .map_err(|e| Error::pg("cannot read the source's WAL position", e))?;
     Ok(Sample {
         at: row.get(0),
         flush: parse_lsn(&row.get::<_, String>(1))?,
+        timeline: u32::from_str_radix(&row.get::<_, String>(2), 16)
+            .map_err(|e| Error::Internal(format!("a timeline that is not hex: {e}")))?,
         received: row
-            .get::<_, Option<String>>(2)
+            .get::<_, Option<String>>(3)
             .map(|l| parse_lsn(&l))
             .transpose()?,
     })
@@ -660,21 +812,37 @@ async fn create_slot(client: &tokio_postgres::Client, slot: &str) -> Result<()> 
     }
 }
 
-/// The end of the newest WAL stored on `timeline`: complete segments and chunks.
-async fn stored_position(repo: &Repository, timeline: u32, size: u64) -> Result<Option<u64>> {
+/// The end of the newest WAL stored on `timeline` (complete segments and chunks), with
+/// when it was stored.
+async fn stored_position(
+    repo: &Repository,
+    timeline: u32,
+    size: u64,
+) -> Result<Option<(u64, Option<DateTime<Utc>>)>> {
     let complete = super::archive::list_archive(repo)
         .await?
         .into_iter()
         .filter(|a| a.file.kind == WalFileKind::Segment && a.file.timeline == timeline)
-        .filter_map(|a| a.file.segno_for(size).map(|n| (n + 1) * size))
-        .max();
+        .filter_map(|a| {
+            a.file
+                .segno_for(size)
+                .map(|n| ((n + 1) * size, a.archived_at))
+        })
+        .max_by_key(|(end, _)| *end);
     let partial = super::stream::list_partials(repo)
         .await?
         .into_iter()
         .filter(|p| p.segment.timeline == timeline && p.covered > 0)
-        .filter_map(|p| p.segment.segno_for(size).map(|n| n * size + p.covered))
-        .max();
-    Ok(complete.max(partial))
+        .filter_map(|p| {
+            p.segment
+                .segno_for(size)
+                .map(|n| (n * size + p.covered, p.stored_at))
+        })
+        .max_by_key(|(end, _)| *end);
+    Ok(match (complete, partial) {
+        (Some(c), Some(p)) => Some(if p.0 > c.0 { p } else { c }),
+        (c, p) => c.or(p),
+    })
 }
 
 #[cfg(test)]
@@ -692,6 +860,7 @@ mod tests {
             .map(|(s, flush)| Sample {
                 at: at(*s),
                 flush: *flush,
+                timeline: 1,
                 received: None,
             })
             .collect()
