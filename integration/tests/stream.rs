@@ -27,6 +27,10 @@ struct Streaming {
 
 impl Streaming {
     fn start() -> Option<Streaming> {
+        Self::start_with("")
+    }
+
+    fn start_with(extra_policy: &str) -> Option<Streaming> {
         let server = S3Server::from_env()?;
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let (bucket, prefix) = runtime.block_on(server.fresh_location());
@@ -45,7 +49,7 @@ impl Streaming {
             },
             &key.recipient,
             &format!(
-                "[archive]\nmode = \"stream\"\nspool_dir = \"{}\"\npartial_interval = \"1s\"\n[schedule]\nbackup = \"0 3 * * *\"\n",
+                "[archive]\nmode = \"stream\"\nspool_dir = \"{}\"\npartial_interval = \"1s\"\n[schedule]\nbackup = \"0 3 * * *\"\n{extra_policy}",
                 spool.display()
             ),
         );
@@ -318,5 +322,37 @@ fn a_lost_slot_is_named_by_check_recorded_as_a_gap_and_plans_refuse_to_cross_it(
         text(&plan).contains("WAL gap") && text(&plan).contains("slot pgvault_app was lost"),
         "the plan refuses by naming the gap: {}",
         text(&plan)
+    );
+}
+
+#[test]
+fn a_point_in_time_drill_of_a_streaming_policy_passes_and_measures_the_stream_lag_as_rpo() {
+    let drill_dir = pgvault_integration::server_reachable_tempdir("pgvault-test-drill-");
+    let Some(s) = Streaming::start_with(&format!(
+        "[restore_test]\nkind = \"pitr\"\nrto_objective = \"10m\"\nrpo_objective = \"1m\"\nwork_dir = \"{}\"\n",
+        drill_dir.path().display()
+    )) else {
+        return;
+    };
+    run_ok(s.cli(&["backup", "--kind", "physical"]));
+    s.source.psql(
+        "postgres",
+        "insert into ev (note) select 'row' from generate_series(1, 3)",
+    );
+    let out = run(s.cli(&[
+        "restore-test",
+        "--json",
+        "--identity",
+        s.key.identity.to_str().unwrap(),
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{}\n{report:#}", text(&out));
+    assert_eq!(report["verdict"], "PASS", "{report:#}");
+    // Archiving is off: the only RPO there is comes from the stream's lag.
+    let rpo = report["rpo"]["measured_seconds"].as_f64();
+    assert!(
+        rpo.is_some_and(|r| r < 60.0),
+        "the stream's lag is the drill's RPO: {report:#}"
     );
 }
