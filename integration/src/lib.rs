@@ -392,3 +392,22 @@ impl Fixture {
         })
     }
 }
+
+/// Give `paths` (with `-R`, whole trees) to the server's OS user when the tests run as
+/// root, so that `archive_command`, `restore_command` and restored servers, which run as
+/// `postgres`, can read and write them. Nothing to do otherwise.
+pub fn give_to_server_user(recursive: bool, paths: &[&Path]) {
+    if !cluster::is_root() {
+        return;
+    }
+    let mut chown = Command::new("chown");
+    if recursive {
+        chown.arg("-R");
+    }
+    let status = chown
+        .arg("postgres:")
+        .args(paths)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run chown: {e}"));
+    assert!(status.success(), "chown postgres: {paths:?} failed");
+}

@@ -14,7 +14,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use pgvault_integration::cluster::is_root;
 use pgvault_integration::fault_proxy::{FaultConfig, FaultProxy};
 use pgvault_integration::{
     keygen, pgvault, run, run_ok, text, wait_until, write_policy, PgCluster, RepoSpec, S3Server,
@@ -73,14 +72,7 @@ impl AsyncArchiving {
         )
         .unwrap();
         std::fs::create_dir_all(&spool).unwrap();
-        if is_root() {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(work.path())
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
+        pgvault_integration::give_to_server_user(true, &[work.path()]);
         let archive_command = pgvault_integration::s3_archive_command(&server, &policy);
         source.configure_and_restart(&[
             ("wal_level", "replica"),

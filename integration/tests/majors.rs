@@ -25,7 +25,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use pgvault_integration::cluster::{is_root, PgCluster};
+use pgvault_integration::cluster::PgCluster;
 use pgvault_integration::{
     assert_same_text, free_port, keygen, majors, pgvault, pgvault_bin, run, run_ok, text,
     wait_until, write_policy, RepoSpec, TestKey,
@@ -109,14 +109,7 @@ impl Major {
             1,
         );
         std::fs::write(&policy, text).unwrap();
-        if is_root() {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(work.path())
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
+        pgvault_integration::give_to_server_user(true, &[work.path()]);
         let archive_command = format!(
             "{} wal-push --policy {} %p",
             pgvault_bin().display(),

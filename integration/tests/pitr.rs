@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pgvault_integration::cluster::{is_root, PgCluster};
+use pgvault_integration::cluster::PgCluster;
 use pgvault_integration::{
     free_port, keygen, pgvault, pgvault_bin, run, run_ok, text, write_policy, RepoSpec, S3Server,
     TestKey,
@@ -51,15 +51,7 @@ impl Archiving {
             &key.recipient,
             extra_policy,
         );
-        if is_root() {
-            let status = Command::new("chown")
-                .args(["postgres:"])
-                .arg(&key.identity)
-                .arg(&policy)
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
+        pgvault_integration::give_to_server_user(false, &[&key.identity, &policy]);
         let archive_command = pgvault_integration::s3_archive_command(&server, &policy);
         source.configure_and_restart(&[
             ("wal_level", "replica"),
@@ -726,14 +718,7 @@ fn killing_wal_push_mid_upload_makes_postgres_retry_and_the_archive_ends_complet
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    if is_root() {
-        let status = Command::new("chown")
-            .args(["-R", "postgres:"])
-            .arg(work.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+    pgvault_integration::give_to_server_user(true, &[work.path()]);
     source.configure_and_restart(&[
         ("wal_level", "replica"),
         ("archive_mode", "on"),
@@ -879,14 +864,7 @@ fn physical_backups_refuse_extra_tablespaces_by_name_and_need_archiving() {
     source.configure_and_restart(&[("archive_command", "/bin/true")]);
     let location = work.path().join("fast_disk");
     std::fs::create_dir(&location).unwrap();
-    if is_root() {
-        assert!(Command::new("chown")
-            .arg("postgres:")
-            .arg(&location)
-            .status()
-            .unwrap()
-            .success());
-    }
+    pgvault_integration::give_to_server_user(false, &[&location]);
     source.psql(
         "postgres",
         &format!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use chrono::{DateTime, Utc};
-use pgvault_integration::cluster::{is_root, PgCluster};
+use pgvault_integration::cluster::PgCluster;
 use pgvault_integration::{
     agent_bin, free_port, keygen, pgvault, run, run_ok, text, wait_until, write_policy, RepoSpec,
     S3Server, TestKey,
@@ -53,16 +53,7 @@ impl Streaming {
                 spool.display()
             ),
         );
-        if is_root() {
-            // restore_command runs as the server's OS user.
-            let status = Command::new("chown")
-                .args(["postgres:"])
-                .arg(&key.identity)
-                .arg(&policy)
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
+        pgvault_integration::give_to_server_user(false, &[&key.identity, &policy]);
         source.configure_and_restart(&[
             ("max_slot_wal_keep_size", "1GB"),
             ("track_commit_timestamp", "on"),

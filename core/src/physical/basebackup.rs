@@ -209,15 +209,7 @@ async fn physical_backup(
         }
         refuse_while_archiving_fails(&client).await?;
     }
-    let segment_size: i64 = client
-        .query_one(
-            "select setting::bigint from pg_settings where name = 'wal_segment_size'",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::pg("cannot read wal_segment_size", e))?
-        .get(0);
-    let segment_size = segment_size as u64;
+    let segment_size = crate::postgres::wal_segment_size(&client).await?;
 
     // The parent's server manifest, for `--incremental`; the file lives until the end.
     let parent_manifest = match &parent {

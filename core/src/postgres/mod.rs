@@ -177,6 +177,20 @@ impl ConnTarget {
     }
 }
 
+/// The server's WAL segment size in bytes (`wal_segment_size`), which names and sizes
+/// every WAL file.
+pub async fn wal_segment_size(client: &tokio_postgres::Client) -> Result<u64> {
+    let size: i64 = client
+        .query_one(
+            "select setting::bigint from pg_settings where name = 'wal_segment_size'",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::pg("cannot read wal_segment_size", e))?
+        .get(0);
+    Ok(size as u64)
+}
+
 /// Hide the password of a URL-like string for messages.
 pub fn redact(value: &str) -> String {
     match url::Url::parse(value) {

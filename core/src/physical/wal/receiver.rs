@@ -316,15 +316,7 @@ impl Receiver<'_> {
                 info.version
             )));
         }
-        let size: i64 = client
-            .query_one(
-                "select setting::bigint from pg_settings where name = 'wal_segment_size'",
-                &[],
-            )
-            .await
-            .map_err(|e| Error::pg("cannot read wal_segment_size", e))?
-            .get(0);
-        self.segment_size = Some(size as u64);
+        self.segment_size = Some(crate::postgres::wal_segment_size(&client).await?);
         let tools = PgTools::discover(self.policy.source.bin_dir.as_deref(), info.major()).await?;
         match slot_row(&client, &self.slot).await? {
             None => create_slot(&client, &self.slot).await?,
