@@ -116,6 +116,34 @@ done < <(sort -n <<<"$PG_MAJOR_LINES")
 export PGVAULT_TEST_PG_BIN_DIRS
 log "PostgreSQL majors: $PGVAULT_TEST_PG_BIN_DIRS"
 
+# --- promtool (integration/tests/monitoring.rs) ------------------------------------------
+
+# The alert rules in docker/monitoring are checked and unit-tested with promtool, which
+# Debian ships in its prometheus package. Only the promtool binary is taken from the
+# package (into a cache), so no Prometheus service is installed or started.
+PROMTOOL_CACHE=/var/cache/pgvault-test/promtool
+if command -v promtool >/dev/null 2>&1; then
+    PGVAULT_TEST_PROMTOOL=$(command -v promtool)
+elif [[ -x "$PROMTOOL_CACHE/usr/bin/promtool" ]]; then
+    PGVAULT_TEST_PROMTOOL=$PROMTOOL_CACHE/usr/bin/promtool
+else
+    log "fetching promtool (apt-get download prometheus, unpacked into $PROMTOOL_CACHE)"
+    command -v apt-get >/dev/null 2>&1 ||
+        die "promtool not found and no apt-get here: install Prometheus's promtool and put it on PATH"
+    as_root mkdir -p "$PROMTOOL_CACHE"
+    as_root chown "$(id -u):$(id -g)" "$PROMTOOL_CACHE"
+    if ! (cd "$PROMTOOL_CACHE" && apt-get download -q prometheus >/dev/null 2>&1); then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        (cd "$PROMTOOL_CACHE" && apt-get download -q prometheus) || die "apt-get download prometheus failed"
+    fi
+    dpkg-deb -x "$PROMTOOL_CACHE"/prometheus_*.deb "$PROMTOOL_CACHE" || die "cannot unpack the prometheus package"
+    rm -f "$PROMTOOL_CACHE"/prometheus_*.deb
+    PGVAULT_TEST_PROMTOOL=$PROMTOOL_CACHE/usr/bin/promtool
+fi
+"$PGVAULT_TEST_PROMTOOL" --version >/dev/null 2>&1 || die "$PGVAULT_TEST_PROMTOOL does not run"
+export PGVAULT_TEST_PROMTOOL
+log "promtool: $PGVAULT_TEST_PROMTOOL"
+
 # --- S3 (Garage) ------------------------------------------------------------------------
 
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"

@@ -93,6 +93,7 @@ fn policy_files(args: &Args) -> Result<Vec<PathBuf>> {
 fn status_of(policy: &Policy) -> SharedStatus {
     Arc::new(Mutex::new(PolicyStatus {
         policy: policy.name.clone(),
+        cadence: policy.cadence(chrono::Utc::now()),
         ..Default::default()
     }))
 }

@@ -138,6 +138,26 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
         "wal_stream_problems",
         "Problems with the WAL stream (behind, stopped, slot unbounded, unreserved or lost); 0 when healthy",
     );
+    let expected_interval = gauge(
+        &mut registry,
+        "backup_expected_interval_seconds",
+        "Longest gap between consecutive slots of the backup schedule ([schedule] backup)",
+    );
+    let backup_grace = gauge(
+        &mut registry,
+        "backup_grace_seconds",
+        "How late a scheduled backup may finish past its slot, besides its own duration: jitter plus the waits between retries",
+    );
+    let rpo_objective = gauge(
+        &mut registry,
+        "rpo_objective_seconds",
+        "RPO objective of the policy ([restore_test] rpo_objective)",
+    );
+    let drill_interval = gauge(
+        &mut registry,
+        "restore_test_interval_seconds",
+        "Longest gap between consecutive slots of the restore-test schedule ([restore_test] schedule)",
+    );
     let drill_at = gauge(
         &mut registry,
         "restore_test_last_timestamp_seconds",
@@ -227,6 +247,19 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
         }
         if let Some(v) = s.wal_spool_backlog_bytes {
             spool_backlog.get_or_create(&label).set(v as f64);
+        }
+        let seconds = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
+        if let Some(d) = s.cadence.backup_interval {
+            expected_interval.get_or_create(&label).set(seconds(d));
+            backup_grace
+                .get_or_create(&label)
+                .set(seconds(s.cadence.grace));
+        }
+        if let Some(d) = s.cadence.rpo_objective {
+            rpo_objective.get_or_create(&label).set(seconds(d));
+        }
+        if let Some(d) = s.cadence.restore_test_interval {
+            drill_interval.get_or_create(&label).set(seconds(d));
         }
         if let Some(v) = s.wal_stream_up {
             stream_up

@@ -92,6 +92,8 @@ pub struct PolicyStatus {
     pub last_drill_rpo_seconds: Option<f64>,
     /// Failed restore tests since the agent started.
     pub drill_failures_total: u64,
+    /// How often the policy's runs are due, and its objectives (from the policy).
+    pub cadence: crate::policy::Cadence,
 }
 
 /// Shared, updatable status of a policy.

@@ -77,6 +77,17 @@ fn scheduled_backups_are_pruned_and_metrics_show_success_then_failure() {
         metric(&scrape, "pgvault_backup_failures_total", "app"),
         Some(0.0)
     );
+    // The yardsticks of the alert rules (docker/monitoring): a slot every 2 s, no
+    // jitter or retries.
+    assert_eq!(
+        metric(&scrape, "pgvault_backup_expected_interval_seconds", "app"),
+        Some(2.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        metric(&scrape, "pgvault_backup_grace_seconds", "app"),
+        Some(0.0)
+    );
     assert!(
         listed(&policy).len() <= 3,
         "retention did not keep the repository near keep_last = 2"

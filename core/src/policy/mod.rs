@@ -13,6 +13,8 @@ mod sections;
 
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
+
 use raw::RawPolicy;
 use sections::{InDir, Misplaced};
 
@@ -178,6 +180,38 @@ pub struct ScheduleConfig {
     pub retry_backoff: chrono::Duration,
 }
 
+impl ScheduleConfig {
+    /// How late a scheduled run may finish past its slot, besides its own duration: the
+    /// jitter plus every wait between retries (`retry_backoff` doubling `retries` times).
+    pub fn grace(&self) -> chrono::Duration {
+        let waits = (0..self.retries.min(16)).fold(chrono::Duration::zero(), |sum, attempt| {
+            sum + self.retry_backoff * 2i32.saturating_pow(attempt)
+        });
+        self.jitter + waits
+    }
+}
+
+/// The yardsticks a policy is watched against (alerts, metrics, the status page): how
+/// often its backups and restore tests are due, and its objectives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cadence {
+    /// Longest gap between two slots of `[schedule] backup` (over the next few).
+    pub backup_interval: Option<chrono::Duration>,
+    /// Longest gap between two slots of `[schedule] physical`.
+    pub physical_interval: Option<chrono::Duration>,
+    /// How late a run may finish past its slot ([`ScheduleConfig::grace`]).
+    pub grace: chrono::Duration,
+    /// Longest gap between two slots of `[restore_test] schedule`.
+    pub restore_test_interval: Option<chrono::Duration>,
+    /// `[restore_test] rpo_objective`.
+    pub rpo_objective: Option<chrono::Duration>,
+    /// `[restore_test] rto_objective`.
+    pub rto_objective: Option<chrono::Duration>,
+}
+
+/// Slots sampled to find a schedule's longest gap (a week of daily slots, say).
+const CADENCE_SAMPLES: usize = 8;
+
 /// The `[retention]` section: keep rules, the stale guard and orphan clean-up.
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
@@ -342,6 +376,24 @@ impl Policy {
             })
             .collect();
         format!("pgvault_{name}").chars().take(63).collect()
+    }
+
+    /// The policy's [`Cadence`] as of `now`.
+    pub fn cadence(&self, now: DateTime<Utc>) -> Cadence {
+        let schedule = self.schedule.as_ref();
+        let drill = self.restore_test.as_ref();
+        Cadence {
+            backup_interval: schedule.and_then(|s| s.backup.period(now, CADENCE_SAMPLES)),
+            physical_interval: schedule
+                .and_then(|s| s.physical.as_ref())
+                .and_then(|p| p.period(now, CADENCE_SAMPLES)),
+            grace: schedule.map_or_else(chrono::Duration::zero, ScheduleConfig::grace),
+            restore_test_interval: drill
+                .and_then(|d| d.schedule.as_ref())
+                .and_then(|s| s.period(now, CADENCE_SAMPLES)),
+            rpo_objective: drill.and_then(|d| d.rpo_objective),
+            rto_objective: drill.and_then(|d| d.rto_objective),
+        }
     }
 
     /// Read and validate a policy file.
@@ -630,6 +682,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("needs [schedule] physical too"), "{err}");
+    }
+
+    #[test]
+    fn cadence_reads_the_schedules_grace_and_objectives() {
+        let p = parse(&format!(
+            "{}[schedule]\nbackup = \"0 2 * * *\"\njitter = \"10m\"\nretries = 2\nretry_backoff = \"1m\"\n[restore_test]\nschedule = \"0 4 1 * *\"\nidentity_file = \"key.txt\"\nrpo_objective = \"24h\"\n",
+            minimal("")
+        ))
+        .unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-07T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let c = p.cadence(now);
+        assert_eq!(c.backup_interval, Some(chrono::Duration::days(1)));
+        // 10 minutes of jitter, then waits of 1 and 2 minutes before the two retries.
+        assert_eq!(c.grace, chrono::Duration::minutes(13));
+        assert_eq!(c.rpo_objective, Some(chrono::Duration::hours(24)));
+        assert_eq!(c.restore_test_interval, Some(chrono::Duration::days(31)));
+        assert_eq!(c.physical_interval, None);
+        assert_eq!(
+            parse(&minimal("")).unwrap().cadence(now),
+            Cadence::default()
+        );
     }
 
     #[test]
