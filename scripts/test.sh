@@ -144,6 +144,20 @@ fi
 export PGVAULT_TEST_PROMTOOL
 log "promtool: $PGVAULT_TEST_PROMTOOL"
 
+# --- Chromium (integration/tests/status_page.rs) ----------------------------------------
+
+# The agent's status page is checked in a real browser: headless Chromium.
+if ! PGVAULT_TEST_CHROMIUM=$(command -v chromium || command -v chromium-browser || command -v google-chrome); then
+    log "installing Chromium for the status-page test (apt-get install chromium)"
+    command -v apt-get >/dev/null 2>&1 ||
+        die "Chromium not found and no apt-get here: install chromium and put it on PATH"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+    PGVAULT_TEST_CHROMIUM=$(command -v chromium) || die "chromium was installed but is not on PATH"
+fi
+export PGVAULT_TEST_CHROMIUM
+log "Chromium: $PGVAULT_TEST_CHROMIUM"
+
 # --- S3 (Garage) ------------------------------------------------------------------------
 
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"

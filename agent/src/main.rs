@@ -3,7 +3,8 @@
 //!
 //! - Scheduled mode (default): every policy with a `[schedule]` runs on its cron
 //!   expression (catching up a missed slot at start), retention runs after each success,
-//!   and `--listen` serves `/healthz`, `/readyz` and `/metrics`.
+//!   and `--listen` serves the read-only status page (`/`, `/policies/NAME`, its JSON at
+//!   `/api/v1/…` and the reports it links), `/healthz`, `/readyz` and `/metrics`.
 //! - Restore tests: a policy with a `[restore_test] schedule` also runs its drill on
 //!   that schedule, notifies the verdict and exports it as metrics.
 //! - `--once`: one backup (and retention) of every policy now, then exit — for cron or a
@@ -15,6 +16,7 @@
 //! also makes it read that test's `identity_file`, a private key, at each drill.
 
 mod metrics;
+mod pages;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,9 +49,20 @@ struct Args {
     /// Run every policy's backup (and retention) once now and exit.
     #[arg(long)]
     once: bool,
-    /// Address of the health and metrics endpoint.
+    /// Address of the status page, health and metrics endpoint. Any address but
+    /// loopback needs --auth-token-file, --basic-auth-file or --insecure-open.
     #[arg(long, default_value = "127.0.0.1:9187")]
     listen: SocketAddr,
+    /// A file holding the bearer token the status page and its API require.
+    #[arg(long, conflicts_with = "basic_auth_file")]
+    auth_token_file: Option<PathBuf>,
+    /// A file holding `user:password` for HTTP basic authentication of the status page.
+    #[arg(long)]
+    basic_auth_file: Option<PathBuf>,
+    /// Serve the status page without credentials on a non-loopback --listen address
+    /// (only where the network already restricts who connects).
+    #[arg(long)]
+    insecure_open: bool,
     /// How long a running upload may continue after SIGTERM before it is aborted.
     #[arg(long, default_value = "5m")]
     grace: String,
@@ -136,11 +149,14 @@ async fn run_once_all(
 
 async fn serve(
     listen: SocketAddr,
-    statuses: Vec<SharedStatus>,
+    pages: pages::Pages,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let app = axum::Router::new()
+    let statuses: Vec<SharedStatus> = pages.policies.iter().map(|(_, s)| s.clone()).collect();
+    // Health, readiness and metrics stay open for probes and scrapers (they carry no
+    // secrets); the page, its API and the reports are behind the access rule.
+    let app = pages::routes(pages)
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -173,7 +189,7 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(address = %listen, "serving /healthz, /readyz and /metrics");
+    tracing::info!(address = %listen, "serving the status page at /, /api/v1/status, /healthz, /readyz and /metrics");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -208,14 +224,25 @@ async fn run(args: Args, shutdown: CancellationToken) -> Result<bool> {
     if scheduled.is_empty() {
         bail!("no policy has a [schedule] section or a [restore_test] schedule; add one (e.g. backup = \"0 2 * * *\") or run with --once");
     }
+    let access = pgvault_core::status::access::Access::configure(
+        args.listen,
+        args.auth_token_file.as_deref(),
+        args.basic_auth_file.as_deref(),
+        args.insecure_open,
+    )?;
     let statuses: Vec<SharedStatus> = scheduled.iter().map(status_of).collect();
     let ready = Arc::new(AtomicBool::new(false));
-    let server = tokio::spawn(serve(
-        args.listen,
-        statuses.clone(),
-        ready.clone(),
-        shutdown.clone(),
-    ));
+    let pages = pages::Pages {
+        policies: Arc::new(
+            scheduled
+                .iter()
+                .cloned()
+                .zip(statuses.iter().cloned())
+                .collect(),
+        ),
+        access: Arc::new(access),
+    };
+    let server = tokio::spawn(serve(args.listen, pages, ready.clone(), shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     for policy in &scheduled {
         let policy = policy.clone();

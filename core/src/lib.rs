@@ -32,6 +32,7 @@ pub mod retention;
 pub mod runner;
 pub mod schedule;
 pub mod server;
+pub mod status;
 pub mod stop_signal;
 pub mod storage;
 pub mod units;

@@ -17,7 +17,7 @@
 //! escapers (the `escape` submodule): a check named `<script>` shows up as text, and a
 //! `|` in a value cannot break a Markdown table.
 
-mod escape;
+pub(crate) mod escape;
 mod trend;
 
 use askama::Template;

@@ -15,7 +15,7 @@ use askama::filters::Escaper;
 
 /// The Markdown escaper of the `.md` templates: [`escape_markdown`].
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Markdown;
+pub(crate) struct Markdown;
 
 impl Escaper for Markdown {
     fn write_escaped_str<W: Write>(&self, dest: W, text: &str) -> fmt::Result {
@@ -25,7 +25,7 @@ impl Escaper for Markdown {
 
 /// The HTML escaper of the `.html` and `.svg` templates: [`escape_html`].
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Html;
+pub(crate) struct Html;
 
 impl Escaper for Html {
     fn write_escaped_str<W: Write>(&self, dest: W, text: &str) -> fmt::Result {
@@ -94,7 +94,7 @@ pub(super) fn escape_markdown_block(text: &str) -> String {
 }
 
 /// `text` escaped for HTML: see [`write_html`].
-pub(super) fn escape_html(text: &str) -> String {
+pub(crate) fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
     // Writing into a String cannot fail.
     let _ = write_html(&mut out, text);
