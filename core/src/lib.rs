@@ -18,6 +18,7 @@
 //!
 //! Errors are typed ([`Error`]) and carry which backup, object or table they concern.
 
+pub mod dr_plan;
 pub mod drill;
 pub mod error;
 pub mod keys;

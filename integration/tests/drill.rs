@@ -418,3 +418,41 @@ fn drill_reports_live_in_an_s3_repository_too() {
     let reports: Vec<_> = keys.iter().filter(|k| k.contains("app/reports/")).collect();
     assert_eq!(reports.len(), 6, "{keys:?}");
 }
+
+#[test]
+fn the_dr_plan_shows_objectives_against_the_latest_drill_and_names_what_is_missing() {
+    let work = drill_work_dir();
+    let Some(fx) = fixture("rto_objective = \"1h\"", work.path(), CHECKS) else {
+        return;
+    };
+    // Before any drill: nothing measured, nothing verified.
+    let mut plan = pgvault(None);
+    plan.args(["dr-plan", "--policy"]).arg(&fx.policy);
+    let before = run_ok(plan);
+    assert!(
+        before.contains("| app | 1h 00m | not measured | not measured |"),
+        "{before}"
+    );
+    assert!(before.contains("| never | none |"), "{before}");
+    assert!(before.contains("Attention"), "{before}");
+
+    let (out, report) = restore_test(&fx, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let measured = report["rto"]["measured_seconds"].as_f64().unwrap();
+    let file = work.path().join("plan.html");
+    let mut plan = pgvault(None);
+    plan.args(["dr-plan", "--format", "html", "--output"])
+        .arg(&file)
+        .arg("--policy")
+        .arg(&fx.policy);
+    run_ok(plan);
+    let html = std::fs::read_to_string(&file).unwrap();
+    assert!(html.contains("<td class=\"met\">met</td>"), "{html}");
+    assert!(
+        html.contains(&pgvault_core::drill::report::human_seconds(measured)),
+        "the measured RTO is in the plan: {html}"
+    );
+    assert!(html.contains("docs/runbooks/restore-to-a-point-in-time.md"));
+    // Per phase of the latest drill.
+    assert!(html.contains("<td>restore</td>"), "{html}");
+}

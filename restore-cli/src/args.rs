@@ -106,6 +106,20 @@ pub(crate) enum Command {
         #[arg(long)]
         policy: PathBuf,
     },
+    /// Render the disaster-recovery plan of one or more policies: objectives against the
+    /// latest restore tests' measurements, RTO per phase, last verified, overdue drills,
+    /// and the procedure per scenario.
+    DrPlan {
+        /// Policy file (repeatable: one data set each).
+        #[arg(long, required = true)]
+        policy: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = PlanFormat::Md)]
+        format: PlanFormat,
+        /// Write the plan to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// WAL archiving settings of the source server.
     Archive {
         #[command(subcommand)]
@@ -364,6 +378,24 @@ pub(crate) enum ArchiveMode {
     Preserve,
     /// No archiving, for inspection copies.
     Off,
+}
+
+/// `dr-plan --format`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub(crate) enum PlanFormat {
+    /// Markdown, for a wiki or a repository.
+    Md,
+    /// One self-contained HTML page, to print or file.
+    Html,
+}
+
+impl From<PlanFormat> for pgvault_core::dr_plan::Format {
+    fn from(format: PlanFormat) -> Self {
+        match format {
+            PlanFormat::Md => pgvault_core::dr_plan::Format::Markdown,
+            PlanFormat::Html => pgvault_core::dr_plan::Format::Html,
+        }
+    }
 }
 
 /// `reports show --format`.

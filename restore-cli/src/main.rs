@@ -251,6 +251,24 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             })
         }
         Command::Reports { action } => run_reports(action).await,
+        Command::DrPlan {
+            policy,
+            format,
+            output,
+        } => {
+            let policies = policy
+                .iter()
+                .map(|p| load_policy(p))
+                .collect::<Result<Vec<_>>>()?;
+            let plan = pgvault_core::dr_plan::build(&policies, chrono::Utc::now()).await;
+            let text = pgvault_core::dr_plan::render(&plan, format.into());
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(0)
+        }
         Command::Check { policy } => {
             let policy = load_policy(&policy)?;
             let repo = open_repository(&policy).await?;
