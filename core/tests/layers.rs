@@ -22,6 +22,8 @@ const LAYERS: &[&[&str]] = &[
     &["retention"],
     &["drill"],
     &["runner"],
+    &["status"],
+    &["dr_plan"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

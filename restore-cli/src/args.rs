@@ -4,14 +4,17 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pgvault_core::physical::pitr;
+use pgvault_core::repository::BackupKind;
 
 /// The `pgvault` command line.
 #[derive(Parser)]
 #[command(
     name = "pgvault",
     version,
+    long_version = crate::version::long_version(),
     about = "Encrypted, verified PostgreSQL backups and restores"
 )]
 pub(crate) struct Cli {
@@ -130,9 +133,20 @@ pub(crate) enum Command {
         /// Policy file.
         #[arg(long)]
         policy: PathBuf,
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table (docs/CLI-JSON.md).
         #[arg(long)]
         json: bool,
+        /// Only backups of this kind (a damaged backup, whose kind cannot be read, is
+        /// always listed).
+        #[arg(long, value_enum)]
+        kind: Option<BackupKindArg>,
+        /// Only backups started at or after this time, e.g. "2026-11-24 13:04:59+00"
+        /// (UTC when no offset is given).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Only backups started at or before this time.
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
     },
     /// Check a backup's stored bytes (and, with an identity, its contents).
     Verify {
@@ -164,6 +178,19 @@ pub(crate) enum Command {
     /// (public key, for the policy) is printed.
     Keygen {
         /// Where to write the identity; refuses to overwrite an existing file.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Print a shell completion script, e.g. `pgvault completions bash >
+    /// /etc/bash_completion.d/pgvault`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: pgvault.1 and one per subcommand (pgvault-backup.1, …).
+    Man {
+        /// Directory to write them into (created when missing).
         #[arg(long)]
         output: PathBuf,
     },
@@ -332,6 +359,22 @@ pub(crate) struct PitrArgs {
 /// The arguments only a logical restore (`restore --target`) takes.
 #[derive(Args)]
 pub(crate) struct LogicalRestoreArgs {
+    /// Restore only this table (schema.name, or name in public), with its indexes,
+    /// constraints, triggers, owned sequences and grants, into the target as it is.
+    /// Repeatable.
+    #[arg(long = "table", value_name = "SCHEMA.NAME", conflicts_with = "pgdata")]
+    pub(crate) tables: Vec<String>,
+    /// Restore only the tables of this schema. Repeatable.
+    #[arg(long = "schema", value_name = "NAME", conflicts_with = "pgdata")]
+    pub(crate) schemas: Vec<String>,
+    /// Leave this table out (with --table/--schema, or alone: every other table).
+    /// Repeatable.
+    #[arg(
+        long = "exclude-table",
+        value_name = "SCHEMA.NAME",
+        conflicts_with = "pgdata"
+    )]
+    pub(crate) exclude_tables: Vec<String>,
     /// pg_restore parallel jobs; above 1 the decrypted dump is spooled to a temp file.
     #[arg(long, default_value_t = 1)]
     pub(crate) jobs: u32,
@@ -347,6 +390,22 @@ pub(crate) enum BackupKindArg {
     Logical,
     /// pg_basebackup of the cluster, for point-in-time recovery with archived WAL.
     Physical,
+}
+
+impl From<BackupKindArg> for BackupKind {
+    fn from(kind: BackupKindArg) -> Self {
+        match kind {
+            BackupKindArg::Logical => BackupKind::Logical,
+            BackupKindArg::Physical => BackupKind::Physical,
+        }
+    }
+}
+
+/// `list --since`/`--until`: a time as `restore --to-time` takes it.
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    pitr::parse_target_time(text).map_err(|_| {
+        "not a time such as \"2026-11-24 13:04:59+00\" or 2026-11-24T13:04:59Z (UTC when no offset is given)".to_string()
+    })
 }
 
 /// `restore --target-action`: what the server does when recovery reaches the target.

@@ -2,7 +2,10 @@
 //! `pgvault-core`, and turns results into output and exit codes. Logic lives in core.
 
 mod args;
+mod eta;
+mod help_files;
 mod output;
+mod version;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,6 +23,8 @@ use pgvault_core::logical::{backup, restore, verify};
 use pgvault_core::physical::{basebackup, pitr, wal};
 use pgvault_core::pipeline::Progress;
 use pgvault_core::policy::Policy;
+use pgvault_core::repository::estimate;
+use pgvault_core::repository::filter::BackupFilter;
 use pgvault_core::repository::Repository;
 use pgvault_core::retention::prune;
 use pgvault_core::stop_signal::{unless_cancelled, StopStage};
@@ -111,6 +116,30 @@ async fn open_repository(policy: &Policy) -> Result<Repository> {
         .with_context(|| format!("cannot open the repository of policy {}", policy.name))
 }
 
+/// The longest the progress display waits for a backup's size estimate.
+const ESTIMATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The raw bytes a backup of `policy` is expected to stream ([`estimate`]), for the
+/// progress display's percent and time left. Never an error: without an estimate the
+/// display shows bytes and rate.
+async fn expected_backup_size(policy: Policy, next: estimate::NextBackup) -> Option<u64> {
+    let expected = async {
+        let repo = Repository::open(&policy).await?;
+        estimate::expected_raw_bytes(&repo, &policy, next).await
+    };
+    match tokio::time::timeout(ESTIMATE_TIMEOUT, expected).await {
+        Ok(Ok(size)) => size,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "cannot estimate the backup's size");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("estimating the backup's size took too long");
+            None
+        }
+    }
+}
+
 async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
     match command {
         Command::Backup {
@@ -123,8 +152,17 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 anyhow::bail!("--incremental applies to base backups: add --kind physical");
             }
             let policy = load_policy(&policy)?;
+            let next = match (kind, incremental) {
+                (BackupKindArg::Logical, _) => estimate::NextBackup::Logical,
+                (BackupKindArg::Physical, false) => estimate::NextBackup::FullBase,
+                (BackupKindArg::Physical, true) => estimate::NextBackup::IncrementalBase,
+            };
             let progress = Arc::new(Progress::default());
-            let display = output::ProgressDisplay::start(progress.clone(), "backing up");
+            let display = output::ProgressDisplay::start_expecting(
+                progress.clone(),
+                "backing up",
+                expected_backup_size(policy.clone(), next),
+            );
             let started = Instant::now();
             let result = if kind == BackupKindArg::Physical {
                 let base_kind = if incremental {
@@ -517,10 +555,40 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             println!("{recipient}");
             Ok(0)
         }
-        Command::List { policy, json } => {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            help_files::completions(shell, &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)
+                .context("cannot write the completion script")?;
+            Ok(0)
+        }
+        Command::Man { output } => {
+            for page in help_files::man_pages(&output)? {
+                println!("{}", page.display());
+            }
+            Ok(0)
+        }
+        Command::List {
+            policy,
+            json,
+            kind,
+            since,
+            until,
+        } => {
+            if let (Some(since), Some(until)) = (since, until) {
+                anyhow::ensure!(
+                    since <= until,
+                    "--since {since} is after --until {until}, so no backup can match; swap them"
+                );
+            }
+            let filter = BackupFilter {
+                kind: kind.map(Into::into),
+                since,
+                until,
+            };
             let policy = load_policy(&policy)?;
             let repo = open_repository(&policy).await?;
-            let catalog = repo.catalog().await.context("cannot list backups")?;
+            let catalog = filter.apply(repo.catalog().await.context("cannot list backups")?);
             if json {
                 let mut entries: Vec<serde_json::Value> = catalog
                     .backups
@@ -599,6 +667,23 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 bin_dir: policy.source.bin_dir.clone(),
                 download_parallelism: policy.repository.parts_in_flight,
             };
+            let selection = pgvault_core::logical::tables::TableSelection::from_options(
+                &logical.tables,
+                &logical.schemas,
+                &logical.exclude_tables,
+            )?;
+            if let Some(selection) = selection {
+                return run_table_restore(
+                    &repo,
+                    (&backup, &target),
+                    &identities,
+                    options,
+                    selection,
+                    dry_run,
+                    cancel,
+                )
+                .await;
+            }
             let plan = restore::plan(&repo, &backup, &target, &identities, options).await?;
             print!("{plan}");
             if dry_run {
@@ -619,6 +704,45 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             })
         }
     }
+}
+
+/// A restore of some tables: `restore --target … --table/--schema/--exclude-table`.
+async fn run_table_restore(
+    repo: &pgvault_core::repository::Repository,
+    (backup, target): (&str, &str),
+    identities: &Identities,
+    options: restore::RestoreOptions,
+    selection: pgvault_core::logical::tables::TableSelection,
+    dry_run: bool,
+    cancel: &CancellationToken,
+) -> Result<u8> {
+    use pgvault_core::logical::tables;
+    let mut plan = tables::plan(repo, backup, target, identities, options, selection).await?;
+    if dry_run {
+        // The foreign keys come from the dump itself (read and verified, nothing written).
+        if plan.refusal().is_ok() {
+            tables::foreign_keys_in_dump(repo, &mut plan, identities)
+                .await
+                .context("cannot read the backup's foreign keys")?;
+        }
+        print!("{plan}");
+        plan.refusal()?;
+        println!("dry run: nothing was changed");
+        return Ok(0);
+    }
+    print!("{plan}");
+    let progress = Arc::new(Progress::default());
+    let display = output::ProgressDisplay::start(progress.clone(), "restoring");
+    let started = Instant::now();
+    let result = tables::execute(repo, plan, identities, progress, cancel).await;
+    display.finish();
+    let report = result.context("table restore failed; the target database was not changed")?;
+    print!("{}", output::tables_summary(&report, started.elapsed()));
+    Ok(if report.passed() {
+        0
+    } else {
+        EXIT_CHECK_FAILED
+    })
 }
 
 /// A point-in-time restore: `restore --pgdata`.

@@ -322,16 +322,87 @@ pub fn restore_summary(report: &RestoreReport, elapsed: Duration) -> String {
     out
 }
 
-/// Progress on a terminal (a spinner with bytes, rate and ratio), or a log line every
-/// [`crate::LOG_PROGRESS_EVERY`] otherwise.
+/// What `restore --table/--schema` prints when it is done.
+pub fn tables_summary(
+    report: &pgvault_core::logical::tables::TablesReport,
+    elapsed: Duration,
+) -> String {
+    let mut out = String::new();
+    for w in &report.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    for table in &report.left_present {
+        let _ = writeln!(
+            out,
+            "  SKIP  {table}: present in {}, left as it is (--force replaces it)",
+            report.target_database
+        );
+    }
+    for fk in report.foreign_keys.iter().filter(|fk| !fk.kept) {
+        let _ = writeln!(
+            out,
+            "  SKIP  foreign key {} on {} -> {}: the referenced table is neither restored nor in {}",
+            fk.name, fk.table, fk.references, report.target_database
+        );
+    }
+    let _ = writeln!(
+        out,
+        "row counts of the restored tables against the backup's snapshot:"
+    );
+    for t in &report.restored {
+        let show = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "missing".into());
+        let _ = writeln!(
+            out,
+            "  {}  {:<40} expected {:>10}  restored {:>10}",
+            if t.passed() { "OK  " } else { "FAIL" },
+            t.table,
+            show(t.expected),
+            show(t.actual)
+        );
+    }
+    if report.passed() {
+        let _ = writeln!(
+            out,
+            "table restore PASSED: {} table(s) of backup {} restored into {} in {:.1}s",
+            report.restored.len(),
+            report.backup_id,
+            report.target_database,
+            elapsed.as_secs_f64()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "table restore FAILED: the restored tables' rows differ from the backup's snapshot in {}",
+            report.target_database
+        );
+    }
+    out
+}
+
+/// Progress on a terminal (a spinner with bytes, rate and ratio, and percent and time
+/// left when the size is expected), or a log line every [`crate::LOG_PROGRESS_EVERY`]
+/// otherwise.
 pub struct ProgressDisplay {
     stop: tokio_util::sync::CancellationToken,
     bar: Option<ProgressBar>,
+    estimating: Option<tokio::task::AbortHandle>,
 }
 
 impl ProgressDisplay {
     /// Start showing `progress`.
     pub fn start(progress: Arc<Progress>, verb: &'static str) -> Self {
+        Self::start_expecting(progress, verb, std::future::ready(None))
+    }
+
+    /// Start showing `progress`. On a terminal, `expected` runs in the background and,
+    /// once it gives the raw bytes the run is expected to read, the line also shows the
+    /// percent done and the time left ([`crate::eta`]); elsewhere it never runs, and logs
+    /// keep to bytes and rate.
+    pub fn start_expecting(
+        progress: Arc<Progress>,
+        verb: &'static str,
+        expected: impl std::future::Future<Output = Option<u64>> + Send + 'static,
+    ) -> Self {
         let stop = tokio_util::sync::CancellationToken::new();
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
@@ -341,10 +412,13 @@ impl ProgressDisplay {
             );
             bar
         });
+        let mut pending = bar.is_some().then(|| tokio::spawn(expected));
+        let estimating = pending.as_ref().map(tokio::task::JoinHandle::abort_handle);
         let bar_task = bar.clone();
         let stop_task = stop.clone();
         tokio::spawn(async move {
             let started = Instant::now();
+            let mut expected_bytes = None;
             let tick = if bar_task.is_some() {
                 Duration::from_millis(200)
             } else {
@@ -357,11 +431,22 @@ impl ProgressDisplay {
                     _ = stop_task.cancelled() => break,
                     _ = interval.tick() => {}
                 }
+                if pending
+                    .as_ref()
+                    .is_some_and(tokio::task::JoinHandle::is_finished)
+                {
+                    if let Some(estimate) = pending.take() {
+                        expected_bytes = estimate.await.ok().flatten();
+                    }
+                }
                 let raw = progress.raw_bytes.load(Ordering::Relaxed);
                 let stored = progress.stored_bytes.load(Ordering::Relaxed);
                 let secs = started.elapsed().as_secs_f64().max(0.001);
+                let eta = crate::eta::describe(raw, expected_bytes, started.elapsed())
+                    .map(|e| format!("{e}; "))
+                    .unwrap_or_default();
                 let msg = format!(
-                    "{verb}: {} read, {}/s, {} stored, ratio {}",
+                    "{verb}: {eta}{} read, {}/s, {} stored, ratio {}",
                     human_bytes(raw),
                     human_bytes((raw as f64 / secs) as u64),
                     human_bytes(stored),
@@ -373,12 +458,19 @@ impl ProgressDisplay {
                 }
             }
         });
-        ProgressDisplay { stop, bar }
+        ProgressDisplay {
+            stop,
+            bar,
+            estimating,
+        }
     }
 
     /// Stop and clear the display.
     pub fn finish(self) {
         self.stop.cancel();
+        if let Some(estimating) = self.estimating {
+            estimating.abort();
+        }
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
         }

@@ -13,6 +13,9 @@ use sha2::{Digest, Sha256};
 
 /// Version of the report JSON; bumped on incompatible changes.
 pub const REPORT_FORMAT_VERSION: u32 = 1;
+/// The report versions this pgvault reads: from the first one to the one it writes. A
+/// newer report is refused (`drill::store`), never misread.
+pub const REPORT_READ_FORMAT_VERSIONS: std::ops::RangeInclusive<u32> = 1..=REPORT_FORMAT_VERSION;
 
 /// The outcome of a drill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -128,6 +128,11 @@ impl RestorePlan {
     pub fn tools(&self) -> &PgTools {
         &self.tools
     }
+
+    /// Every table the backup recorded, with its row count at the dump's snapshot.
+    pub fn recorded_tables(&self) -> &[TableCount] {
+        &self.sidecar.tables
+    }
 }
 
 /// One table's check after a restore.
@@ -510,6 +515,36 @@ pub async fn execute_prepared(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<RestoreReport> {
     plan.refusal()?;
+    let (admin, mut report) =
+        restore_to_scratch(repo, &plan, spool, identities, progress, cancel).await?;
+    if !report.tables.iter().all(TableCheck::passed) {
+        drop_scratch(&admin, &plan.scratch_database).await;
+        return Ok(report);
+    }
+    if cancel.is_cancelled() {
+        drop_scratch(&admin, &plan.scratch_database).await;
+        return Err(Error::Cancelled);
+    }
+    if let Err(e) = swap_into_place(&admin, &plan).await {
+        drop_scratch(&admin, &plan.scratch_database).await;
+        return Err(e);
+    }
+    report.swapped_in = true;
+    Ok(report)
+}
+
+/// Apply the globals, restore the dump into the plan's scratch database and count its
+/// rows against the backup's record. On success the scratch database stays (whatever
+/// the counts say) for the caller to swap in, copy from, or drop; on error it is gone.
+/// Returns a connection to the server's `postgres` database with the report.
+pub(crate) async fn restore_to_scratch(
+    repo: &Repository,
+    plan: &RestorePlan,
+    spool: Option<&SpooledDump>,
+    identities: &Identities,
+    progress: Arc<Progress>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(tokio_postgres::Client, RestoreReport)> {
     let admin = plan.target.with_database("postgres").connect().await?;
     let warnings = apply_globals(&admin, &plan.statements).await?;
 
@@ -532,7 +567,7 @@ pub async fn execute_prepared(
 
     let started = Instant::now();
     let restored = tokio::select! {
-        r = restore_dump(repo, &plan, spool, identities, progress) => r,
+        r = restore_dump(repo, plan, spool, identities, progress) => r,
         _ = cancel.cancelled() => Err(Error::Cancelled),
     };
     let restore_seconds = started.elapsed().as_secs_f64();
@@ -542,7 +577,7 @@ pub async fn execute_prepared(
     }
 
     let check_started = Instant::now();
-    let tables = match compare_counts(&plan, &scratch).await {
+    let tables = match compare_counts(plan, &scratch).await {
         Ok(t) => t,
         Err(e) => {
             drop_scratch(&admin, &scratch).await;
@@ -550,8 +585,7 @@ pub async fn execute_prepared(
         }
     };
     let check_seconds = check_started.elapsed().as_secs_f64();
-    let all_passed = tables.iter().all(TableCheck::passed);
-    let mut report = RestoreReport {
+    let report = RestoreReport {
         backup_id: plan.manifest.id.clone(),
         target_database: plan.target_database.clone(),
         tables,
@@ -560,23 +594,11 @@ pub async fn execute_prepared(
         restore_seconds,
         check_seconds,
     };
-    if !all_passed {
-        drop_scratch(&admin, &scratch).await;
-        return Ok(report);
-    }
-    if cancel.is_cancelled() {
-        drop_scratch(&admin, &scratch).await;
-        return Err(Error::Cancelled);
-    }
-    if let Err(e) = swap_into_place(&admin, &plan).await {
-        drop_scratch(&admin, &scratch).await;
-        return Err(e);
-    }
-    report.swapped_in = true;
-    Ok(report)
+    Ok((admin, report))
 }
 
-async fn drop_scratch(admin: &tokio_postgres::Client, scratch: &str) {
+/// Drop a scratch database, logging (not failing) when it cannot be dropped.
+pub(crate) async fn drop_scratch(admin: &tokio_postgres::Client, scratch: &str) {
     let sql = format!(
         "drop database if exists {} with (force)",
         quote_ident(scratch)

@@ -112,6 +112,71 @@ impl Write for UntilClosed {
     }
 }
 
+/// Stream the verified plaintext of the dump `stored` into `cmd`'s stdin (`tool` names
+/// it in errors) and return its exit status, stdout and stderr. The digest check sees
+/// every byte even when the tool stops reading early.
+pub(crate) async fn stream_dump_into(
+    repo: &Repository,
+    stored: &crate::repository::StoredObject,
+    identities: &Identities,
+    recipients: &[String],
+    mut cmd: std::process::Command,
+    tool: &str,
+) -> Result<(std::process::ExitStatus, String, String)> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("cannot start {tool}"), e))?;
+    let stdin = child.stdin.take();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let out_thread = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(s) = stdout.as_mut() {
+            let _ = s.read_to_string(&mut text);
+        }
+        text
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_string(&mut text);
+        }
+        text
+    });
+    let streamed = pipeline::download_stream(
+        repo.storage(),
+        &stored.key,
+        &stored.digest,
+        Decode::Full(identities),
+        recipients,
+        UntilClosed { stdin },
+        4,
+        Arc::new(Progress::default()),
+    )
+    .await;
+    if streamed.is_err() {
+        let _ = child.kill();
+    }
+    let sink = streamed?;
+    drop(sink);
+    // The child and its reader threads end on their own now that its input is closed;
+    // waiting for them blocks, so it happens on a blocking thread.
+    let tool = tool.to_string();
+    let (status, out, errors) = tokio::task::spawn_blocking(move || {
+        let status = child.wait();
+        let out = out_thread.join().unwrap_or_default();
+        let errors = err_thread.join().unwrap_or_default();
+        (status, out, errors)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("{tool} waiter failed: {e}")))?;
+    let status = status.map_err(|e| Error::io(format!("waiting for {tool}"), e))?;
+    Ok((status, out, errors))
+}
+
 /// Verify `manifest`'s objects. A failing object does not stop the others from being
 /// checked; the report names each one. `cancel` stops the check (nothing is written, so
 /// there is nothing to undo) and the answer is [`Error::Cancelled`], not a verdict.
@@ -276,57 +341,16 @@ async fn deep_check_dump(
     source_major: u32,
 ) -> Result<String> {
     let tools = PgTools::discover(bin_dir, source_major).await?;
-    let mut cmd = crate::logical::restore::toc_command(&tools);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io("cannot start pg_restore --list", e))?;
-    let stdin = child.stdin.take();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let out_thread = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.read_to_string(&mut text);
-        }
-        text
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_string(&mut text);
-        }
-        text
-    });
-    let streamed = pipeline::download_stream(
-        repo.storage(),
-        &stored.key,
-        &stored.digest,
-        Decode::Full(identities),
+    let cmd = crate::logical::restore::toc_command(&tools);
+    let (status, listing, errors) = stream_dump_into(
+        repo,
+        stored,
+        identities,
         recipients,
-        UntilClosed { stdin },
-        4,
-        Arc::new(Progress::default()),
+        cmd,
+        "pg_restore --list",
     )
-    .await;
-    if streamed.is_err() {
-        let _ = child.kill();
-    }
-    let sink = streamed?;
-    drop(sink);
-    // The child and its reader threads end on their own now that its input is closed;
-    // waiting for them blocks, so it happens on a blocking thread.
-    let (status, listing, errors) = tokio::task::spawn_blocking(move || {
-        let status = child.wait();
-        let listing = out_thread.join().unwrap_or_default();
-        let errors = err_thread.join().unwrap_or_default();
-        (status, listing, errors)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("pg_restore --list waiter failed: {e}")))?;
-    let status = status.map_err(|e| Error::io("waiting for pg_restore --list", e))?;
+    .await?;
     if !status.success() {
         return Err(Error::Integrity {
             object: stored.key.clone(),

@@ -16,6 +16,8 @@
 //! manifest last, so a crash never leaves a listed backup without its data.
 
 pub mod chain;
+pub mod estimate;
+pub mod filter;
 pub mod lease;
 pub mod leftovers;
 pub mod new_backup;
@@ -44,6 +46,18 @@ pub const PHYSICAL_FORMAT_VERSION: u32 = 2;
 /// `physical.incremental` (docs/FORMAT.md §17). A reader that knows only version 2 must
 /// refuse such a backup rather than restore its incremental files as if they were whole.
 pub const INCREMENTAL_FORMAT_VERSION: u32 = 3;
+/// The manifest versions this pgvault reads: every version it has ever written.
+/// [`parse_manifest`] refuses the others.
+pub const READ_FORMAT_VERSIONS: std::ops::RangeInclusive<u32> =
+    FORMAT_VERSION..=INCREMENTAL_FORMAT_VERSION;
+/// The manifest versions this pgvault writes: [`FORMAT_VERSION`] for logical backups,
+/// [`PHYSICAL_FORMAT_VERSION`] for full base backups, [`INCREMENTAL_FORMAT_VERSION`] for
+/// incremental ones (a backup is written in the oldest version that can describe it).
+pub const WRITTEN_FORMAT_VERSIONS: [u32; 3] = [
+    FORMAT_VERSION,
+    PHYSICAL_FORMAT_VERSION,
+    INCREMENTAL_FORMAT_VERSION,
+];
 
 /// Name of the manifest object inside a backup's directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -469,7 +483,7 @@ pub fn parse_manifest(key: &str, bytes: &[u8]) -> Result<BackupManifest> {
         key: key.into(),
         message: e.to_string(),
     })?;
-    if !(FORMAT_VERSION..=INCREMENTAL_FORMAT_VERSION).contains(&version.format_version) {
+    if !READ_FORMAT_VERSIONS.contains(&version.format_version) {
         return Err(Error::Manifest {
             key: key.into(),
             message: format!(
