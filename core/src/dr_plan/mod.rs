@@ -271,12 +271,12 @@ impl PlanView {
                 problems: d.problems.clone(),
             })
             .collect();
-        let all_met = rows.iter().all(|r| {
-            r.rto_met == "met"
+        let all_met = plan.data_sets.iter().zip(&rows).all(|(d, r)| {
+            matches!(d.latest, Some((_, _, Verdict::Pass)))
+                && r.rto_met == "met"
                 && r.rpo_met == "met"
                 && r.overdue.is_none()
                 && r.problems.is_empty()
-                && r.last_verified != "never"
         });
         PlanView {
             generated: day(plan.generated_at),

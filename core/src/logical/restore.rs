@@ -515,8 +515,16 @@ pub async fn execute_prepared(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<RestoreReport> {
     plan.refusal()?;
-    let (admin, mut report) =
-        restore_to_scratch(repo, &plan, spool, identities, progress, cancel).await?;
+    let (admin, mut report) = restore_to_scratch(
+        repo,
+        &plan,
+        spool,
+        identities,
+        Globals::All,
+        progress,
+        cancel,
+    )
+    .await?;
     if !report.tables.iter().all(TableCheck::passed) {
         drop_scratch(&admin, &plan.scratch_database).await;
         return Ok(report);
@@ -542,11 +550,12 @@ pub(crate) async fn restore_to_scratch(
     plan: &RestorePlan,
     spool: Option<&SpooledDump>,
     identities: &Identities,
+    globals: Globals,
     progress: Arc<Progress>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(tokio_postgres::Client, RestoreReport)> {
     let admin = plan.target.with_database("postgres").connect().await?;
-    let warnings = apply_globals(&admin, &plan.statements).await?;
+    let warnings = apply_globals(&admin, &plan.statements, globals).await?;
 
     let scratch = plan.scratch_database.clone();
     admin
@@ -618,9 +627,22 @@ async fn existing_roles(admin: &tokio_postgres::Client) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Which of the backup's globals a restore applies to the target server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Globals {
+    /// Missing roles and every other statement (memberships, settings): a whole
+    /// database is being restored.
+    All,
+    /// Only the roles the server lacks (so owners and grants in restored objects
+    /// resolve); memberships and settings of existing roles are left alone. A table
+    /// restore into a live server must not re-grant what was revoked since the backup.
+    MissingRolesOnly,
+}
+
 async fn apply_globals(
     admin: &tokio_postgres::Client,
     statements: &[GlobalStatement],
+    globals: Globals,
 ) -> Result<Vec<String>> {
     let existing = existing_roles(admin).await?;
     let mut warnings = Vec::new();
@@ -628,6 +650,7 @@ async fn apply_globals(
         let sql = match statement {
             GlobalStatement::Role { role, .. } if existing.contains(role) => continue,
             GlobalStatement::Tablespace { .. } => continue,
+            GlobalStatement::Other { .. } if globals == Globals::MissingRolesOnly => continue,
             GlobalStatement::Role { sql, .. } | GlobalStatement::Other { sql } => sql,
         };
         if let Err(e) = admin.batch_execute(sql).await {

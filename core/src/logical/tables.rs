@@ -417,22 +417,6 @@ pub async fn execute(
 ) -> Result<TablesReport> {
     plan.refusal()?;
     let base = &plan.base;
-    if !plan.target_exists {
-        let admin = base.target.with_database("postgres").connect().await?;
-        admin
-            .batch_execute(&format!(
-                "create database {} template template0 encoding {}",
-                quote_ident(&base.target_database),
-                crate::postgres::quote_literal(&base.manifest.database_encoding)
-            ))
-            .await
-            .map_err(|e| {
-                Error::pg(
-                    format!("cannot create the target database {}", base.target_database),
-                    e,
-                )
-            })?;
-    }
     let spool = if base.spools() {
         Some(super::restore::spool_dump(repo, base, identities, progress.clone()).await?)
     } else {
@@ -443,12 +427,18 @@ pub async fn execute(
         base,
         spool.as_ref(),
         identities,
+        super::restore::Globals::MissingRolesOnly,
         progress,
         cancel,
     )
     .await?;
     let scratch = base.scratch_database.clone();
-    let copied = copy_tables(&plan, &report).await;
+    // Past this point the target changes: a cancel stops here, the scratch goes.
+    let copied = if cancel.is_cancelled() {
+        Err(Error::Cancelled)
+    } else {
+        copy_tables(&plan, &report, &admin).await
+    };
     super::restore::drop_scratch(&admin, &scratch).await;
     let (restored, foreign_keys) = copied?;
     Ok(TablesReport {
@@ -465,10 +455,12 @@ pub async fn execute(
     })
 }
 
-/// Copy the plan's tables from the verified scratch database into the target.
+/// Copy the plan's tables from the verified scratch database into the target, in one
+/// transaction that also checks each table's row count before it commits.
 async fn copy_tables(
     plan: &TablesPlan,
     scratch_report: &super::restore::RestoreReport,
+    admin: &tokio_postgres::Client,
 ) -> Result<(Vec<TableCheck>, Vec<ForeignKey>)> {
     let base = &plan.base;
     if let Some(bad) = scratch_report.tables.iter().find(|t| !t.passed()) {
@@ -534,41 +526,74 @@ async fn copy_tables(
             kept,
         });
     }
+    // The transaction is pgvault's own (BEGIN here, COMMIT in the footer): if the input
+    // ends early (pg_dump failed, pgvault was killed), psql exits without COMMIT and the
+    // server rolls everything back.
+    let mut header =
+        String::from("\\set ON_ERROR_STOP 1\nbegin;\nset client_min_messages = warning;\n");
+    if plan.force {
+        for table in restoring.iter().filter(|t| present.contains(t)) {
+            header.push_str(&format!("drop table {};\n", table.quoted()));
+        }
+    }
+    let schemas: BTreeSet<&str> = restoring.iter().map(|t| t.schema.as_str()).collect();
+    for schema in schemas {
+        header.push_str(&format!(
+            "create schema if not exists {};\n",
+            quote_ident(schema)
+        ));
+    }
+    let mut footer = String::from("\n");
+    for table in &restoring {
+        let expected = plan
+            .selected
+            .iter()
+            .find(|(n, _)| n == table)
+            .map(|(_, rows)| *rows)
+            .unwrap_or(-1);
+        footer.push_str(&format!(
+            "do $pgvault$ begin if (select count(*) from {t}) <> {expected} then raise exception 'table % has % rows, the backup recorded {expected}: nothing is committed', {name}, (select count(*) from {t}); end if; end $pgvault$;\n",
+            t = table.quoted(),
+            name = crate::postgres::quote_literal(&table.to_string()),
+        ));
+    }
+    footer.push_str("commit;\n");
+    let created = if plan.target_exists {
+        false
+    } else {
+        admin
+            .batch_execute(&format!(
+                "create database {} template template0 encoding {}",
+                quote_ident(&base.target_database),
+                crate::postgres::quote_literal(&base.manifest.database_encoding)
+            ))
+            .await
+            .map_err(|e| {
+                Error::pg(
+                    format!("cannot create the target database {}", base.target_database),
+                    e,
+                )
+            })?;
+        true
+    };
     let mut dump = scratch.command(&base.tools().tool("pg_dump"));
     dump.args(["--no-password", "--format=plain"]);
     for table in &restoring {
         dump.arg(format!("--table={}", table.quoted()));
     }
-    let sql = tokio::task::spawn_blocking(move || server::run_tool("pg_dump", dump))
-        .await
-        .map_err(|e| Error::Internal(format!("pg_dump worker failed: {e}")))??;
-    let mut script = String::from("set client_min_messages = warning;\n");
-    if plan.force {
-        for table in restoring.iter().filter(|t| present.contains(t)) {
-            script.push_str(&format!("drop table {};\n", table.quoted()));
-        }
-    }
-    let schemas: BTreeSet<&str> = restoring.iter().map(|t| t.schema.as_str()).collect();
-    for schema in schemas {
-        script.push_str(&format!(
-            "create schema if not exists {};\n",
-            quote_ident(schema)
-        ));
-    }
-    let mut input = script.into_bytes();
-    input.extend_from_slice(&sql);
     let mut apply = base.target.command(&base.tools().tool("psql"));
-    apply.args([
-        "--no-password",
-        "--no-psqlrc",
-        "--quiet",
-        "--single-transaction",
-        "--set=ON_ERROR_STOP=1",
-        "--file=-",
-    ]);
-    tokio::task::spawn_blocking(move || run_with_input("psql", apply, &input))
-        .await
-        .map_err(|e| Error::Internal(format!("psql worker failed: {e}")))??;
+    apply.args(["--no-password", "--no-psqlrc", "--quiet", "--file=-"]);
+    let copied = tokio::task::spawn_blocking(move || {
+        dump_into(dump, apply, header.into_bytes(), footer.into_bytes())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("pg_dump | psql worker failed: {e}")))?;
+    if let Err(e) = copied {
+        if created {
+            super::restore::drop_scratch(admin, &base.target_database).await;
+        }
+        return Err(e);
+    }
     let target = base.target.connect().await?;
     let mut checks = Vec::new();
     for table in &restoring {
@@ -591,28 +616,89 @@ async fn copy_tables(
     Ok((checks, foreign_keys))
 }
 
-/// Run `cmd` with `input` on its stdin; a failure carries its stderr.
-fn run_with_input(tool: &str, mut cmd: std::process::Command, input: &[u8]) -> Result<()> {
-    cmd.stdin(Stdio::piped())
+/// Stream `dump`'s output into `apply`'s input between `header` and `footer`, without
+/// holding it in memory. The footer (which commits) is sent only when `dump` succeeded;
+/// otherwise a line that fails is, so `apply` rolls back. Both tools' stderr are read on
+/// threads of their own.
+fn dump_into(
+    mut dump: std::process::Command,
+    mut apply: std::process::Command,
+    header: Vec<u8>,
+    footer: Vec<u8>,
+) -> Result<()> {
+    use std::io::Read;
+    dump.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    apply
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = cmd
+    let mut dumper = dump
         .spawn()
-        .map_err(|e| Error::io(format!("cannot start {tool}"), e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A failed write means the tool stopped early: its stderr says why.
-        let _ = stdin.write_all(input);
+        .map_err(|e| Error::io("cannot start pg_dump", e))?;
+    let mut applier = match apply.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = dumper.kill();
+            let _ = dumper.wait();
+            return Err(Error::io("cannot start psql", e));
+        }
+    };
+    let read_all = |pipe: Option<std::process::ChildStderr>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let dump_errors = read_all(dumper.stderr.take());
+    let apply_errors = read_all(applier.stderr.take());
+    let mut output = dumper.stdout.take();
+    let mut input = applier.stdin.take();
+    let streamed = (|| -> std::io::Result<()> {
+        let (Some(out), Some(inp)) = (output.as_mut(), input.as_mut()) else {
+            return Err(std::io::Error::other("no pipe"));
+        };
+        inp.write_all(&header)?;
+        std::io::copy(out, inp)?;
+        Ok(())
+    })();
+    drop(output);
+    let dumped = dumper
+        .wait()
+        .map_err(|e| Error::io("waiting for pg_dump", e))?;
+    if let Some(inp) = input.as_mut() {
+        let end: &[u8] = if streamed.is_ok() && dumped.success() {
+            &footer
+        } else {
+            b"\n\\.\nselect pgvault_copy_was_interrupted;\n"
+        };
+        let _ = inp.write_all(end);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io(format!("waiting for {tool}"), e))?;
-    if !out.status.success() {
+    drop(input);
+    let applied = applier
+        .wait()
+        .map_err(|e| Error::io("waiting for psql", e))?;
+    let dump_errors = dump_errors.join().unwrap_or_default();
+    let apply_errors = apply_errors.join().unwrap_or_default();
+    if !dumped.success() {
         return Err(Error::Tool {
-            tool: tool.into(),
+            tool: "pg_dump".into(),
             message: format!(
-                "{}: {}; the transaction was rolled back and the target is unchanged",
-                out.status,
-                server::stderr_tail(&String::from_utf8_lossy(&out.stderr))
+                "{dumped}: {}; the transaction was rolled back and the target is unchanged",
+                server::stderr_tail(&dump_errors)
+            ),
+        });
+    }
+    if !applied.success() {
+        return Err(Error::Tool {
+            tool: "psql".into(),
+            message: format!(
+                "{applied}: {}; the transaction was rolled back and the target is unchanged",
+                server::stderr_tail(&apply_errors)
             ),
         });
     }
@@ -648,6 +734,13 @@ impl fmt::Display for TablesPlan {
             "  method:    the whole backup is restored and verified in scratch database {}, then the tables are copied in one transaction with their indexes, constraints, triggers, owned sequences, comments and grants",
             self.base.scratch_database
         )?;
+        if !self.base.roles_to_create.is_empty() {
+            writeln!(
+                f,
+                "  roles:     create {} (missing on the target server; existing roles and their memberships are left as they are)",
+                self.base.roles_to_create.join(", ")
+            )?;
+        }
         for unmatched in &self.unmatched {
             writeln!(f, "  NOT FOUND: {unmatched} is not in the backup")?;
         }

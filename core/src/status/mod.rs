@@ -266,21 +266,28 @@ pub struct AgentOverview {
 /// Mask what must never reach a page: URL passwords (and `secret`, the policy's own
 /// source password, wherever it appears) and age secret keys.
 pub fn shown(text: &str, secret: Option<&str>) -> String {
+    // The policy's own password first, as written and percent-encoded, before anything
+    // can cut a word short and leave a prefix of it.
+    let mut text = text.to_string();
+    if let Some(secret) = secret.filter(|s| s.len() >= 3) {
+        let encoded =
+            percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        text = text.replace(secret, "****").replace(&encoded, "****");
+    }
     let masked: Vec<String> = text
         .split(' ')
         .map(|word| {
-            if word.contains("://") && word.contains('@') {
-                crate::postgres::redact(word)
+            // A URL may come wrapped in quotes or brackets.
+            let trimmed = word.trim_matches(|c: char| "\"'()[]{}<>,;".contains(c));
+            if trimmed.contains("://") && trimmed.contains('@') {
+                word.replace(trimmed, &crate::postgres::redact(trimmed))
             } else {
                 word.to_string()
             }
         })
         .collect();
-    let mut out = crate::error::safe_echo(&masked.join(" "));
-    if let Some(secret) = secret.filter(|s| s.len() >= 3) {
-        out = out.replace(secret, "****");
-    }
-    out
+    crate::error::safe_echo(&masked.join(" "))
 }
 
 fn seconds(d: Duration) -> f64 {
@@ -415,7 +422,13 @@ pub async fn overview(policy: &Policy, live: &PolicyStatus, now: DateTime<Utc>) 
         .chain(restore_test.as_ref().map(|t| t.light))
         .max()
         .unwrap_or(Light::Grey);
-    if !problems.is_empty() || !report_chain.intact || agent.last_attempt_ok == Some(false) {
+    // A scheduled restore test that never ran proves nothing: as late as it gets.
+    let never_tested = restore_test.is_none() && cadence.restore_test_interval.is_some();
+    if !problems.is_empty()
+        || !report_chain.intact
+        || agent.last_attempt_ok == Some(false)
+        || never_tested
+    {
         light = light.max(Light::Red);
     }
     PolicyOverview {
@@ -465,8 +478,10 @@ fn backup_lines(
             continue;
         }
         let age = found.map(|m| now - m.consistent_at);
+        // A backup is listed when it finishes: its own duration is part of the grace.
+        let took = found.map_or_else(Duration::zero, |m| m.finished_at - m.started_at);
         let light = match age {
-            Some(age) => Light::of_age(age, interval, cadence.grace),
+            Some(age) => Light::of_age(age, interval, cadence.grace + took),
             // Scheduled and never taken: as late as it gets.
             None if interval.is_some() && policy.schedule.is_some() => Light::Red,
             None => Light::Grey,
@@ -551,7 +566,7 @@ fn restore_test_line(
     let age_light = Light::of_age(
         now - report.started_at,
         cadence.restore_test_interval,
-        cadence.grace,
+        cadence.grace + (report.finished_at - report.started_at),
     );
     let overdue = age_light >= Light::Amber;
     let verdict_light = match report.verdict {
@@ -588,27 +603,34 @@ fn retention_line(
         .schedule
         .as_ref()
         .and_then(|s| s.backup.next_after(now));
-    let mut next_to_expire = Vec::new();
-    let mut stale = None;
+    let refs: Vec<BackupRef> = manifests
+        .iter()
+        .filter(|m| m.kind == BackupKind::Logical)
+        .map(|m| BackupRef {
+            id: m.id.clone(),
+            time: m.started_at,
+            parent: None,
+        })
+        .collect();
+    // The stale guard as retention sees it now, from the real backups.
+    let stale = if refs.is_empty() {
+        None
+    } else {
+        retention::plan(&refs, &config.rules, now, config.max_age)
+            .ok()
+            .and_then(|p| p.stale)
+    };
     // What the next logical backup pushes out: plan retention as if it had succeeded.
+    let mut next_to_expire = Vec::new();
     if let Some(at) = next {
-        let mut refs: Vec<BackupRef> = manifests
-            .iter()
-            .filter(|m| m.kind == BackupKind::Logical)
-            .map(|m| BackupRef {
-                id: m.id.clone(),
-                time: m.started_at,
-                parent: None,
-            })
-            .collect();
-        refs.push(BackupRef {
+        let mut with_next = refs.clone();
+        with_next.push(BackupRef {
             id: "(next backup)".into(),
             time: at,
             parent: None,
         });
-        if let Ok(plan) = retention::plan(&refs, &config.rules, at, config.max_age) {
+        if let Ok(plan) = retention::plan(&with_next, &config.rules, at, config.max_age) {
             next_to_expire = plan.to_delete().iter().map(|b| b.id.clone()).collect();
-            stale = plan.stale;
         }
     }
     Some(RetentionOverview {
@@ -655,10 +677,16 @@ mod tests {
 
     #[test]
     fn secrets_never_reach_the_page() {
-        let text = "cannot connect to postgres://app:s3cr%21t@db:5432/app: refused; password s3cr!t; key AGE-SECRET-KEY-1QQQQ";
+        let text = "cannot connect to postgres://app:s3cr%21t@db:5432/app: refused; password s3cr!t; key AGE-SECRET-KEY-1QQQQ; (\"postgres://u:other-pass@h/db\")";
         let out = shown(text, Some("s3cr!t"));
         assert!(!out.contains("s3cr"), "{out}");
         assert!(!out.contains("AGE-SECRET-KEY-1QQQQ"), "{out}");
+        assert!(!out.contains("other-pass"), "{out}");
         assert!(out.contains("postgres://app:****@db:5432/app:"), "{out}");
+        let long = format!("{}{}", "x".repeat(98), "s3cr!t-and-more");
+        assert!(
+            !shown(&long, Some("s3cr!t")).contains("s3cr"),
+            "a cut word keeps no prefix"
+        );
     }
 }
