@@ -10,7 +10,7 @@ use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use pgvault_core::drill::report::{human_seconds, DrillReport, ObjectiveResult, Status};
-use pgvault_core::logical::restore::RestoreReport;
+use pgvault_core::logical::restore::{RestoreReport, TableCheck};
 use pgvault_core::logical::verify::{Finding, VerifyReport};
 use pgvault_core::pipeline::Progress;
 use pgvault_core::repository::{BackupManifest, DamagedBackup};
@@ -282,15 +282,10 @@ pub fn verify_summary(report: &VerifyReport) -> String {
     out
 }
 
-/// The `restore` result with the row-count comparison.
-pub fn restore_summary(report: &RestoreReport, elapsed: Duration) -> String {
-    let mut out = String::new();
-    for w in &report.warnings {
-        let _ = writeln!(out, "warning: {w}");
-    }
-    let _ = writeln!(out, "row counts against the backup's snapshot:");
-    for t in &report.tables {
-        let show = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "missing".into());
+/// One line per table: its row count in the backup's snapshot against the restore's.
+fn count_lines(out: &mut String, tables: &[TableCheck]) {
+    let show = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "missing".into());
+    for t in tables {
         let _ = writeln!(
             out,
             "  {}  {:<40} expected {:>10}  restored {:>10}",
@@ -300,6 +295,16 @@ pub fn restore_summary(report: &RestoreReport, elapsed: Duration) -> String {
             show(t.actual)
         );
     }
+}
+
+/// The `restore` result with the row-count comparison.
+pub fn restore_summary(report: &RestoreReport, elapsed: Duration) -> String {
+    let mut out = String::new();
+    for w in &report.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    let _ = writeln!(out, "row counts against the backup's snapshot:");
+    count_lines(&mut out, &report.tables);
     let failed = report.tables.iter().filter(|t| !t.passed()).count();
     if report.passed() {
         let _ = writeln!(
@@ -349,17 +354,7 @@ pub fn tables_summary(
         out,
         "row counts of the restored tables against the backup's snapshot:"
     );
-    for t in &report.restored {
-        let show = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "missing".into());
-        let _ = writeln!(
-            out,
-            "  {}  {:<40} expected {:>10}  restored {:>10}",
-            if t.passed() { "OK  " } else { "FAIL" },
-            t.table,
-            show(t.expected),
-            show(t.actual)
-        );
-    }
+    count_lines(&mut out, &report.restored);
     if report.passed() {
         let _ = writeln!(
             out,
