@@ -104,6 +104,33 @@ pub fn write_policy(
     path
 }
 
+/// A policy named `app` for `source_url`, in a fresh bucket and prefix of `server` that
+/// no other test uses, written in `dir` with `extra` appended. Returns the bucket, the
+/// prefix and the policy file.
+pub fn s3_policy(
+    server: &S3Server,
+    dir: &Path,
+    source_url: &str,
+    recipient: &str,
+    extra: &str,
+) -> (String, String, PathBuf) {
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+    let (bucket, prefix) = runtime.block_on(server.fresh_location());
+    let policy = write_policy(
+        dir,
+        "app",
+        source_url,
+        &RepoSpec::S3 {
+            server,
+            bucket: &bucket,
+            prefix: &prefix,
+        },
+        recipient,
+        extra,
+    );
+    (bucket, prefix, policy)
+}
+
 /// A `pgvault` command with S3 credentials of `server` (if any) in its environment.
 pub fn pgvault(server: Option<&S3Server>) -> Command {
     let mut cmd = Command::new(pgvault_bin());

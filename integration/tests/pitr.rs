@@ -33,21 +33,15 @@ impl Archiving {
     fn start_with(extra_policy: &str) -> Option<Archiving> {
         let server = S3Server::from_env()?;
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let (bucket, prefix) = runtime.block_on(server.fresh_location());
         let source = PgCluster::start()?;
         // The server's OS user runs archive_command and restore_command: it must read
         // the policy and the key, and restored data directories live here too.
         let work = pgvault_integration::server_reachable_tempdir("pgvault-test-pitr-");
         let key = keygen(work.path(), "ops");
-        let policy = write_policy(
+        let (bucket, prefix, policy) = pgvault_integration::s3_policy(
+            &server,
             work.path(),
-            "app",
             &source.url("postgres"),
-            &RepoSpec::S3 {
-                server: &server,
-                bucket: &bucket,
-                prefix: &prefix,
-            },
             &key.recipient,
             extra_policy,
         );

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pgvault_integration::cluster::{is_root, PgCluster};
-use pgvault_integration::{
-    free_port, keygen, pgvault, pgvault_bin, run_ok, text, write_policy, RepoSpec, S3Server,
-};
+use pgvault_integration::{free_port, keygen, pgvault, pgvault_bin, run_ok, text, S3Server};
 
 fn runbooks_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/runbooks")
@@ -52,22 +50,15 @@ struct Environment {
 impl Environment {
     fn start() -> Option<Environment> {
         let server = S3Server::from_env()?;
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let (bucket, prefix) = runtime.block_on(server.fresh_location());
         let source = PgCluster::start()?;
         let work = pgvault_integration::server_reachable_tempdir("pgvault-test-runbook-");
         let drills = work.path().join("drills");
         std::fs::create_dir(&drills).unwrap();
         let key = keygen(work.path(), "ops");
-        let policy = write_policy(
+        let (_, _, policy) = pgvault_integration::s3_policy(
+            &server,
             work.path(),
-            "app",
             &source.url("postgres"),
-            &RepoSpec::S3 {
-                server: &server,
-                bucket: &bucket,
-                prefix: &prefix,
-            },
             &key.recipient,
             &format!(
                 "[retention]\nkeep_last = 5\n[restore_test]\nkind = \"pitr\"\nrto_objective = \"10m\"\nwork_dir = \"{}\"\n",

@@ -10,8 +10,7 @@ use std::process::{Child, Command, Stdio};
 use chrono::{DateTime, Utc};
 use pgvault_integration::cluster::PgCluster;
 use pgvault_integration::{
-    agent_bin, free_port, keygen, pgvault, run, run_ok, text, wait_until, write_policy, RepoSpec,
-    S3Server, TestKey,
+    agent_bin, free_port, keygen, pgvault, run, run_ok, text, wait_until, S3Server, TestKey,
 };
 
 /// A source with archiving off, and an agent streaming it into a fresh S3 prefix.
@@ -32,21 +31,14 @@ impl Streaming {
 
     fn start_with(extra_policy: &str) -> Option<Streaming> {
         let server = S3Server::from_env()?;
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let (bucket, prefix) = runtime.block_on(server.fresh_location());
         let source = PgCluster::start()?;
         let work = pgvault_integration::server_reachable_tempdir("pgvault-test-stream-");
         let key = keygen(work.path(), "ops");
         let spool = work.path().join("spool");
-        let policy = write_policy(
+        let (_, _, policy) = pgvault_integration::s3_policy(
+            &server,
             work.path(),
-            "app",
             &source.url("postgres"),
-            &RepoSpec::S3 {
-                server: &server,
-                bucket: &bucket,
-                prefix: &prefix,
-            },
             &key.recipient,
             &format!(
                 "[archive]\nmode = \"stream\"\nspool_dir = \"{}\"\npartial_interval = \"1s\"\n[schedule]\nbackup = \"0 3 * * *\"\n{extra_policy}",
