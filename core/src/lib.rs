@@ -30,6 +30,7 @@ pub mod policy;
 pub mod postgres;
 pub mod repository;
 pub mod retention;
+pub mod rotation;
 pub mod runner;
 pub mod schedule;
 pub mod server;

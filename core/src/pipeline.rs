@@ -41,7 +41,60 @@ pub struct ObjectDigest {
     /// Bytes stored in the repository (zstd, then age).
     pub stored_size: u64,
     /// SHA-256 of the stored bytes, lowercase hex: what keyless verification checks.
-    pub stored_sha256: String,
+    /// Absent after `keys rotate` rewrote the object's age header: the whole object's
+    /// digest cannot be recomputed without reading its payload, so readers then check
+    /// [`ObjectDigest::age_header`] and [`ObjectDigest::payload_sha256`] (FORMAT.md §20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_sha256: Option<String>,
+    /// Size and SHA-256 of the age header at the start of the stored bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_header: Option<HeaderDigest>,
+    /// SHA-256 of the stored bytes after the age header (nonce and encrypted payload),
+    /// which a key rotation never changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_sha256: Option<String>,
+    /// Set while `keys rotate` replaces this object: the new header it is writing. A
+    /// reader accepts the object with either header (the payload is the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotating_to: Option<HeaderDigest>,
+}
+
+/// Size and digest of an object's age header: the part a key rotation rewrites.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderDigest {
+    /// Bytes of the header, i.e. the payload's offset.
+    pub size: u64,
+    /// SHA-256 of the header bytes, lowercase hex.
+    pub sha256: String,
+}
+
+impl ObjectDigest {
+    /// Bytes after the age header, when the header's size is recorded.
+    pub fn payload_size(&self) -> Option<u64> {
+        self.age_header
+            .as_ref()
+            .map(|h| self.stored_size.saturating_sub(h.size))
+    }
+
+    /// The stored sizes a reader accepts: the recorded one and, during a key rotation,
+    /// the size with the new header.
+    pub fn accepted_sizes(&self) -> Vec<u64> {
+        let mut sizes = vec![self.stored_size];
+        if let (Some(new), Some(payload)) = (&self.rotating_to, self.payload_size()) {
+            sizes.push(new.size + payload);
+        }
+        sizes
+    }
+
+    /// The digest a report or listing shows for the stored bytes: the whole object's, or
+    /// after a key rotation the payload's (marked as such).
+    pub fn stored_digest_label(&self) -> String {
+        match (&self.stored_sha256, &self.payload_sha256) {
+            (Some(whole), _) => whole.clone(),
+            (None, Some(payload)) => format!("payload {payload}"),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 /// How the upload direction compresses and cuts parts.
@@ -89,6 +142,75 @@ struct Tally {
     bytes: u64,
 }
 
+/// The digests of a stored byte stream: of the whole, and split at the end of its age
+/// header (the header's and the payload's), computed in the same pass.
+struct StoredTally {
+    whole: Tally,
+    /// The first bytes, kept until the header's end is among them.
+    head: Vec<u8>,
+    header: Option<HeaderDigest>,
+    payload: Sha256,
+    /// The header did not end within [`crate::keys::header::HEADER_SEARCH_LIMIT`].
+    no_header: bool,
+}
+
+/// What a [`StoredTally`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoredDigests {
+    size: u64,
+    sha256: String,
+    header: Option<HeaderDigest>,
+    payload_sha256: Option<String>,
+}
+
+impl StoredTally {
+    fn new() -> Self {
+        StoredTally {
+            whole: Tally::new(),
+            head: Vec::new(),
+            header: None,
+            payload: Sha256::new(),
+            no_header: false,
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.whole.update(data);
+        if self.header.is_some() {
+            self.payload.update(data);
+            return;
+        }
+        if self.no_header {
+            return;
+        }
+        self.head.extend_from_slice(data);
+        if let Some(len) = crate::keys::header::header_len(&self.head) {
+            self.header = Some(HeaderDigest {
+                size: len as u64,
+                sha256: hex::encode(Sha256::digest(&self.head[..len])),
+            });
+            self.payload.update(&self.head[len..]);
+            self.head = Vec::new();
+        } else if self.head.len() as u64 > crate::keys::header::HEADER_SEARCH_LIMIT {
+            self.no_header = true;
+            self.head = Vec::new();
+        }
+    }
+
+    fn finish(&self) -> StoredDigests {
+        let (size, sha256) = self.whole.clone_finish();
+        StoredDigests {
+            size,
+            sha256,
+            header: self.header.clone(),
+            payload_sha256: self
+                .header
+                .as_ref()
+                .map(|_| hex::encode(self.payload.clone().finalize())),
+        }
+    }
+}
+
 impl Tally {
     fn new() -> Self {
         Tally {
@@ -108,7 +230,7 @@ impl Tally {
 /// A writer that hashes and counts what passes through it.
 struct HashingWriter<W> {
     inner: W,
-    tally: Tally,
+    tally: StoredTally,
     counter: Option<Arc<Progress>>,
 }
 
@@ -198,7 +320,7 @@ fn encode(
     };
     let stored = HashingWriter {
         inner: sink,
-        tally: Tally::new(),
+        tally: StoredTally::new(),
         counter: Some(progress.clone()),
     };
     let age_writer = recipients.encryptor()?.wrap_output(stored).map_err(codec)?;
@@ -239,7 +361,7 @@ fn encode(
     }
     let age_writer = zstd_writer.finish().map_err(codec)?;
     let stored = age_writer.finish().map_err(codec)?;
-    let (stored_size, stored_sha256) = stored.tally.finish();
+    let digests = stored.tally.finish();
     let mut sink = stored.inner;
     // The rest as the last part; an empty rest only when it is the only part.
     if !sink.buf.is_empty() || sink.next_part == 1 {
@@ -249,8 +371,11 @@ fn encode(
     Ok(ObjectDigest {
         raw_size,
         raw_sha256,
-        stored_size,
-        stored_sha256,
+        stored_size: digests.size,
+        stored_sha256: Some(digests.sha256),
+        age_header: digests.header,
+        payload_sha256: digests.payload_sha256,
+        rotating_to: None,
     })
 }
 
@@ -439,7 +564,7 @@ pub enum Decode<'a> {
 struct ChannelReader {
     rx: mpsc::Receiver<Bytes>,
     current: Bytes,
-    tally: Arc<Mutex<Tally>>,
+    tally: Arc<Mutex<StoredTally>>,
 }
 
 impl Read for ChannelReader {
@@ -574,9 +699,9 @@ pub async fn download_stream<W: Write + Send + 'static>(
     progress: Arc<Progress>,
 ) -> Result<W> {
     let unreadable = |e: Error| e.within(format!("could not read {key} from the repository"));
-    match storage.size(key).await.map_err(unreadable)? {
+    let size = match storage.size(key).await.map_err(unreadable)? {
         None => return Err(Error::ObjectNotFound { key: key.into() }),
-        Some(size) if size != expected.stored_size => {
+        Some(size) if !expected.accepted_sizes().contains(&size) => {
             return Err(Error::Integrity {
                 object: key.into(),
                 message: format!(
@@ -585,10 +710,10 @@ pub async fn download_stream<W: Write + Send + 'static>(
                 ),
             })
         }
-        Some(_) => {}
-    }
+        Some(size) => size,
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(2);
-    let tally = Arc::new(Mutex::new(Tally::new()));
+    let tally = Arc::new(Mutex::new(StoredTally::new()));
     let reader = ChannelReader {
         rx,
         current: Bytes::new(),
@@ -610,7 +735,6 @@ pub async fn download_stream<W: Write + Send + 'static>(
         decode(reader, &object, &mode, &recipients, sink, decode_progress)
     });
 
-    let size = expected.stored_size;
     let ranges: Vec<(u64, u64)> = (0..size.div_ceil(READ_CHUNK))
         .map(|i| (i * READ_CHUNK, READ_CHUNK.min(size - i * READ_CHUNK)))
         .collect();
@@ -644,22 +768,11 @@ pub async fn download_stream<W: Write + Send + 'static>(
     }
     let decoded = decoded??;
 
-    let (stored_size, stored_sha) = tally
+    let stored = tally
         .lock()
         .map_err(|_| Error::Invalid("digest state poisoned".into()))?
-        .clone_finish();
-    check(
-        key,
-        "stored size",
-        stored_size.to_string(),
-        expected.stored_size.to_string(),
-    )?;
-    check(
-        key,
-        "stored sha256",
-        stored_sha,
-        expected.stored_sha256.clone(),
-    )?;
+        .finish();
+    check_stored(key, &stored, expected)?;
     if let Some((raw_size, raw_sha)) = decoded.raw {
         check(
             key,
@@ -676,6 +789,74 @@ impl Tally {
     fn clone_finish(&self) -> (u64, String) {
         (self.bytes, hex::encode(self.hasher.clone().finalize()))
     }
+}
+
+/// Compare what was read with the manifest: the size, then the whole object's digest
+/// and, when recorded, the header's and the payload's. An object rotated by
+/// `keys rotate` has only the split digests; one of the two forms must be there.
+fn check_stored(key: &str, stored: &StoredDigests, expected: &ObjectDigest) -> Result<()> {
+    // During a rotation the object may already carry its new header.
+    let rotated = match (&expected.rotating_to, &stored.header) {
+        (Some(new), Some(found)) if *new == *found => Some(new),
+        _ => None,
+    };
+    if rotated.is_none() {
+        check(
+            key,
+            "stored size",
+            stored.size.to_string(),
+            expected.stored_size.to_string(),
+        )?;
+        if let Some(whole) = &expected.stored_sha256 {
+            check(key, "stored sha256", stored.sha256.clone(), whole.clone())?;
+        }
+    }
+    match (
+        rotated.or(expected.age_header.as_ref()),
+        &expected.payload_sha256,
+    ) {
+        (Some(header), Some(payload)) => {
+            let found = stored.header.as_ref().ok_or_else(|| Error::Integrity {
+                object: key.into(),
+                message: "the stored bytes do not start with an age header".into(),
+            })?;
+            check(
+                key,
+                "age header size",
+                found.size.to_string(),
+                header.size.to_string(),
+            )?;
+            if let Some(payload_size) = expected.payload_size() {
+                check(
+                    key,
+                    "payload size",
+                    (stored.size - found.size.min(stored.size)).to_string(),
+                    payload_size.to_string(),
+                )?;
+            }
+            check(
+                key,
+                "age header sha256",
+                found.sha256.clone(),
+                header.sha256.clone(),
+            )?;
+            check(
+                key,
+                "payload sha256",
+                stored.payload_sha256.clone().unwrap_or_default(),
+                payload.clone(),
+            )?;
+        }
+        _ if expected.stored_sha256.is_none() => {
+            return Err(Error::Manifest {
+                key: key.into(),
+                message: "the object has neither a stored sha256 nor header and payload digests"
+                    .into(),
+            })
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn check(object: &str, what: &str, actual: String, expected: String) -> Result<()> {
@@ -729,4 +910,46 @@ pub async fn download_bytes(
         Arc::new(Progress::default()),
     )
     .await
+}
+
+/// A sink that only digests what it is given (the stored bytes of a keyless read).
+struct DigestSink(StoredTally);
+
+impl Write for DigestSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Read an object once, checking it against `expected`, and return its age header's and
+/// payload's digests: what a manifest written before they were recorded lacks when
+/// `keys rotate` rewrites the header.
+pub async fn split_digests(
+    storage: &dyn Storage,
+    key: &str,
+    expected: &ObjectDigest,
+) -> Result<(HeaderDigest, String)> {
+    let sink = download_stream(
+        storage,
+        key,
+        expected,
+        Decode::StoredOnly,
+        &[],
+        DigestSink(StoredTally::new()),
+        4,
+        Arc::new(Progress::default()),
+    )
+    .await?;
+    let digests = sink.0.finish();
+    match (digests.header, digests.payload_sha256) {
+        (Some(header), Some(payload)) => Ok((header, payload)),
+        _ => Err(Error::Integrity {
+            object: key.into(),
+            message: "the stored bytes do not start with an age header".into(),
+        }),
+    }
 }

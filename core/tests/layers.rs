@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["logical"],
     &["physical"],
     &["retention"],
+    &["rotation"],
     &["drill"],
     &["runner"],
     &["status"],

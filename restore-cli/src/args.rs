@@ -174,6 +174,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: StorageAction,
     },
+    /// Change the age recipients of every backup and WAL file without taking new
+    /// backups, and show the audit trail of such changes.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Generate an age key pair: the identity (private key) goes to FILE, the recipient
     /// (public key, for the policy) is printed.
     Keygen {
@@ -263,6 +269,41 @@ pub(crate) enum ArchiveAction {
         /// archive_timeout in seconds: the longest a quiet server waits to archive (the RPO bound).
         #[arg(long, default_value_t = 60)]
         timeout: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeysAction {
+    /// Rewrap the age header of every object in the repository to the policy's
+    /// recipients plus --add minus --remove. Payloads stay as stored (on S3 they are
+    /// copied inside the store); an interrupted rotation resumes when run again.
+    Rotate {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// An identity file that opens the current headers.
+        #[arg(long)]
+        identity: PathBuf,
+        /// A public key (age1…) to encrypt to from now on; repeatable.
+        #[arg(long, value_name = "AGE1…")]
+        add: Vec<String>,
+        /// A public key (age1…) or its fingerprint (sha256:…) to stop encrypting to;
+        /// repeatable.
+        #[arg(long, value_name = "AGE1…|FINGERPRINT")]
+        remove: Vec<String>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the key rotations recorded in the repository: when, by which key, what was
+    /// added and removed.
+    History {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 

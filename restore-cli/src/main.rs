@@ -4,6 +4,7 @@
 mod args;
 mod eta;
 mod help_files;
+mod key_rotation;
 mod output;
 mod version;
 
@@ -32,7 +33,7 @@ use pgvault_core::{drill, storage};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code when a verification or restore check failed (as opposed to an error).
-const EXIT_CHECK_FAILED: u8 = 2;
+pub(crate) const EXIT_CHECK_FAILED: u8 = 2;
 /// Exit code when something could not be read or done (the verdict is unknown).
 const EXIT_UNREADABLE: u8 = 1;
 /// Exit code after Ctrl-C or SIGTERM.
@@ -546,6 +547,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Keys { action } => key_rotation::run(action).await,
         Command::Keygen { output } => {
             let recipient = pgvault_core::keys::generate_identity_file(&output)?;
             eprintln!(

@@ -84,7 +84,7 @@ pub fn backup_summary(m: &BackupManifest, elapsed: Duration, peak_rss_kib: Optio
 /// policy name never shifts the columns after it), two spaces between columns, no
 /// borders, the columns in `right` aligned right, no trailing blanks. Each line starts
 /// with the first column, so `grep ID` and `awk '{print $1}'` keep working.
-fn human_table(headers: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> String {
+pub(crate) fn human_table(headers: &[&str], rows: Vec<Vec<String>>, right: &[usize]) -> String {
     let mut table = comfy_table::Table::new();
     table
         .load_style(comfy_table::presets::NOTHING)
@@ -140,6 +140,7 @@ pub fn backup_table(backups: &[BackupManifest], damaged: &[DamagedBackup]) -> St
                 human_bytes(m.stored_size()),
                 ratio(m.raw_size(), m.stored_size()),
                 format!("{:.1}s", m.duration_seconds()),
+                m.encryption.recipients.join(","),
             ]
         })
         .collect();
@@ -155,6 +156,7 @@ pub fn backup_table(backups: &[BackupManifest], damaged: &[DamagedBackup]) -> St
             "STORED",
             "RATIO",
             "DURATION",
+            "RECIPIENTS",
         ],
         rows,
         &[6, 7, 8, 9],
@@ -253,6 +255,7 @@ pub fn verify_summary(report: &VerifyReport) -> String {
             "stored bytes only; pass --identity to check contents"
         }
     );
+    let _ = writeln!(out, "  encrypted to {}", report.recipients.join(", "));
     for o in &report.objects {
         match (&o.outcome, o.finding()) {
             (Ok(detail), _) => {

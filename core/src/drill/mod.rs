@@ -458,7 +458,7 @@ pub(crate) fn tested_backup(m: &BackupManifest, picked: String) -> TestedBackup 
         stored_bytes: m.stored_size(),
         dump_bytes: dump.map(|o| o.digest.raw_size).unwrap_or(0),
         dump_stored_sha256: dump
-            .map(|o| o.digest.stored_sha256.clone())
+            .map(|o| o.digest.stored_digest_label())
             .unwrap_or_default(),
         dump_plain_sha256: dump
             .map(|o| o.digest.raw_sha256.clone())
@@ -660,7 +660,7 @@ async fn restore_phases(
             short(
                 &manifest
                     .object(object::DUMP)
-                    .map(|o| o.digest.stored_sha256.clone())
+                    .map(|o| o.digest.stored_digest_label())
                     .unwrap_or_default()
             ),
             short(

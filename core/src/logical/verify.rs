@@ -35,6 +35,9 @@ pub struct VerifyReport {
     pub backup_id: String,
     /// Whether the plaintext was checked too (an identity was given).
     pub deep: bool,
+    /// Fingerprints of the recipients its objects are encrypted to (changed by
+    /// `keys rotate`): which keys can restore it.
+    pub recipients: Vec<String>,
     /// One entry per object.
     pub objects: Vec<ObjectCheck>,
 }
@@ -211,7 +214,16 @@ pub async fn verify_backup(
                     Arc::new(Progress::default()),
                 )
                 .await
-                .map(|_| format!("{} stored bytes, sha256 matches", stored.digest.stored_size)),
+                .map(|_| {
+                    if stored.digest.stored_sha256.is_some() {
+                        format!("{} stored bytes, sha256 matches", stored.digest.stored_size)
+                    } else {
+                        format!(
+                            "{} stored bytes, header and payload sha256 match (rewrapped by a key rotation)",
+                            stored.digest.stored_size
+                        )
+                    }
+                }),
                 Some(ids) if role == object::DUMP => {
                     let source_major = (manifest.server_version_num / 10000) as u32;
                     deep_check_dump(repo, stored, ids, recipients, bin_dir, source_major).await
@@ -285,6 +297,7 @@ pub async fn verify_backup(
     Ok(VerifyReport {
         backup_id: manifest.id.clone(),
         deep: identities.is_some(),
+        recipients: manifest.encryption.recipients.clone(),
         objects,
     })
 }

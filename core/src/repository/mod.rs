@@ -46,17 +46,23 @@ pub const PHYSICAL_FORMAT_VERSION: u32 = 2;
 /// `physical.incremental` (docs/FORMAT.md §17). A reader that knows only version 2 must
 /// refuse such a backup rather than restore its incremental files as if they were whole.
 pub const INCREMENTAL_FORMAT_VERSION: u32 = 3;
+/// The manifest format of a backup whose objects `keys rotate` rewrapped: version 4 lets
+/// an object carry header and payload digests instead of the whole object's
+/// (docs/FORMAT.md §20). A reader of version 3 would find `stored_sha256` missing.
+pub const ROTATED_FORMAT_VERSION: u32 = 4;
 /// The manifest versions this pgvault reads: every version it has ever written.
 /// [`parse_manifest`] refuses the others.
 pub const READ_FORMAT_VERSIONS: std::ops::RangeInclusive<u32> =
-    FORMAT_VERSION..=INCREMENTAL_FORMAT_VERSION;
+    FORMAT_VERSION..=ROTATED_FORMAT_VERSION;
 /// The manifest versions this pgvault writes: [`FORMAT_VERSION`] for logical backups,
 /// [`PHYSICAL_FORMAT_VERSION`] for full base backups, [`INCREMENTAL_FORMAT_VERSION`] for
-/// incremental ones (a backup is written in the oldest version that can describe it).
-pub const WRITTEN_FORMAT_VERSIONS: [u32; 3] = [
+/// incremental ones, [`ROTATED_FORMAT_VERSION`] once `keys rotate` rewrapped it (a backup
+/// is written in the oldest version that can describe it).
+pub const WRITTEN_FORMAT_VERSIONS: [u32; 4] = [
     FORMAT_VERSION,
     PHYSICAL_FORMAT_VERSION,
     INCREMENTAL_FORMAT_VERSION,
+    ROTATED_FORMAT_VERSION,
 ];
 
 /// Name of the manifest object inside a backup's directory.
@@ -487,7 +493,7 @@ pub fn parse_manifest(key: &str, bytes: &[u8]) -> Result<BackupManifest> {
         return Err(Error::Manifest {
             key: key.into(),
             message: format!(
-                "format_version {} is not supported by {} (it reads versions {FORMAT_VERSION} to {INCREMENTAL_FORMAT_VERSION}); upgrade pgvault",
+                "format_version {} is not supported by {} (it reads versions {FORMAT_VERSION} to {ROTATED_FORMAT_VERSION}); upgrade pgvault",
                 version.format_version,
                 crate::TOOL_VERSION
             ),

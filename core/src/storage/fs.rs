@@ -115,6 +115,7 @@ impl Storage for FilesystemStorage {
         Ok(Box::new(FsUpload {
             key: key.to_string(),
             final_path,
+            root: self.root.clone(),
             state: Arc::new(Mutex::new(state)),
         }))
     }
@@ -288,6 +289,8 @@ struct FsUploadState {
 struct FsUpload {
     key: String,
     final_path: PathBuf,
+    /// The repository root, to find a copied part's source.
+    root: PathBuf,
     state: Arc<Mutex<FsUploadState>>,
 }
 
@@ -318,6 +321,51 @@ impl Upload for FsUpload {
                     .map_err(|e| storage_err("upload part", &key, e))?;
                 st.next += 1;
             }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn copy_part(&self, number: u32, source: &str, offset: u64, len: u64) -> Result<()> {
+        let source_path = FilesystemStorage {
+            root: self.root.clone(),
+        }
+        .path_of(source)?;
+        let state = self.state.clone();
+        let key = self.key.clone();
+        let source = source.to_string();
+        blocking(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut st = state.lock().map_err(|_| lock_err(&key))?;
+            if st.next != number || !st.waiting.is_empty() {
+                return Err(Error::Internal(format!(
+                    "copying part {number} of {key}: the filesystem backend takes parts in order (next is {})",
+                    st.next
+                )));
+            }
+            let mut from = File::open(&source_path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::ObjectNotFound {
+                        key: source.clone(),
+                    }
+                } else {
+                    storage_err("copy part", &source, e)
+                }
+            })?;
+            from.seek(SeekFrom::Start(offset))
+                .map_err(|e| storage_err("copy part", &source, e))?;
+            let file = st.file.as_mut().ok_or_else(|| lock_err(&key))?;
+            let copied = std::io::copy(&mut from.take(len), file)
+                .map_err(|e| storage_err("copy part", &key, e))?;
+            if copied != len {
+                return Err(Error::Storage {
+                    operation: "copy part",
+                    key: source,
+                    message: format!("the object ended after {copied} of {len} bytes"),
+                    retryable: false,
+                });
+            }
+            st.next += 1;
             Ok(())
         })
         .await

@@ -103,6 +103,12 @@ impl Default for RequestSettings {
     }
 }
 
+/// The smallest part S3 accepts, except for an upload's last part.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+
+/// The largest part S3 accepts (also for a part copied with `UploadPartCopy`).
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
 /// A multipart upload that was started and neither completed nor aborted.
 #[derive(Debug, Clone)]
 pub struct PendingUpload {
@@ -154,6 +160,13 @@ pub trait Storage: Send + Sync {
 pub trait Upload: Send + Sync {
     /// Store part `number` (1-based). Parts may arrive concurrently and out of order.
     async fn put_part(&self, number: u32, data: Bytes) -> Result<()>;
+
+    /// Store part `number` as bytes `offset..offset + len` of the object `source` as it is
+    /// now, copied inside the store (S3 `UploadPartCopy`): the bytes do not travel through
+    /// pgvault. `source` may be the key this upload replaces. On S3 every part but the
+    /// last must be at least [`MIN_PART_SIZE`]; the filesystem backend takes parts in
+    /// order only.
+    async fn copy_part(&self, number: u32, source: &str, offset: u64, len: u64) -> Result<()>;
 
     /// Make the object visible from parts `1..=parts`.
     async fn complete(&self, parts: u32) -> Result<()>;

@@ -939,6 +939,14 @@ impl S3Storage {
     }
 }
 
+/// What `x-amz-copy-source` escapes in a key: everything but unreserved characters and `/`.
+const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 struct S3Upload {
     storage: S3Storage,
     key: String,
@@ -974,6 +982,51 @@ impl Upload for S3Upload {
             .lock()
             .map_err(|_| Error::Internal("upload state poisoned".into()))?
             .push((number, etag, data.len() as u64));
+        Ok(())
+    }
+
+    async fn copy_part(&self, number: u32, source: &str, offset: u64, len: u64) -> Result<()> {
+        let s = &self.storage;
+        if len == 0 {
+            return Err(Error::Internal(format!(
+                "copying an empty range of {source} into {}",
+                s.url(&self.key)
+            )));
+        }
+        let full_source = s.full_key(source)?;
+        // The copy source is "bucket/key", URL-encoded except for the separators.
+        let copy_source = format!(
+            "{}/{}",
+            s.bucket,
+            percent_encoding::utf8_percent_encode(&full_source, COPY_SOURCE).collect::<String>()
+        );
+        let range = format!("bytes={}-{}", offset, offset + len - 1);
+        let (copy_source, range) = (&copy_source, &range);
+        let etag = s
+            .retrying("copy part", &s.url(&self.key), move || async move {
+                let out = s
+                    .client
+                    .upload_part_copy()
+                    .bucket(&s.bucket)
+                    .key(&self.key)
+                    .upload_id(&self.upload_id)
+                    .part_number(number as i32)
+                    .copy_source(copy_source)
+                    .copy_source_range(range)
+                    .send()
+                    .await
+                    .map_err(|e| s.sdk_err("copy part", &self.key, e))?;
+                Ok(out
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .unwrap_or_default()
+                    .to_string())
+            })
+            .await?;
+        self.parts
+            .lock()
+            .map_err(|_| Error::Internal("upload state poisoned".into()))?
+            .push((number, etag, len));
         Ok(())
     }
 

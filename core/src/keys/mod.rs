@@ -5,6 +5,8 @@
 //! Manifests record a *fingerprint* of each recipient (not the key itself), enough to
 //! tell an operator which key a backup needs without exposing anything useful.
 
+pub mod header;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -64,6 +66,16 @@ impl Recipients {
             .iter()
             .map(|k| fingerprint(&k.to_string()))
             .collect()
+    }
+
+    /// The recipients as `age1…` text, in policy order.
+    pub fn keys_text(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.to_string()).collect()
+    }
+
+    /// The X25519 keys themselves, for rewrapping headers ([`header::wrap`]).
+    pub(crate) fn x25519(&self) -> &[age::x25519::Recipient] {
+        &self.keys
     }
 
     /// An age encryptor to all recipients.
@@ -145,6 +157,11 @@ impl Identities {
     /// Whether any identity matches one of the given recipient fingerprints.
     pub fn matches_any(&self, recipients: &[String]) -> bool {
         self.fingerprints().iter().any(|f| recipients.contains(f))
+    }
+
+    /// The X25519 identities, for opening headers ([`header::AgeHeader::open`]).
+    pub(crate) fn as_x25519(&self) -> &[age::x25519::Identity] {
+        &self.identities
     }
 
     pub(crate) fn as_dyn(&self) -> impl Iterator<Item = &dyn age::Identity> {
