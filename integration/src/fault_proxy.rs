@@ -18,7 +18,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -170,6 +170,11 @@ pub struct FaultStats {
     pub requests: u64,
     /// Faults injected, per enabled mode (enabled modes are present even at zero).
     pub faults: BTreeMap<FaultMode, u64>,
+    /// Bytes forwarded to the server (request heads and bodies): what a client uploads.
+    pub bytes_to_server: u64,
+    /// Bytes forwarded back to clients (response heads and bodies): what a client
+    /// downloads.
+    pub bytes_to_clients: u64,
 }
 
 impl FaultStats {
@@ -195,7 +200,11 @@ impl fmt::Display for FaultStats {
         for (mode, count) in &self.faults {
             write!(f, " {mode}={count}")?;
         }
-        Ok(())
+        write!(
+            f,
+            " bytes_to_server={} bytes_to_clients={}",
+            self.bytes_to_server, self.bytes_to_clients
+        )
     }
 }
 
@@ -228,6 +237,8 @@ impl Chooser {
             methods: config.methods.clone(),
             paths: config.paths.clone(),
             stats: FaultStats {
+                bytes_to_server: 0,
+                bytes_to_clients: 0,
                 requests: 0,
                 faults: config.modes.iter().map(|&mode| (mode, 0)).collect(),
             },
@@ -270,6 +281,45 @@ struct Shared {
     latency: Duration,
     /// While set, the store is unreachable: connections are closed at once.
     down: AtomicBool,
+    /// Bytes forwarded to the upstream.
+    bytes_up: AtomicU64,
+    /// Bytes forwarded to clients.
+    bytes_down: AtomicU64,
+}
+
+/// A writer that counts the bytes written through it, for [`FaultStats`]' byte totals.
+struct Counted<'a, W> {
+    inner: &'a mut W,
+    count: &'a AtomicU64,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<'_, W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut *this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            this.count.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 impl Shared {
@@ -372,7 +422,10 @@ impl FaultProxy {
 
     /// Requests seen and faults injected so far.
     pub fn stats(&self) -> FaultStats {
-        self.shared.chooser().stats.clone()
+        let mut stats = self.shared.chooser().stats.clone();
+        stats.bytes_to_server = self.shared.bytes_up.load(Ordering::Relaxed);
+        stats.bytes_to_clients = self.shared.bytes_down.load(Ordering::Relaxed);
+        stats
     }
 
     /// Changes the fault rate from now on; `0.0` lets a test inspect the bucket afterwards
@@ -414,6 +467,8 @@ async fn bind(
         chooser: Mutex::new(Chooser::new(config)),
         latency: config.latency,
         down: AtomicBool::new(false),
+        bytes_up: AtomicU64::new(0),
+        bytes_down: AtomicU64::new(0),
     });
     Ok((listener, shared))
 }
@@ -507,6 +562,8 @@ async fn serve_request(client: &mut Conn, shared: &Shared) -> io::Result<bool> {
     let _ = stream.set_nodelay(true);
     let mut upstream = BufReader::with_capacity(BUFFER, stream);
     upstream.write_all(&request.raw).await?;
+    let (up, down) = (&shared.bytes_up, &shared.bytes_down);
+    up.fetch_add(request.raw.len() as u64, Ordering::Relaxed);
     let mut body_sent = false;
     if request.expects_continue() && request_body != Body::Empty {
         // Let the upstream's `100 Continue` (or early final answer) through before the body;
@@ -514,11 +571,27 @@ async fn serve_request(client: &mut Conn, shared: &Shared) -> io::Result<bool> {
         if let Ok(ready) = tokio::time::timeout(CONTINUE_WAIT, upstream.fill_buf()).await {
             ready?;
         } else {
-            copy_body(client, request_body, &mut upstream).await?;
+            copy_body(
+                client,
+                request_body,
+                &mut Counted {
+                    inner: &mut upstream,
+                    count: up,
+                },
+            )
+            .await?;
             body_sent = true;
         }
     } else {
-        copy_body(client, request_body, &mut upstream).await?;
+        copy_body(
+            client,
+            request_body,
+            &mut Counted {
+                inner: &mut upstream,
+                count: up,
+            },
+        )
+        .await?;
         body_sent = true;
     }
     // Interim 1xx answers go to the client as they come; the body follows a `100 Continue`.
@@ -532,7 +605,15 @@ async fn serve_request(client: &mut Conn, shared: &Shared) -> io::Result<bool> {
         }
         client.write_all(&head.raw).await?;
         if status == 100 && !body_sent {
-            copy_body(client, request_body, &mut upstream).await?;
+            copy_body(
+                client,
+                request_body,
+                &mut Counted {
+                    inner: &mut upstream,
+                    count: up,
+                },
+            )
+            .await?;
             body_sent = true;
         }
     };
@@ -569,7 +650,16 @@ async fn serve_request(client: &mut Conn, shared: &Shared) -> io::Result<bool> {
     }
 
     client.write_all(&response.raw).await?;
-    copy_body(&mut upstream, response_body, client).await?;
+    down.fetch_add(response.raw.len() as u64, Ordering::Relaxed);
+    copy_body(
+        &mut upstream,
+        response_body,
+        &mut Counted {
+            inner: client,
+            count: down,
+        },
+    )
+    .await?;
     client.flush().await?;
     if !body_sent {
         // Refused before the body: the client may or may not send it, so end the connection,
@@ -986,6 +1076,17 @@ mod tests {
         assert_eq!(seen.load(Ordering::SeqCst), 7);
         let stats = proxy.stats();
         assert_eq!((stats.requests, stats.total_faults()), (7, 0));
+        // Every body byte is counted once in its direction, plus the heads.
+        let up_bodies = (100_000 + CHUNKED.len() + 5) as u64;
+        let down_bodies = (BIG + CHUNKED.len()) as u64;
+        assert!(
+            (up_bodies..up_bodies + 2_000).contains(&stats.bytes_to_server),
+            "{stats}"
+        );
+        assert!(
+            (down_bodies..down_bodies + 2_000).contains(&stats.bytes_to_clients),
+            "{stats}"
+        );
     }
 
     #[tokio::test]
@@ -1128,7 +1229,17 @@ mod tests {
         assert_eq!(send(&mut conn, "GET", "/big", b"").await.unwrap().0, 503);
         let stats = proxy.stats();
         assert_eq!((stats.requests, stats.count(FaultMode::SlowDown)), (2, 1));
-        assert_eq!(stats.to_string(), "requests=2 faults=1 503=1");
+        // The refused GET never reached the server: only the PUT's bytes are counted.
+        assert!(
+            stats
+                .to_string()
+                .starts_with("requests=2 faults=1 503=1 bytes_to_server="),
+            "{stats}"
+        );
+        assert!(
+            stats.bytes_to_server > 3 && stats.bytes_to_clients > 1,
+            "{stats}"
+        );
     }
 
     #[test]

@@ -124,7 +124,10 @@ fn history_table(records: &[RotationRecord]) -> String {
         .map(|r| {
             vec![
                 r.id.clone(),
-                format!("{:?}", r.state).to_lowercase(),
+                serde_json::to_value(r.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
                 r.started_at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
                 r.by.join(","),
                 if r.added.is_empty() {
