@@ -201,10 +201,11 @@ pub(crate) async fn drill(
             target.format("%Y-%m-%d %H:%M:%S UTC")
         ),
     );
-    let restore_command = match crate::physical::wal::restore_command(
+    let restore_command = match crate::physical::wal::restore_command_from(
         &request.policy.path,
         request.identities.path(),
         4,
+        config.from_copy.as_deref(),
     ) {
         Ok(command) => command,
         Err(e) => {
