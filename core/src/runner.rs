@@ -414,7 +414,15 @@ async fn copy_after_backup(
         update(status, |s| {
             s.copies.entry(name.clone()).or_default().last_attempt = Some(Utc::now());
         });
-        let outcome = copy_and_prune(policy, config, source, cancel).await;
+        let outcome = copy_and_prune(policy, config, source, cancel)
+            .await
+            .map_err(|e| match e {
+                Error::Cancelled => e,
+                e => e.within(format!(
+                    "copy {name} at {}",
+                    crate::copy::location_of(config)
+                )),
+            });
         let failure = match &outcome {
             Err(Error::Cancelled) => return,
             Err(e) => Some(e.to_string()),

@@ -365,7 +365,11 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                     }
                     Err(e) => {
                         copies_healthy = false;
-                        println!("  FAIL  copy {}: cannot read it: {e}", copy.name);
+                        println!(
+                            "  FAIL  copy {} ({}): cannot read it: {e}",
+                            copy.name,
+                            pgvault_core::copy::location_of(copy)
+                        );
                     }
                 }
             }
@@ -934,8 +938,9 @@ async fn run_copy(
             Err(e) => {
                 stopped = true;
                 eprintln!(
-                    "pgvault: copy to {} stopped: {e}; run it again to resume (what was copied stays)",
-                    config.name
+                    "pgvault: copy to {} at {} stopped: {e}; run it again to resume (what was copied stays)",
+                    config.name,
+                    copy::location_of(config)
                 );
                 continue;
             }

@@ -140,6 +140,15 @@ pub async fn copy_to(
     .await
 }
 
+/// Where a copy lives, as its policy says it (`s3://bucket/prefix`, `file:///dir`), for
+/// messages about a copy whose storage may not even open.
+pub fn location_of(copy_config: &CopyConfig) -> String {
+    match &copy_config.repository.storage.location {
+        crate::storage::Location::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        crate::storage::Location::Filesystem { root } => format!("file://{}", root.display()),
+    }
+}
+
 /// The transfer settings of a copy: its `part_size` and `parts_in_flight`.
 pub fn transfer_of(copy_config: &CopyConfig) -> Transfer {
     Transfer {
