@@ -636,6 +636,39 @@ impl Run<'_> {
     }
 }
 
+/// Copy only the WAL the copy lacks (the archive, gap records, stream chunks), not
+/// backups or reports: what a point-in-time drill against the copy needs to reach the
+/// anchor commit it just made on the source.
+pub async fn copy_wal(
+    source: &Repository,
+    target: &CopyTarget<'_>,
+    cancel: &CancellationToken,
+) -> Result<CopyReport> {
+    let mut report = CopyReport {
+        copy: target.name.to_string(),
+        location: target.repo.storage().describe(),
+        ..CopyReport::default()
+    };
+    let run = Run {
+        source,
+        target,
+        verify_existing: false,
+        cancel,
+    };
+    let plan = wanted(
+        &source.catalog().await?,
+        &target.repo.catalog().await?,
+        target.retention,
+        Utc::now(),
+    )?;
+    crate::stop_signal::unless_cancelled(cancel, async {
+        run.wal(&plan.starts, &mut report).await?;
+        run.gaps_and_stream(&plan.starts, &mut report).await
+    })
+    .await?;
+    Ok(report)
+}
+
 /// Copy `source` into `target` as `request` says; see the module documentation for
 /// what, in which order, and how it is verified. Items that cannot be copied because
 /// their source is damaged (or the copy holds a conflicting file) are listed in

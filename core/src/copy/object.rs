@@ -104,7 +104,7 @@ impl<'a> Ahead<'a> {
 
 /// Read a whole object in ranges and return its size and sha256. `size` is what the
 /// listing (or a manifest) says; a read that ends early or runs long is an integrity
-/// error naming `place`.
+/// error naming the object and its storage.
 pub async fn digest_of(
     storage: &dyn Storage,
     key: &str,
