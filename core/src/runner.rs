@@ -1,5 +1,6 @@
 //! Scheduled runs of one policy, as the agent performs them: wait for the slot, take the
-//! policy's lock, back up with retries, apply retention, and record the outcome.
+//! policy's lock, back up with retries, apply retention, copy to the copies with
+//! `copy_after_backup` (and prune them by their rules), and record the outcome.
 //!
 //! **One run per slot, across agents.** Several agents may run the same policies for high
 //! availability. Before a run, an agent takes a PostgreSQL advisory lock on the source
