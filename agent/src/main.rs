@@ -107,6 +107,14 @@ fn status_of(policy: &Policy) -> SharedStatus {
     Arc::new(Mutex::new(PolicyStatus {
         policy: policy.name.clone(),
         cadence: policy.cadence(chrono::Utc::now()),
+        // Every copy the agent fills is in the metrics from the start (0 failures),
+        // so an alert on its failures or age has a series before the first copy.
+        copies: policy
+            .copies
+            .iter()
+            .filter(|c| c.copy_after_backup)
+            .map(|c| (c.name.clone(), Default::default()))
+            .collect(),
         ..Default::default()
     }))
 }

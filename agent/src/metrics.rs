@@ -21,6 +21,15 @@ struct PolicyLabel {
 type GaugeF = Family<PolicyLabel, Gauge<f64, AtomicU64>>;
 type CounterU = Family<PolicyLabel, Counter<u64>>;
 
+/// A policy and one of its copies (`[[repository.copies]]`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CopyLabel {
+    policy: String,
+    copy: String,
+}
+
+type CopyGauge = Family<CopyLabel, Gauge<f64, AtomicU64>>;
+
 /// Render the statuses as Prometheus text.
 pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("pgvault");
@@ -185,6 +194,38 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
         drill_failures.clone(),
     );
 
+    let copy_gauge = |registry: &mut Registry, name: &str, help: &str| {
+        let family = CopyGauge::default();
+        registry.register(name, help, family.clone());
+        family
+    };
+    let copy_success = copy_gauge(
+        &mut registry,
+        "copy_last_success_timestamp_seconds",
+        "When the last copy after a backup to this copy finished with everything copied (Unix time)",
+    );
+    let copy_attempt = copy_gauge(
+        &mut registry,
+        "copy_last_attempt_timestamp_seconds",
+        "When the last copy after a backup to this copy started (Unix time)",
+    );
+    let copy_lag = copy_gauge(
+        &mut registry,
+        "copy_lag_seconds",
+        "How long ago the oldest backup this copy lacks finished, as of the last copy (0: none lacking)",
+    );
+    let copy_missing = copy_gauge(
+        &mut registry,
+        "copy_missing_backups",
+        "Backups of the primary this copy lacks, as of the last copy",
+    );
+    let copy_failures = Family::<CopyLabel, Counter<u64>>::default();
+    registry.register(
+        "copy_failures",
+        "Failed copies to this copy since the agent started (the backups themselves succeeded)",
+        copy_failures.clone(),
+    );
+
     let now = Utc::now();
     for status in statuses {
         let Ok(s) = status.lock() else { continue };
@@ -296,6 +337,29 @@ pub fn render(statuses: &[SharedStatus]) -> Result<String, std::fmt::Error> {
         deletions
             .get_or_create(&label)
             .inc_by(s.retention_deletions_total);
+        for (copy, c) in &s.copies {
+            let label = CopyLabel {
+                policy: s.policy.clone(),
+                copy: copy.clone(),
+            };
+            if let Some(t) = c.last_success {
+                copy_success
+                    .get_or_create(&label)
+                    .set(t.timestamp_millis() as f64 / 1000.0);
+            }
+            if let Some(t) = c.last_attempt {
+                copy_attempt
+                    .get_or_create(&label)
+                    .set(t.timestamp_millis() as f64 / 1000.0);
+            }
+            if let Some(v) = c.lag_seconds {
+                copy_lag.get_or_create(&label).set(v);
+            }
+            if let Some(v) = c.missing_backups {
+                copy_missing.get_or_create(&label).set(v as f64);
+            }
+            copy_failures.get_or_create(&label).inc_by(c.failures_total);
+        }
     }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;

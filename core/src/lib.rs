@@ -4,7 +4,8 @@
 //! downwards (the table is in `docs/ARCHITECTURE.md`, and `tests/layers.rs` checks it):
 //!
 //! - the operations: [`logical`] (dumps, restores, verify), [`physical`] (base backups,
-//!   WAL, point-in-time restores), [`retention`] (plans and prune), [`drill`] (restore
+//!   WAL, point-in-time restores), [`retention`] (plans and prune), [`copy`] (filling
+//!   a policy's second repositories and measuring their lag), [`drill`] (restore
 //!   tests and their reports), and [`runner`] (what the agent runs on a schedule);
 //! - [`repository`]: the on-storage layout, manifests, leases and leftovers, and
 //!   [`repository::Repository::open`], the one place storage is opened;
@@ -18,6 +19,7 @@
 //!
 //! Errors are typed ([`Error`]) and carry which backup, object or table they concern.
 
+pub mod copy;
 pub mod dr_plan;
 pub mod drill;
 pub mod error;

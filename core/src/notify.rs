@@ -55,6 +55,9 @@ pub enum EventKind {
     /// The WAL stream of a streaming policy is behind, stopped or its slot is about to
     /// be lost: nothing is gone yet, but the RPO is past its bound. `error` says what.
     WalStreamBehind,
+    /// Copying to a second repository (`[[repository.copies]]`, `copy_after_backup`)
+    /// failed; the backup itself succeeded. `copy` names the copy, `error` says why.
+    CopyFailed,
 }
 
 /// One notification.
@@ -83,6 +86,9 @@ pub struct Event {
     pub failures: Vec<String>,
     /// The machine that sent it.
     pub host: String,
+    /// The copy (`[[repository.copies]]` name), for copy events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy: Option<String>,
 }
 
 impl Event {
@@ -98,6 +104,7 @@ impl Event {
             report: None,
             failures: Vec::new(),
             host: host_name(),
+            copy: None,
         }
     }
 
@@ -131,8 +138,12 @@ impl Event {
                 self.report.as_deref().unwrap_or("-")
             ),
             EventKind::RetentionDeleted => format!(
-                ":wastebasket: pgvault retention of *{}* deleted {} backup(s): {}",
+                ":wastebasket: pgvault retention of *{}*{} deleted {} backup(s): {}",
                 self.policy,
+                self.copy
+                    .as_deref()
+                    .map(|c| format!(" (copy {c})"))
+                    .unwrap_or_default(),
                 self.deleted.len(),
                 self.deleted.join(", ")
             ),
@@ -146,6 +157,13 @@ impl Event {
                 self.policy,
                 self.host,
                 self.error.as_deref().unwrap_or("unknown")
+            ),
+            EventKind::CopyFailed => format!(
+                ":rotating_light: pgvault copy of *{}* to {} FAILED on {}: {} (the backup itself is stored)",
+                self.policy,
+                self.copy.as_deref().unwrap_or("its copy"),
+                self.host,
+                self.error.as_deref().unwrap_or("unknown error")
             ),
         }
     }
@@ -164,7 +182,8 @@ pub fn wanted(config: &NotifyConfig, kind: EventKind) -> bool {
         EventKind::BackupFailed
         | EventKind::RestoreTestFailed
         | EventKind::WalGap
-        | EventKind::WalStreamBehind => true,
+        | EventKind::WalStreamBehind
+        | EventKind::CopyFailed => true,
         EventKind::RestoreTestPassed => config.on_success,
         EventKind::BackupSucceeded => config.on_success,
         EventKind::RetentionDeleted => config.on_retention,

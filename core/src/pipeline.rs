@@ -43,7 +43,7 @@ pub struct ObjectDigest {
     /// SHA-256 of the stored bytes, lowercase hex: what keyless verification checks.
     /// Absent after `keys rotate` rewrote the object's age header: the whole object's
     /// digest cannot be recomputed without reading its payload, so readers then check
-    /// [`ObjectDigest::age_header`] and [`ObjectDigest::payload_sha256`] (FORMAT.md §20).
+    /// [`ObjectDigest::age_header`] and [`ObjectDigest::payload_sha256`] (FORMAT.md §21).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_sha256: Option<String>,
     /// Size and SHA-256 of the age header at the start of the stored bytes.

@@ -1,5 +1,6 @@
 //! Scheduled runs of one policy, as the agent performs them: wait for the slot, take the
-//! policy's lock, back up with retries, apply retention, and record the outcome.
+//! policy's lock, back up with retries, apply retention, copy to the copies with
+//! `copy_after_backup` (and prune them by their rules), and record the outcome.
 //!
 //! **One run per slot, across agents.** Several agents may run the same policies for high
 //! availability. Before a run, an agent takes a PostgreSQL advisory lock on the source
@@ -94,6 +95,27 @@ pub struct PolicyStatus {
     pub drill_failures_total: u64,
     /// How often the policy's runs are due, and its objectives (from the policy).
     pub cadence: crate::policy::Cadence,
+    /// The agent's copies after backups, per `[[repository.copies]]` name (those with
+    /// `copy_after_backup`).
+    pub copies: std::collections::BTreeMap<String, CopyStatus>,
+}
+
+/// What the agent knows about copying a policy's backups to one of its copies.
+#[derive(Debug, Clone, Default)]
+pub struct CopyStatus {
+    /// When the last copy after a backup started.
+    pub last_attempt: Option<DateTime<Utc>>,
+    /// When the last one that copied everything finished.
+    pub last_success: Option<DateTime<Utc>>,
+    /// Copies that failed since the agent started.
+    pub failures_total: u64,
+    /// The last failure, one line.
+    pub last_error: Option<String>,
+    /// How long ago the oldest backup the copy lacks finished (0: none lacking), as of
+    /// the last copy.
+    pub lag_seconds: Option<f64>,
+    /// Backups the copy lacked after the last copy.
+    pub missing_backups: Option<u64>,
 }
 
 /// Shared, updatable status of a policy.
@@ -374,8 +396,108 @@ async fn attempt_run(
     } else {
         update(status, |s| s.backups_kept += 1);
     }
+    copy_after_backup(policy, &repo, status, &backup_cancel).await;
     drop(lock_conn);
     Ok(RunOutcome::BackedUp(manifest.id))
+}
+
+/// After a backup: copy what each copy with `copy_after_backup` lacks, prune the copy by
+/// its own rules, and record the outcome. A failed copy never fails the backup: it is
+/// logged, counted in the status (metrics) and sent as a `copy_failed` event.
+async fn copy_after_backup(
+    policy: &Policy,
+    source: &Repository,
+    status: &SharedStatus,
+    cancel: &CancellationToken,
+) {
+    for config in policy.copies.iter().filter(|c| c.copy_after_backup) {
+        let name = config.name.clone();
+        update(status, |s| {
+            s.copies.entry(name.clone()).or_default().last_attempt = Some(Utc::now());
+        });
+        let outcome = copy_and_prune(policy, config, source, cancel)
+            .await
+            .map_err(|e| match e {
+                Error::Cancelled => e,
+                e => e.within(format!(
+                    "copy {name} at {}",
+                    crate::copy::location_of(config)
+                )),
+            });
+        let failure = match &outcome {
+            Err(Error::Cancelled) => return,
+            Err(e) => Some(e.to_string()),
+            Ok((report, _)) if !report.complete() => Some(format!(
+                "{} item(s) could not be copied: {}",
+                report.failures.len(),
+                report.failures.join("; ")
+            )),
+            Ok(_) => None,
+        };
+        if let Ok((report, lag)) = &outcome {
+            tracing::info!(policy = %policy.name, copy = %name, backups = report.backups_copied.len(), wal_files = report.wal_files_copied, bytes = report.bytes_copied, missing = lag.missing.len(), "copied to the policy's copy");
+            update(status, |s| {
+                let c = s.copies.entry(name.clone()).or_default();
+                c.lag_seconds = Some(lag.lag.num_milliseconds() as f64 / 1000.0);
+                c.missing_backups = Some(lag.missing.len() as u64);
+            });
+        }
+        match failure {
+            None => update(status, |s| {
+                let c = s.copies.entry(name.clone()).or_default();
+                c.last_success = Some(Utc::now());
+                c.last_error = None;
+            }),
+            Some(message) => {
+                tracing::error!(policy = %policy.name, copy = %name, error = %message, "copying to the policy's copy failed; the backup itself is stored");
+                update(status, |s| {
+                    let c = s.copies.entry(name.clone()).or_default();
+                    c.failures_total += 1;
+                    c.last_error = Some(message.clone());
+                });
+                if let Some(notify) = &policy.notify {
+                    let mut event = Event::new(EventKind::CopyFailed, &policy.name);
+                    event.copy = Some(name.clone());
+                    event.error = Some(message);
+                    crate::notify::send(notify, &event).await;
+                }
+            }
+        }
+    }
+}
+
+/// Copy into one copy, then prune it by its rules; returns what the copy did and how far
+/// the copy lags afterwards.
+async fn copy_and_prune(
+    policy: &Policy,
+    config: &crate::policy::CopyConfig,
+    source: &Repository,
+    cancel: &CancellationToken,
+) -> Result<(crate::copy::CopyReport, crate::copy::lag::CopyLag)> {
+    let target = Repository::open_copy(policy, &config.name).await?;
+    let copy_target = crate::copy::CopyTarget {
+        name: &config.name,
+        repo: &target,
+        retention: policy.retention_of_copy(config),
+        transfer: crate::copy::transfer_of(config),
+    };
+    let request = crate::copy::CopyRequest {
+        selection: crate::copy::Selection::AllMissing,
+        verify_existing: false,
+    };
+    let report = crate::copy::copy(source, &copy_target, &request, cancel).await?;
+    if let Some(retention) = copy_target.retention {
+        let plan = prune::plan(&target, retention, Utc::now()).await?;
+        let done = prune::execute(&target, &plan, cancel).await?;
+        if let (Some(notify), false) = (&policy.notify, done.deleted_backups.is_empty()) {
+            let mut event = Event::new(EventKind::RetentionDeleted, &policy.name);
+            event.copy = Some(config.name.clone());
+            event.deleted = done.deleted_backups;
+            crate::notify::send(notify, &event).await;
+        }
+    }
+    let lag = crate::copy::lag::lag(source, &copy_target, config.max_lag, Utc::now()).await?;
+    Ok((report, lag))
 }
 
 /// Run `policy`'s backups of `kind` on their schedule until `shutdown`: catch up first if

@@ -48,4 +48,25 @@ fn every_example_policy_parses() {
     assert!(
         matches!(prod.repository.storage.location, Location::S3 { ref bucket, .. } if bucket == "acme-pg-backups")
     );
+    // 3-2-1: a copy in another region after each backup, and an offline one.
+    let copies = Policy::load(&dir.join("app-prod-copies.toml")).unwrap();
+    let dr = copies.copy("dr").unwrap();
+    assert!(dr.copy_after_backup);
+    assert!(
+        matches!(dr.repository.storage.location, Location::S3 { ref bucket, .. } if bucket == "acme-pg-backups-dr")
+    );
+    assert_eq!(
+        copies.retention_of_copy(dr).unwrap().rules.keep_daily,
+        Some(14)
+    );
+    let vault = copies.copy("vault").unwrap();
+    assert!(!vault.copy_after_backup);
+    assert_eq!(
+        copies.retention_of_copy(vault).unwrap().rules.keep_daily,
+        Some(7)
+    );
+    assert_eq!(
+        copies.restore_test.unwrap().from_copy.as_deref(),
+        Some("dr")
+    );
 }

@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["repository"],
     &["logical"],
     &["physical"],
-    &["retention"],
+    &["retention", "copy"],
     &["rotation"],
     &["drill"],
     &["runner"],

@@ -4,6 +4,7 @@
 //! `scripts/test.sh` builds the binaries before running the tests and exports
 //! `PGVAULT_TEST_REQUIRE_SERVERS=1`, so that in CI a missing server fails instead of skipping.
 
+pub mod archiving;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod majors;

@@ -7,124 +7,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use pgvault_integration::archiving::{Archiving, Restored};
 use pgvault_integration::cluster::PgCluster;
 use pgvault_integration::{
-    free_port, keygen, pgvault, pgvault_bin, run, run_ok, text, write_policy, RepoSpec, S3Server,
-    TestKey,
+    free_port, keygen, pgvault, pgvault_bin, run, run_ok, text, write_policy, RepoSpec, TestKey,
 };
-
-/// A source cluster archiving into a fresh S3 prefix, with one table of events.
-struct Archiving {
-    server: S3Server,
-    bucket: String,
-    prefix: String,
-    source: PgCluster,
-    work: tempfile::TempDir,
-    key: TestKey,
-    policy: PathBuf,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Archiving {
-    fn start() -> Option<Archiving> {
-        Self::start_with("")
-    }
-
-    fn start_with(extra_policy: &str) -> Option<Archiving> {
-        let server = S3Server::from_env()?;
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let source = PgCluster::start()?;
-        // The server's OS user runs archive_command and restore_command: it must read
-        // the policy and the key, and restored data directories live here too.
-        let work = pgvault_integration::server_reachable_tempdir("pgvault-test-pitr-");
-        let key = keygen(work.path(), "ops");
-        let (bucket, prefix, policy) = pgvault_integration::s3_policy(
-            &server,
-            work.path(),
-            &source.url("postgres"),
-            &key.recipient,
-            extra_policy,
-        );
-        pgvault_integration::give_to_server_user(false, &[&key.identity, &policy]);
-        let archive_command = pgvault_integration::s3_archive_command(&server, &policy);
-        source.configure_and_restart(&[
-            ("wal_level", "replica"),
-            ("archive_mode", "on"),
-            ("archive_command", &archive_command),
-        ]);
-        source.psql(
-            "postgres",
-            "create table ev (id serial primary key, at timestamptz default clock_timestamp(), note text)",
-        );
-        Some(Archiving {
-            server,
-            bucket,
-            prefix,
-            source,
-            work,
-            key,
-            policy,
-            runtime,
-        })
-    }
-
-    fn cli(&self, args: &[&str]) -> Command {
-        let mut cmd = pgvault(Some(&self.server));
-        cmd.args(args).arg("--policy").arg(&self.policy);
-        cmd
-    }
-
-    fn identity(&self) -> &str {
-        self.key.identity.to_str().unwrap()
-    }
-
-    fn insert(&self, note: &str) {
-        self.source.psql(
-            "postgres",
-            &format!("insert into ev (note) values ('{note}')"),
-        );
-    }
-
-    /// Close the current segment and wait until the archiver has stored it.
-    fn switch_and_archive(&self) {
-        let segment = self
-            .source
-            .psql("postgres", "select pg_walfile_name(pg_switch_wal())");
-        pgvault_integration::wait_until("the archiver to store the switched segment", 60, || {
-            self.source.psql(
-                "postgres",
-                &format!("select coalesce(last_archived_wal >= '{segment}', false) from pg_stat_archiver"),
-            ) == "t"
-        });
-    }
-
-    /// `pgvault restore --pgdata DIR --start` with `target`; returns the output and the
-    /// port the restored server listens on.
-    fn restore(&self, dir: &Path, target: &[&str]) -> (std::process::Output, u16) {
-        let port = free_port().to_string();
-        let mut args = vec!["restore", "--identity", self.identity(), "--pgdata"];
-        args.push(dir.to_str().unwrap());
-        args.extend_from_slice(target);
-        args.extend_from_slice(&["--start", "--port", &port]);
-        (run(self.cli(&args)), port.parse().unwrap())
-    }
-
-    fn notes_at(&self, port: u16) -> Vec<String> {
-        self.source
-            .psql_on_port(port, "postgres", "select note from ev order by id")
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn wal_keys(&self) -> Vec<String> {
-        self.runtime
-            .block_on(self.server.list_keys(&self.bucket, &self.prefix))
-            .into_iter()
-            .filter(|k| k.contains("app/wal/"))
-            .collect()
-    }
-}
 
 /// A source cluster and a policy with a filesystem repository, in a directory the
 /// server's OS user can enter (for tests where the server runs pgvault itself).
@@ -158,18 +45,6 @@ impl LocalPolicy {
             repo,
             policy,
         })
-    }
-}
-
-/// A restored data directory whose server is stopped when the test ends.
-struct Restored<'a> {
-    source: &'a PgCluster,
-    dir: PathBuf,
-}
-
-impl Drop for Restored<'_> {
-    fn drop(&mut self) {
-        self.source.stop_data_dir(&self.dir);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Runbooks that cannot rot: every block of `docs/runbooks/*.md` marked `sh runnable` is
 //! run, page by page, against a real environment (PostgreSQL archiving into Garage, a
-//! policy with a point-in-time restore test, a logical and a physical backup), exactly
+//! policy with a point-in-time restore test and a copy in a second bucket, a logical and
+//! a physical backup), exactly
 //! as the page's README promises. A command the tool no longer accepts, or a check that
 //! no longer holds, fails the page's test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -55,13 +56,19 @@ impl Environment {
         let drills = work.path().join("drills");
         std::fs::create_dir(&drills).unwrap();
         let key = keygen(work.path(), "ops");
+        // The copy `dr` in a second bucket (docs/runbooks/README.md: `COPY`).
+        let (copy_bucket, copy_prefix) = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(server.fresh_location());
         let (_, _, policy) = pgvault_integration::s3_policy(
             &server,
             work.path(),
             &source.url("postgres"),
             &key.recipient,
             &format!(
-                "[retention]\nkeep_last = 5\n[restore_test]\nkind = \"pitr\"\nrto_objective = \"10m\"\nwork_dir = \"{}\"\n",
+                "[[repository.copies]]\nname = \"dr\"\nurl = \"s3://{copy_bucket}/{copy_prefix}\"\nendpoint = \"{}\"\nregion = \"{}\"\n[retention]\nkeep_last = 5\n[restore_test]\nkind = \"pitr\"\nrto_objective = \"10m\"\nwork_dir = \"{}\"\n",
+                server.endpoint,
+                server.region,
                 drills.display()
             ),
         );
@@ -156,6 +163,7 @@ impl Environment {
             .env("WORK", &scratch)
             .env("PORT", free_port().to_string())
             .env("TARGET_TIME", &self.target_time)
+            .env("COPY", "dr")
             .current_dir(self.work.path())
             .output()
             .unwrap();
@@ -222,6 +230,11 @@ fn runbook_upgrade_pgvault() {
     page_test("upgrade-pgvault.md");
 }
 
+#[test]
+fn runbook_restore_from_the_second_region() {
+    page_test("restore-from-the-second-region.md");
+}
+
 /// Every page with runnable blocks has a test above, and every runbook the alert rules
 /// and the DR plan link to exists.
 #[test]
@@ -236,6 +249,7 @@ fn every_runbook_is_tested_and_every_link_to_one_resolves() {
         "keys.md",
         "bucket-or-region-outage.md",
         "upgrade-pgvault.md",
+        "restore-from-the-second-region.md",
     ];
     for entry in std::fs::read_dir(runbooks_dir()).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();

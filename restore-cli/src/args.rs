@@ -79,6 +79,9 @@ pub(crate) enum Command {
         /// Segments to keep ready ahead of recovery.
         #[arg(long, default_value_t = 8)]
         window: usize,
+        /// Read this copy (`[[repository.copies]]` name) instead of the primary.
+        #[arg(long, value_name = "NAME")]
+        from_copy: Option<String>,
         /// The prefetch directory (`pg_wal/.pgvault-prefetch`).
         dir: PathBuf,
     },
@@ -96,14 +99,18 @@ pub(crate) enum Command {
         /// Segments a long-lived prefetcher keeps downloaded ahead of recovery (0: none).
         #[arg(long, default_value_t = 8)]
         prefetch: usize,
+        /// Fetch from this copy (`[[repository.copies]]` name) instead of the primary.
+        #[arg(long, value_name = "NAME")]
+        from_copy: Option<String>,
         /// The WAL file name (`%f`).
         name: String,
         /// Where PostgreSQL wants it (`%p`).
         dest: PathBuf,
     },
     /// Validate the policy, probe its database and repository, and report WAL continuity
-    /// from every physical base backup and the archiver's lag (the RPO of PITR now).
-    /// Exit 2 when a gap is found or archiving is failing.
+    /// from every physical base backup and the archiver's lag (the RPO of PITR now), and
+    /// how far each copy (`[[repository.copies]]`) lags. Exit 2 when a gap is found,
+    /// archiving is failing, or a copy is unreadable or further behind than its max_lag.
     Check {
         /// Policy file.
         #[arg(long)]
@@ -147,6 +154,9 @@ pub(crate) enum Command {
         /// Only backups started at or before this time.
         #[arg(long, value_name = "TIME", value_parser = parse_time)]
         until: Option<DateTime<Utc>>,
+        /// List this copy (`[[repository.copies]]` name) instead of the primary.
+        #[arg(long, value_name = "NAME")]
+        from_copy: Option<String>,
     },
     /// Check a backup's stored bytes (and, with an identity, its contents).
     Verify {
@@ -159,6 +169,10 @@ pub(crate) enum Command {
         /// age identity file: also decrypt, decompress and read the dump's table of contents.
         #[arg(long)]
         identity: Option<PathBuf>,
+        /// Verify the backup in this copy (`[[repository.copies]]` name) instead of the
+        /// primary.
+        #[arg(long, value_name = "NAME")]
+        from_copy: Option<String>,
     },
     /// Apply the policy's [retention]: delete backups no rule keeps, clean up leftovers.
     Prune {
@@ -168,6 +182,40 @@ pub(crate) enum Command {
         /// Print each backup with KEEP/DELETE and the rules that keep it; delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Prune this copy (`[[repository.copies]]` name) by its own rules
+        /// (`[repository.copies.retention]`, else `[retention]`) instead of the primary.
+        #[arg(long, value_name = "NAME")]
+        copy: Option<String>,
+    },
+    /// Copy backups and WAL to the policy's copies (`[[repository.copies]]`), verified at
+    /// both ends: what restores and point-in-time restores need (WAL archive, gap
+    /// records, stream chunks, restore-test reports), each backup's manifest last.
+    /// Copying again copies only what is missing. Exit 2 when something could not be
+    /// copied (a damaged source object, a conflicting file in the copy).
+    Copy {
+        /// Policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Copy this backup (id, unique prefix or "latest") and the backups it builds on.
+        #[arg(
+            required_unless_present = "all_missing",
+            conflicts_with = "all_missing"
+        )]
+        backup: Option<String>,
+        /// Copy every backup the copy's retention keeps that the copy lacks.
+        #[arg(long)]
+        all_missing: bool,
+        /// Only this copy (default: every copy of the policy).
+        #[arg(long, value_name = "NAME")]
+        to: Option<String>,
+        /// Also read back every object already in the copy, and copy again those whose
+        /// digest does not match (without it, objects of complete backups are checked by
+        /// size).
+        #[arg(long)]
+        verify: bool,
+        /// Print what was copied as JSON (docs/CLI-JSON.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Prepare the repository's storage.
     Storage {
@@ -221,6 +269,10 @@ pub(crate) enum Command {
         /// Print the report JSON instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Restore from this copy (`[[repository.copies]]` name), proving it restores;
+        /// the report is stored in the primary (default: [restore_test] from_copy).
+        #[arg(long, value_name = "NAME")]
+        from_copy: Option<String>,
     },
     /// Restore-test reports: list, show, verify their hash chain.
     Reports {
@@ -250,6 +302,10 @@ pub(crate) enum Command {
         /// Replace a target database that has user tables.
         #[arg(long)]
         force: bool,
+        /// Restore from this copy (`[[repository.copies]]` name) instead of the primary;
+        /// a point-in-time restore then fetches WAL from the copy too.
+        #[arg(long, value_name = "NAME")]
+        from_copy: Option<String>,
         #[command(flatten)]
         logical: LogicalRestoreArgs,
     },
@@ -317,6 +373,9 @@ pub(crate) enum ReportsAction {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Read the reports copied to this copy (`[[repository.copies]]` name).
+        #[arg(long, value_name = "NAME")]
+        from_copy: Option<String>,
     },
     /// Print one report (Markdown by default).
     Show {
@@ -329,12 +388,18 @@ pub(crate) enum ReportsAction {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
         format: ReportFormat,
+        /// Read the reports copied to this copy (`[[repository.copies]]` name).
+        #[arg(long, value_name = "NAME")]
+        from_copy: Option<String>,
     },
     /// Check the reports' hash chain: no report altered, deleted or reordered.
     Verify {
         /// Policy file.
         #[arg(long)]
         policy: PathBuf,
+        /// Check the reports copied to this copy (`[[repository.copies]]` name).
+        #[arg(long, value_name = "NAME")]
+        from_copy: Option<String>,
     },
 }
 
@@ -346,6 +411,10 @@ pub(crate) enum StorageAction {
         /// Policy file.
         #[arg(long)]
         policy: PathBuf,
+        /// Prepare this copy's storage (`[[repository.copies]]` name) instead of the
+        /// primary's.
+        #[arg(long, value_name = "NAME")]
+        copy: Option<String>,
     },
 }
 

@@ -112,9 +112,17 @@ fn load_policy(path: &std::path::Path) -> Result<Policy> {
 }
 
 async fn open_repository(policy: &Policy) -> Result<Repository> {
-    Repository::open(policy)
+    open_repository_from(policy, None).await
+}
+
+/// The policy's primary repository, or its copy `from_copy` (`--from-copy NAME`).
+async fn open_repository_from(policy: &Policy, from_copy: Option<&str>) -> Result<Repository> {
+    Repository::open_from(policy, from_copy)
         .await
-        .with_context(|| format!("cannot open the repository of policy {}", policy.name))
+        .with_context(|| match from_copy {
+            Some(copy) => format!("cannot open copy {copy} of policy {}", policy.name),
+            None => format!("cannot open the repository of policy {}", policy.name),
+        })
 }
 
 /// The longest the progress display waits for a backup's size estimate.
@@ -192,15 +200,27 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Prune { policy, dry_run } => {
+        Command::Prune {
+            policy,
+            dry_run,
+            copy,
+        } => {
             let policy = load_policy(&policy)?;
-            let retention = policy.retention.clone().with_context(|| {
+            let retention = match copy.as_deref() {
+                None => policy.retention.clone(),
+                Some(name) => policy.retention_of_copy(policy.copy(name)?).cloned(),
+            };
+            let retention = retention.with_context(|| {
                 format!(
-                    "policy {} has no [retention] section; add keep rules (e.g. keep_daily = 7) to prune",
-                    policy.name
+                    "policy {} has no [retention] section{}; add keep rules (e.g. keep_daily = 7) to prune",
+                    policy.name,
+                    if copy.is_some() { " and the copy no [repository.copies.retention]" } else { "" }
                 )
             })?;
-            let repo = open_repository(&policy).await?;
+            let repo = open_repository_from(&policy, copy.as_deref()).await?;
+            if let Some(name) = &copy {
+                println!("copy {name} ({}):", repo.storage().describe());
+            }
             let plan = unless_cancelled(cancel, prune::plan(&repo, &retention, chrono::Utc::now()))
                 .await?;
             print!("{}", output::prune_plan(&plan));
@@ -220,11 +240,26 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             );
             Ok(0)
         }
-        Command::Storage {
-            action: StorageAction::Init { policy },
+        Command::Copy {
+            policy,
+            backup,
+            all_missing,
+            to,
+            verify,
+            json,
         } => {
             let policy = load_policy(&policy)?;
-            let set = storage::init(&policy.repository.storage, &policy.name)
+            run_copy(&policy, backup, all_missing, to, verify, json, cancel).await
+        }
+        Command::Storage {
+            action: StorageAction::Init { policy, copy },
+        } => {
+            let policy = load_policy(&policy)?;
+            let settings = match copy.as_deref() {
+                None => &policy.repository.storage,
+                Some(name) => &policy.copy(name)?.repository.storage,
+            };
+            let set = storage::init(settings, &policy.name)
                 .await
                 .with_context(|| format!("cannot set up the storage of policy {}", policy.name))?;
             for line in set {
@@ -239,9 +274,14 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             report_dir,
             keep,
             json,
+            from_copy,
         } => {
             let policy = load_policy(&policy)?;
-            let config = policy.restore_test.clone().unwrap_or_default();
+            let mut config = policy.restore_test.clone().unwrap_or_default();
+            if let Some(name) = from_copy {
+                policy.copy(&name)?;
+                config.from_copy = Some(name);
+            }
             let identity = identity
                 .or_else(|| config.identity_file.clone())
                 .with_context(|| {
@@ -314,10 +354,26 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             let found = pgvault_core::physical::archive_check::check(&repo, &policy)
                 .await
                 .with_context(|| format!("cannot read the repository of policy {}", policy.name))?;
-            print!(
-                "{}",
-                output::archive_check(&policy.name, &found, chrono::Utc::now())
-            );
+            let now = chrono::Utc::now();
+            print!("{}", output::archive_check(&policy.name, &found, now));
+            // How far each copy lags.
+            let mut copies_healthy = true;
+            for copy in &policy.copies {
+                match pgvault_core::copy::lag::lag_of(&policy, copy, now).await {
+                    Ok(lag) => {
+                        copies_healthy &= !lag.behind();
+                        print!("{}", output::copy_lag(&lag, now));
+                    }
+                    Err(e) => {
+                        copies_healthy = false;
+                        println!(
+                            "  FAIL  copy {} ({}): cannot read it: {e}",
+                            copy.name,
+                            pgvault_core::copy::location_of(copy)
+                        );
+                    }
+                }
+            }
             // Scratch databases that interrupted restores or drills left behind, on the
             // servers the policy names.
             for url in policy.servers() {
@@ -326,7 +382,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                     Err(e) => tracing::debug!(error = %e, "cannot look for leftover databases"),
                 }
             }
-            Ok(if found.healthy() {
+            Ok(if found.healthy() && copies_healthy {
                 0
             } else {
                 EXIT_CHECK_FAILED
@@ -378,12 +434,13 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             policy,
             identity,
             window,
+            from_copy,
             dir,
         } => {
             let policy_path = policy;
             let policy = load_policy(&policy_path)?;
             let identities = Identities::load(&identity)?;
-            let repo = open_repository(&policy).await?;
+            let repo = open_repository_from(&policy, from_copy.as_deref()).await?;
             let recipients = policy.recipients.fingerprints();
             let fetched = wal::prefetcher::run_prefetcher(
                 &repo,
@@ -414,6 +471,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             policy,
             identity,
             prefetch,
+            from_copy,
             name,
             dest,
         } => {
@@ -426,13 +484,19 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 } else {
                     let policy = load_policy(&policy)?;
                     let identities = Identities::load(&identity)?;
-                    let repo = open_repository(&policy).await?;
+                    let repo = open_repository_from(&policy, from_copy.as_deref()).await?;
                     let recipients = policy.recipients.fingerprints();
                     wal::fetch(&repo, &name, &dest, &identities, &recipients, cancel).await?
                 };
                 if prefetch > 0 {
                     let noted = wal::prefetcher::note_wanted(&dir, &name, size, &policy).and_then(|()| {
-                        wal::prefetcher::ensure_prefetcher(&dir, &policy, &identity, prefetch)
+                        wal::prefetcher::ensure_prefetcher(
+                            &dir,
+                            &policy,
+                            &identity,
+                            prefetch,
+                            from_copy.as_deref(),
+                        )
                     });
                     if let Err(e) = noted {
                         tracing::warn!(error = %e, "cannot run the WAL prefetcher; recovery fetches each file itself");
@@ -576,6 +640,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             kind,
             since,
             until,
+            from_copy,
         } => {
             if let (Some(since), Some(until)) = (since, until) {
                 anyhow::ensure!(
@@ -589,7 +654,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 until,
             };
             let policy = load_policy(&policy)?;
-            let repo = open_repository(&policy).await?;
+            let repo = open_repository_from(&policy, from_copy.as_deref()).await?;
             let catalog = filter.apply(repo.catalog().await.context("cannot list backups")?);
             if json {
                 let mut entries: Vec<serde_json::Value> = catalog
@@ -613,9 +678,10 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             policy,
             backup,
             identity,
+            from_copy,
         } => {
             let policy = load_policy(&policy)?;
-            let repo = open_repository(&policy).await?;
+            let repo = open_repository_from(&policy, from_copy.as_deref()).await?;
             let identities = identity.as_deref().map(Identities::load).transpose()?;
             let manifest = repo.resolve(&backup, None).await?;
             let report = verify::verify_backup(
@@ -643,13 +709,14 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             identity,
             dry_run,
             force,
+            from_copy,
             logical,
         } => {
             let policy = load_policy(&policy_path)?;
             if pitr.pgdata.is_some() {
                 return run_pitr(
                     &policy,
-                    &policy_path,
+                    (&policy_path, from_copy.as_deref()),
                     &identity,
                     pitr,
                     force,
@@ -659,7 +726,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 .await;
             }
             let target = target.context("--target or --pgdata is required")?;
-            let repo = open_repository(&policy).await?;
+            let repo = open_repository_from(&policy, from_copy.as_deref()).await?;
             let identities = Identities::load(&identity)?;
             let options = restore::RestoreOptions {
                 force,
@@ -747,10 +814,10 @@ async fn run_table_restore(
     })
 }
 
-/// A point-in-time restore: `restore --pgdata`.
+/// A point-in-time restore: `restore --pgdata`, from the primary or the copy named.
 async fn run_pitr(
     policy: &Policy,
-    policy_path: &std::path::Path,
+    (policy_path, from_copy): (&std::path::Path, Option<&str>),
     identity: &std::path::Path,
     args: PitrArgs,
     force: bool,
@@ -774,7 +841,12 @@ async fn run_pitr(
     let options = pitr::PitrOptions {
         force,
         action: args.target_action.into(),
-        restore_command: wal::restore_command(policy_path, identity, args.prefetch)?,
+        restore_command: wal::restore_command_from(
+            policy_path,
+            identity,
+            args.prefetch,
+            from_copy,
+        )?,
         start: args.start,
         port: args.port,
         bin_dir: policy.source.bin_dir.clone(),
@@ -784,7 +856,7 @@ async fn run_pitr(
     };
     let pgdata = pgdata.as_path();
     let identities = Identities::load(identity)?;
-    let repo = open_repository(policy).await?;
+    let repo = open_repository_from(policy, from_copy).await?;
     let plan = pitr::plan(&repo, point, timeline, pgdata, &identities)
         .await
         .context("cannot plan the point-in-time restore")?;
@@ -828,6 +900,70 @@ async fn run_pitr(
     Ok(0)
 }
 
+/// `pgvault copy`: copy to every copy of the policy, or the one `--to` names.
+async fn run_copy(
+    policy: &Policy,
+    backup: Option<String>,
+    all_missing: bool,
+    to: Option<String>,
+    verify: bool,
+    json: bool,
+    cancel: &CancellationToken,
+) -> Result<u8> {
+    use pgvault_core::copy;
+    let copies: Vec<&pgvault_core::policy::CopyConfig> = match to.as_deref() {
+        Some(name) => vec![policy.copy(name)?],
+        None => policy.copies.iter().collect(),
+    };
+    if copies.is_empty() {
+        anyhow::bail!(
+            "policy {} has no [[repository.copies]]; declare one (a name and a url) to copy to",
+            policy.name
+        );
+    }
+    let request = copy::CopyRequest {
+        selection: match (backup, all_missing) {
+            (Some(selector), false) => copy::Selection::Backup(selector),
+            _ => copy::Selection::AllMissing,
+        },
+        verify_existing: verify,
+    };
+    let mut reports = Vec::new();
+    let mut stopped = false;
+    for config in copies {
+        // One unreachable copy does not keep the others from being filled.
+        let report = match copy::copy_to(policy, config, &request, cancel).await {
+            Ok(report) => report,
+            Err(pgvault_core::Error::Cancelled) => {
+                return Err(pgvault_core::Error::Cancelled.into())
+            }
+            Err(e) => {
+                stopped = true;
+                eprintln!(
+                    "pgvault: copy to {} at {} stopped: {e}; run it again to resume (what was copied stays)",
+                    config.name,
+                    copy::location_of(config)
+                );
+                continue;
+            }
+        };
+        if !json {
+            print!("{}", output::copy_summary(&report));
+        }
+        reports.push(report);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(if stopped {
+        EXIT_UNREADABLE
+    } else if reports.iter().all(copy::CopyReport::complete) {
+        0
+    } else {
+        EXIT_CHECK_FAILED
+    })
+}
+
 fn write_report_files(dir: &std::path::Path, outcome: &drill::DrillOutcome) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create report directory {}", dir.display()))?;
@@ -846,9 +982,13 @@ fn write_report_files(dir: &std::path::Path, outcome: &drill::DrillOutcome) -> R
 
 async fn run_reports(action: ReportsAction) -> Result<u8> {
     match action {
-        ReportsAction::List { policy, json } => {
+        ReportsAction::List {
+            policy,
+            json,
+            from_copy,
+        } => {
             let policy = load_policy(&policy)?;
-            let repo = open_repository(&policy).await?;
+            let repo = open_repository_from(&policy, from_copy.as_deref()).await?;
             let mut reports = Vec::new();
             for id in drill::store::list_ids(&repo).await? {
                 let (report, _) = drill::store::load(&repo, &id).await?;
@@ -862,9 +1002,14 @@ async fn run_reports(action: ReportsAction) -> Result<u8> {
             }
             Ok(0)
         }
-        ReportsAction::Show { policy, id, format } => {
+        ReportsAction::Show {
+            policy,
+            id,
+            format,
+            from_copy,
+        } => {
             let policy = load_policy(&policy)?;
-            let repo = open_repository(&policy).await?;
+            let repo = open_repository_from(&policy, from_copy.as_deref()).await?;
             let (report, json) = drill::store::load(&repo, &id).await?;
             match format {
                 ReportFormat::Json => print!("{}", String::from_utf8_lossy(&json)),
@@ -880,9 +1025,9 @@ async fn run_reports(action: ReportsAction) -> Result<u8> {
             }
             Ok(0)
         }
-        ReportsAction::Verify { policy } => {
+        ReportsAction::Verify { policy, from_copy } => {
             let policy = load_policy(&policy)?;
-            let repo = open_repository(&policy).await?;
+            let repo = open_repository_from(&policy, from_copy.as_deref()).await?;
             let stored = drill::store::read_all(&repo).await?;
             let findings = drill::store::verify_chain(&stored);
             let mut broken = 0;

@@ -868,6 +868,113 @@ pub fn leftover_databases(found: &[pgvault_core::logical::restore::LeftoverDatab
     out
 }
 
+/// What `pgvault copy` did for one copy: one line of totals, then what was left out and
+/// what failed.
+pub fn copy_summary(report: &pgvault_core::copy::CopyReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "copy {} ({}): {} backup(s) copied, {} already there{}; {} WAL file(s) and {} other object(s) copied; {} written",
+        report.copy,
+        report.location,
+        report.backups_copied.len(),
+        report.backups_present,
+        if report.backups_repaired.is_empty() {
+            String::new()
+        } else {
+            format!(", {} repaired", report.backups_repaired.len())
+        },
+        report.wal_files_copied,
+        report.other_objects_copied,
+        human_bytes(report.bytes_copied)
+    );
+    for id in &report.backups_copied {
+        let _ = writeln!(out, "  copied    {id}");
+    }
+    for id in &report.backups_repaired {
+        let _ = writeln!(
+            out,
+            "  repaired  {id} (the copy held an object missing or damaged)"
+        );
+    }
+    if report.objects_repaired > 0 {
+        let _ = writeln!(
+            out,
+            "  {} object(s) in the copy had the wrong size or digest and were copied again",
+            report.objects_repaired
+        );
+    }
+    if !report.left_out.is_empty() {
+        let _ = writeln!(
+            out,
+            "  not copied: {} backup(s) the copy's retention does not keep",
+            report.left_out.len()
+        );
+    }
+    for id in &report.damaged_in_source {
+        let _ = writeln!(
+            out,
+            "  WARN  backup {id}: its manifest in the primary is damaged; not copied"
+        );
+    }
+    for failure in &report.failures {
+        let _ = writeln!(out, "  FAIL  {failure}");
+    }
+    out
+}
+
+/// One copy's line in `pgvault check`: up to date, lagging within `max_lag`, or behind.
+pub fn copy_lag(
+    lag: &pgvault_core::copy::lag::CopyLag,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let seconds = |d: chrono::Duration| human_seconds(d.num_milliseconds() as f64 / 1000.0);
+    let mut out = String::new();
+    let wal = format!(
+        "WAL: primary at {}, copy at {}{}",
+        lag.newest_wal_primary.as_deref().unwrap_or("none"),
+        lag.newest_wal_copy.as_deref().unwrap_or("none"),
+        match (lag.missing_wal, lag.wal_lag) {
+            (0, _) => String::new(),
+            (n, Some(age)) => format!(
+                ", {n} file(s) missing, the oldest archived {} ago",
+                seconds(age)
+            ),
+            (n, None) => format!(", {n} file(s) missing"),
+        }
+    );
+    let status = if lag.behind() {
+        "FAIL "
+    } else if lag.missing.is_empty() {
+        "OK   "
+    } else {
+        "LAG  "
+    };
+    let backups = match lag.newest_missing_age(now) {
+        None => format!("{} backup(s), none missing", lag.backups_in_copy),
+        Some(newest) => format!(
+            "{} backup(s) missing (the newest finished {} ago); behind by {}, max_lag {}",
+            lag.missing.len(),
+            seconds(newest),
+            seconds(lag.lag),
+            seconds(lag.max_lag)
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "  {status} copy {} ({}): {backups}; {wal}",
+        lag.copy, lag.location
+    );
+    if lag.behind() {
+        let _ = writeln!(
+            out,
+            "        run `pgvault copy --all-missing --to {}`, and look at why the agent's copies fail",
+            lag.copy
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

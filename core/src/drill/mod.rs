@@ -226,14 +226,49 @@ pub async fn run(
         pg_restore: String::new(),
         host: crate::notify::host_name(),
     };
-    let drilled = match config.kind {
-        crate::policy::DrillKind::Pitr => {
-            point_in_time::drill(repo, &request, started_at, &mut record, &mut tools, cancel).await
-        }
-        crate::policy::DrillKind::Logical => {
-            logical_drill(repo, &request, started_at, &mut record, &mut tools, cancel).await
-        }
+    // The backups come from the copy `from_copy` names, when set (proving that the
+    // copy restores); the report goes to `repo`, the policy's report store, either way.
+    let source = match &config.from_copy {
+        Some(name) => Repository::open_copy(request.policy, name).await,
+        None => Ok(repo.clone()),
     };
+    let drilled = match source {
+        Err(e) => Err(e.within(format!(
+            "cannot open copy {}",
+            config.from_copy.as_deref().unwrap_or_default()
+        ))),
+        Ok(source) => match config.kind {
+            crate::policy::DrillKind::Pitr => {
+                point_in_time::drill(
+                    &source,
+                    &request,
+                    started_at,
+                    &mut record,
+                    &mut tools,
+                    cancel,
+                )
+                .await
+            }
+            crate::policy::DrillKind::Logical => {
+                logical_drill(
+                    &source,
+                    &request,
+                    started_at,
+                    &mut record,
+                    &mut tools,
+                    cancel,
+                )
+                .await
+            }
+        },
+    };
+    let drilled = drilled.map(|(tested, target, rpo)| {
+        let tested = tested.map(|t| TestedBackup {
+            from_copy: config.from_copy.clone(),
+            ..t
+        });
+        (tested, target, rpo)
+    });
     let (tested, target_info, rpo) = match drilled {
         Ok(found) => found,
         Err(Error::Cancelled) => return Err(Error::Cancelled),
@@ -460,6 +495,7 @@ pub(crate) fn tested_backup(m: &BackupManifest, picked: String) -> TestedBackup 
         dump_stored_sha256: dump
             .map(|o| o.digest.stored_digest_label())
             .unwrap_or_default(),
+        from_copy: None,
         dump_plain_sha256: dump
             .map(|o| o.digest.raw_sha256.clone())
             .unwrap_or_default(),

@@ -135,9 +135,12 @@ pub(crate) async fn drill(
     };
     // A target needs a commit after it in the archive, or recovery ends before reaching
     // it. The drill makes one (an empty transaction), closes its WAL segment and waits
-    // until it is archived; without access to the source it falls back to the newest
-    // archived segment's time.
-    let anchor = anchor_commit(repo, &request.policy.source.url).await;
+    // until it is archived (a drill against a copy then copies the WAL the copy lacks);
+    // without access to the source it falls back to the newest archived segment's time.
+    let anchor = match config.from_copy.as_deref() {
+        None => anchor_commit(repo, &request.policy.source.url).await,
+        Some(copy) => anchor_in_copy(request.policy, copy, cancel).await,
+    };
     if let Err(e) = &anchor {
         tracing::warn!(error = %e, "cannot write an anchor commit on the source; the drill's target may lie past the archived WAL");
     }
@@ -201,10 +204,11 @@ pub(crate) async fn drill(
             target.format("%Y-%m-%d %H:%M:%S UTC")
         ),
     );
-    let restore_command = match crate::physical::wal::restore_command(
+    let restore_command = match crate::physical::wal::restore_command_from(
         &request.policy.path,
         request.identities.path(),
         4,
+        config.from_copy.as_deref(),
     ) {
         Ok(command) => command,
         Err(e) => {
@@ -403,6 +407,38 @@ async fn anchor_commit(repo: &Repository, source_url: &str) -> Result<DateTime<U
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+}
+
+/// The anchor commit of a drill against the copy `copy`: made on the source and awaited
+/// in the primary repository like any anchor, then the WAL the copy lacks is copied to
+/// it (as `pgvault copy` would), so that the target lies inside the copy's WAL. The
+/// backup and every WAL file are still read from the copy.
+async fn anchor_in_copy(
+    policy: &crate::policy::Policy,
+    copy: &str,
+    cancel: &CancellationToken,
+) -> Result<DateTime<Utc>> {
+    let primary = Repository::open(policy).await?;
+    let before = anchor_commit(&primary, &policy.source.url).await?;
+    let config = policy.copy(copy)?;
+    let target = Repository::open_copy(policy, copy).await?;
+    let copied = crate::copy::copy_wal(
+        &primary,
+        &crate::copy::CopyTarget {
+            name: copy,
+            repo: &target,
+            retention: policy.retention_of_copy(config),
+            transfer: crate::copy::transfer_of(config),
+        },
+        cancel,
+    )
+    .await?;
+    if let Some(failure) = copied.failures.first() {
+        return Err(Error::Invalid(format!(
+            "cannot bring copy {copy}'s WAL up to the drill's anchor: {failure}"
+        )));
+    }
+    Ok(before)
 }
 
 fn work_dir(parent: Option<&std::path::Path>) -> Result<tempfile::TempDir> {

@@ -622,9 +622,15 @@ fn drill_fields(report: &DrillReport) -> Vec<Field> {
 
 /// The backup that was restored.
 fn backup_fields(backup: &TestedBackup) -> Vec<Field> {
-    vec![
+    let mut fields = vec![
         code_field("Backup id", &backup.id),
         field("Picked", &backup.picked),
+    ];
+    // Only a drill against a copy says where it read from: the primary is the default.
+    if let Some(copy) = &backup.from_copy {
+        fields.push(field("Read from", format!("copy {copy}")));
+    }
+    fields.extend([
         field("Database", &backup.database),
         field("Server version", &backup.server_version),
         field("Backup started", timestamp(&backup.started_at)),
@@ -633,7 +639,8 @@ fn backup_fields(backup: &TestedBackup) -> Vec<Field> {
         field("Dump size (plaintext)", bytes_text(backup.dump_bytes)),
         code_field("Stored sha256", &backup.dump_stored_sha256),
         code_field("Plaintext sha256", &backup.dump_plain_sha256),
-    ]
+    ]);
+    fields
 }
 
 /// Where the backup was restored.
@@ -755,6 +762,7 @@ mod tests {
                 dump_bytes: 4_294_967_296,
                 dump_stored_sha256: "a".repeat(64),
                 dump_plain_sha256: "b".repeat(64),
+                from_copy: None,
             }),
             target: Some(DrillTarget {
                 kind: "ephemeral".into(),

@@ -59,6 +59,10 @@ pub struct TestedBackup {
     pub dump_stored_sha256: String,
     /// sha256 of the plaintext dump.
     pub dump_plain_sha256: String,
+    /// The copy (`[[repository.copies]]` name) the backup was read from; absent when it
+    /// came from the primary repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_copy: Option<String>,
 }
 
 /// Where a drill restored to.

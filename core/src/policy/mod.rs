@@ -6,6 +6,7 @@
 //! Secrets are referenced, never inlined: `${ENV_VAR}` in the source URL is expanded from
 //! the environment at load time.
 
+pub mod copies;
 pub mod expectation;
 mod raw;
 pub mod retention;
@@ -21,6 +22,8 @@ use sections::{InDir, Misplaced};
 use crate::error::{Error, Result};
 use crate::keys::Recipients;
 use crate::storage::{Location, StorageSettings};
+
+pub use copies::CopyConfig;
 
 /// Default size of one multipart upload part: small enough to keep memory bounded. The
 /// first 2000 parts (about 15.6 GiB) use it, then parts double in size every 2000 parts
@@ -58,6 +61,8 @@ pub struct Policy {
     pub notify: Option<crate::notify::NotifyConfig>,
     /// Restore tests, when the policy has a `[restore_test]` section.
     pub restore_test: Option<RestoreTestConfig>,
+    /// Other repositories the backups are copied to (`[[repository.copies]]`).
+    pub copies: Vec<CopyConfig>,
 }
 
 /// Where a restore test restores to.
@@ -136,6 +141,9 @@ pub struct RestoreTestConfig {
     pub check_timeout: chrono::Duration,
     /// The policy's SQL checks.
     pub checks: Vec<SqlCheck>,
+    /// Restore from this copy (`[[repository.copies]]` name) instead of the primary
+    /// repository, to prove the copy restores; the report is stored in the primary.
+    pub from_copy: Option<String>,
 }
 
 /// The drill a policy without a `[restore_test]` section gets on demand (and what each
@@ -159,6 +167,7 @@ impl Default for RestoreTestConfig {
             amcheck: true,
             check_timeout: chrono::Duration::minutes(10),
             checks: Vec::new(),
+            from_copy: None,
         }
     }
 }
@@ -396,6 +405,32 @@ impl Policy {
         }
     }
 
+    /// The copy named `name` (`[[repository.copies]]`), or an error that lists the
+    /// policy's copies.
+    pub fn copy(&self, name: &str) -> Result<&CopyConfig> {
+        self.copies.iter().find(|c| c.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.copies.iter().map(|c| c.name.as_str()).collect();
+            Error::Invalid(if names.is_empty() {
+                format!(
+                    "policy {} has no copy named {name:?}: it declares no [[repository.copies]]",
+                    self.name
+                )
+            } else {
+                format!(
+                    "policy {} has no copy named {name:?}; its copies: {}",
+                    self.name,
+                    names.join(", ")
+                )
+            })
+        })
+    }
+
+    /// The keep rules of `copy`: its own `[repository.copies.retention]`, else the
+    /// policy's `[retention]` (`None`: nothing is pruned from the copy).
+    pub fn retention_of_copy<'a>(&'a self, copy: &'a CopyConfig) -> Option<&'a RetentionConfig> {
+        copy.retention.as_ref().or(self.retention.as_ref())
+    }
+
     /// Read and validate a policy file.
     pub fn load(path: &Path) -> Result<Policy> {
         let text = std::fs::read_to_string(path)
@@ -451,11 +486,25 @@ impl Policy {
             dir,
         })
         .map_err(located)?;
+        let mut raw_repository = raw.repository;
+        let raw_copies = copies::take_copies(&mut raw_repository).map_err(located)?;
         let repository = RepositoryConfig::try_from(InDir {
-            raw: raw.repository,
+            raw: raw_repository,
             dir,
         })
         .map_err(located)?;
+        let mut copies = copies::parse_copies(raw_copies, dir, &repository).map_err(located)?;
+        if let Some(name) = raw.restore_test.as_ref().and_then(|r| r.from_copy.as_ref()) {
+            if !copies.iter().any(|c| c.name == *name.get_ref()) {
+                return Err(located(sections::at(
+                    Some(name.span()),
+                    format!(
+                        "[restore_test] from_copy {:?} names no [[repository.copies]] of this policy",
+                        name.get_ref()
+                    ),
+                )));
+            }
+        }
         let recipients = Recipients::try_from(InDir {
             raw: raw.encryption,
             dir,
@@ -497,6 +546,13 @@ impl Policy {
                 r.max_age = sch.backup.period(chrono::Utc::now(), 8).map(|p| p * 2);
             }
         }
+        // A copy's own rules get the same stale guard: a copy that stopped being filled
+        // must not age out its last good backups either.
+        for r in copies.iter_mut().filter_map(|c| c.retention.as_mut()) {
+            if let (None, Some(sch)) = (r.max_age, schedule.as_ref()) {
+                r.max_age = sch.backup.period(chrono::Utc::now(), 8).map(|p| p * 2);
+            }
+        }
 
         Ok(Policy {
             restore_test,
@@ -511,6 +567,7 @@ impl Policy {
             compression,
             backup,
             archive,
+            copies,
         })
     }
 }
@@ -748,6 +805,102 @@ mod tests {
             .to_string();
             assert!(err.contains(expected), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn copies_parse_like_the_repository_with_their_own_keys() {
+        let text = format!(
+            "{}[[repository.copies]]\nname = \"dr\"\nurl = \"s3://dr-bucket/pre\"\nregion = \"eu-central-1\"\nendpoint = \"http://127.0.0.1:3900\"\npart_size = \"16MiB\"\ncopy_after_backup = true\nmax_lag = \"6h\"\n[repository.copies.retention]\nkeep_last = 2\n[[repository.copies]]\nname = \"offline\"\nurl = \"file://./vault\"\n[retention]\nkeep_daily = 7\n[restore_test]\nfrom_copy = \"dr\"\n",
+            minimal("")
+        );
+        let p = parse(&text).unwrap();
+        assert_eq!(p.copies.len(), 2);
+        let dr = p.copy("dr").unwrap();
+        assert_eq!(
+            dr.repository.storage.location,
+            Location::S3 {
+                bucket: "dr-bucket".into(),
+                prefix: "pre".into()
+            }
+        );
+        assert_eq!(dr.repository.part_size, 16 << 20);
+        assert!(dr.copy_after_backup);
+        assert_eq!(dr.max_lag, chrono::Duration::hours(6));
+        assert_eq!(p.retention_of_copy(dr).unwrap().rules.keep_last, Some(2));
+        let offline = p.copy("offline").unwrap();
+        assert_eq!(
+            offline.repository.storage.location,
+            Location::Filesystem {
+                root: Path::new("./vault").to_path_buf()
+            }
+        );
+        assert!(!offline.copy_after_backup);
+        assert_eq!(offline.max_lag, copies::DEFAULT_COPY_MAX_LAG);
+        // Without rules of its own, a copy follows the policy's.
+        assert_eq!(
+            p.retention_of_copy(offline).unwrap().rules.keep_daily,
+            Some(7)
+        );
+        assert_eq!(p.restore_test.unwrap().from_copy.as_deref(), Some("dr"));
+        let primary_only = parse(&minimal("")).unwrap();
+        let err = primary_only.copy("nope").unwrap_err().to_string();
+        assert!(err.contains("declares no [[repository.copies]]"), "{err}");
+    }
+
+    #[test]
+    fn copy_mistakes_are_placed() {
+        let copy = |body: &str| {
+            parse(&format!("{}[[repository.copies]]\n{body}", minimal("")))
+                .unwrap_err()
+                .to_string()
+        };
+        for (body, expected) in [
+            ("url = \"s3://other\"\n", "needs a name"),
+            ("name = \"a b\"\nurl = \"s3://other\"\n", "must be 1 to 63 letters"),
+            ("name = \"dr\"\nurl = \"s3://bucket/pre/fix\"\n", "is the primary repository itself"),
+            ("name = \"dr\"\nurl = \"ftp://x\"\n", "must start with s3://"),
+            ("name = \"dr\"\nurl = \"s3://other\"\ncolour = 1\n", "unknown field `colour`"),
+            ("name = \"dr\"\nurl = \"s3://other\"\nmax_lag = \"10s\"\n", "max_lag must be at least 1m"),
+            (
+                "name = \"dr\"\nurl = \"s3://other\"\n[[repository.copies]]\nname = \"dr\"\nurl = \"s3://third\"\n",
+                "two copies are named \"dr\"",
+            ),
+            (
+                "name = \"dr\"\nurl = \"s3://other\"\n[[repository.copies]]\nname = \"dr2\"\nurl = \"s3://other\"\n",
+                "are the same repository",
+            ),
+            (
+                "name = \"dr\"\nurl = \"s3://other\"\n[repository.copies.retention]\nmax_age = \"2d\"\n",
+                "[repository.copies.retention] of copy \"dr\": [retention] needs at least one keep rule",
+            ),
+        ] {
+            let err = copy(body);
+            assert!(err.contains(expected), "{body}: {err}");
+            assert!(err.starts_with("p.toml:"), "{body}: {err}");
+        }
+        // The same bucket on another endpoint is another repository.
+        assert!(parse(&format!(
+            "{}[[repository.copies]]\nname = \"dr\"\nurl = \"s3://bucket/pre/fix\"\nendpoint = \"http://10.0.0.1:3900\"\n",
+            minimal("")
+        ))
+        .is_ok());
+        let err = parse(&minimal("copy_after_backup = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("p.toml:6:21: copy_after_backup is a key of [[repository.copies]]"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{}[restore_test]\nfrom_copy = \"dr\"\n",
+            minimal("")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("from_copy \"dr\" names no [[repository.copies]]"),
+            "{err}"
+        );
     }
 
     #[test]

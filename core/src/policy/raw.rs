@@ -46,6 +46,7 @@ pub(super) struct RawRestoreTest {
     pub(super) check_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) checks: Vec<RawSqlCheck>,
+    pub(super) from_copy: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +118,15 @@ pub(super) struct RawRepository {
     pub(super) stall_timeout: Option<Spanned<String>>,
     pub(super) max_attempts: Option<Spanned<u32>>,
     pub(super) retry_time: Option<Spanned<String>>,
+    // Keys of a `[[repository.copies]]` entry only (see `policy/copies.rs`): a copy is
+    // written like `[repository]`, plus these.
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) copy_after_backup: Option<Spanned<bool>>,
+    pub(super) max_lag: Option<Spanned<String>>,
+    pub(super) retention: Option<Spanned<RawRetention>>,
+    // `[repository]` only: its `[[repository.copies]]`.
+    #[serde(default)]
+    pub(super) copies: Vec<Spanned<RawRepository>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -680,6 +680,7 @@ impl TryFrom<InDir<'_, RawRestoreTest>> for RestoreTestConfig {
             amcheck: rt.amcheck.unwrap_or(defaults.amcheck),
             check_timeout: span(&rt.check_timeout)?.unwrap_or(defaults.check_timeout),
             checks,
+            from_copy: rt.from_copy.map(Spanned::into_inner),
         })
     }
 }

@@ -323,6 +323,22 @@ impl Repository {
         Ok(Repository::new(storage, &policy.name))
     }
 
+    /// Open the policy's copy named `name` (`[[repository.copies]]`): a repository of the
+    /// same format in another place, read and written like the primary.
+    pub async fn open_copy(policy: &Policy, name: &str) -> Result<Self> {
+        let copy = policy.copy(name)?;
+        let storage = crate::storage::open(&copy.repository.storage).await?;
+        Ok(Repository::new(storage, &policy.name))
+    }
+
+    /// The primary repository, or the copy `from_copy` names (what `--from-copy` picks).
+    pub async fn open_from(policy: &Policy, from_copy: Option<&str>) -> Result<Self> {
+        match from_copy {
+            Some(name) => Repository::open_copy(policy, name).await,
+            None => Repository::open(policy).await,
+        }
+    }
+
     /// The underlying storage.
     pub fn storage(&self) -> &dyn Storage {
         self.storage.as_ref()

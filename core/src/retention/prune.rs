@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Result;
 use crate::policy::RetentionConfig;
 use crate::repository::leftovers::{leftovers, remove_leftovers, Leftovers, Orphan, StaleUpload};
-use crate::repository::{BackupKind, Repository, MANIFEST};
+use crate::repository::{BackupKind, BackupManifest, Repository, MANIFEST};
 use crate::retention::{self, BackupRef, RetentionPlan};
 use crate::stop_signal::unless_cancelled;
 
@@ -44,41 +44,7 @@ pub async fn plan(
     now: DateTime<Utc>,
 ) -> Result<PrunePlan> {
     let manifests = repo.list_backups().await?;
-    // Logical and physical backups serve different restores: the rules apply to each
-    // kind on its own, so nightly dumps never push out the last base backup.
-    let mut retention = RetentionPlan {
-        entries: Vec::new(),
-        stale: None,
-    };
-    for kind in [BackupKind::Logical, BackupKind::Physical] {
-        let refs: Vec<BackupRef> = manifests
-            .iter()
-            .filter(|m| m.kind == kind)
-            .map(|m| BackupRef {
-                id: m.id.clone(),
-                time: m.started_at,
-                parent: m.chain_link().map(|l| l.parent.clone()),
-            })
-            .collect();
-        if refs.is_empty() {
-            continue;
-        }
-        let part = retention::plan(&refs, &config.rules, now, config.max_age)?;
-        retention.entries.extend(part.entries);
-        if let Some(stale) = part.stale {
-            let text = format!("{kind} backups: {stale}");
-            retention.stale = Some(match retention.stale.take() {
-                Some(before) => format!("{before}; {text}"),
-                None => text,
-            });
-        }
-    }
-    retention.entries.sort_by(|a, b| {
-        b.backup
-            .time
-            .cmp(&a.backup.time)
-            .then(b.backup.id.cmp(&a.backup.id))
-    });
+    let retention = plan_backups(&manifests, config, now)?;
 
     let found = leftovers(repo, now, Some(config.orphan_min_age)).await?;
     let deleted: Vec<&str> = retention
@@ -121,6 +87,52 @@ pub async fn plan(
         wal_to_delete,
         gaps_to_delete,
     })
+}
+
+/// The retention plan of `manifests` (a repository's readable backups) under `config`
+/// at `now`: the planner applied to each backup kind on its own. Pure; [`plan`] uses it
+/// for a repository, and `pgvault copy` for the backups a copy would keep.
+pub fn plan_backups(
+    manifests: &[BackupManifest],
+    config: &RetentionConfig,
+    now: DateTime<Utc>,
+) -> Result<RetentionPlan> {
+    // Logical and physical backups serve different restores: the rules apply to each
+    // kind on its own, so nightly dumps never push out the last base backup.
+    let mut retention = RetentionPlan {
+        entries: Vec::new(),
+        stale: None,
+    };
+    for kind in [BackupKind::Logical, BackupKind::Physical] {
+        let refs: Vec<BackupRef> = manifests
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(|m| BackupRef {
+                id: m.id.clone(),
+                time: m.started_at,
+                parent: m.chain_link().map(|l| l.parent.clone()),
+            })
+            .collect();
+        if refs.is_empty() {
+            continue;
+        }
+        let part = retention::plan(&refs, &config.rules, now, config.max_age)?;
+        retention.entries.extend(part.entries);
+        if let Some(stale) = part.stale {
+            let text = format!("{kind} backups: {stale}");
+            retention.stale = Some(match retention.stale.take() {
+                Some(before) => format!("{before}; {text}"),
+                None => text,
+            });
+        }
+    }
+    retention.entries.sort_by(|a, b| {
+        b.backup
+            .time
+            .cmp(&a.backup.time)
+            .then(b.backup.id.cmp(&a.backup.id))
+    });
+    Ok(retention)
 }
 
 /// What an executed prune removed.

@@ -89,6 +89,7 @@ fn logical_backup() -> TestedBackup {
         dump_bytes: 4_294_967_296,
         dump_stored_sha256: "5d41402abc4b2a76b9719d911017c592".repeat(2),
         dump_plain_sha256: "7d793037a0760186574b0282f2f435e7".repeat(2),
+        from_copy: None,
     }
 }
 
@@ -294,6 +295,7 @@ fn pitr_pass() -> DrillReport {
                 .into(),
             dump_plain_sha256: "a665a45920422f9d417e4867efdc4fb8a04a1f3fff1fa07e998e86f7f7a27ae3"
                 .into(),
+            from_copy: None,
         }),
         target: Some(DrillTarget {
             kind: "ephemeral".into(),
@@ -428,6 +430,7 @@ fn staging_first() -> DrillReport {
             dump_bytes: 999,
             dump_stored_sha256: "0".repeat(64),
             dump_plain_sha256: "f".repeat(64),
+            from_copy: None,
         }),
         target: Some(DrillTarget {
             kind: "staging".into(),
@@ -528,6 +531,7 @@ fn escaping() -> DrillReport {
             dump_bytes: 1,
             dump_stored_sha256: String::new(),
             dump_plain_sha256: "line\nbreak".into(),
+            from_copy: None,
         }),
         target: Some(DrillTarget {
             kind: "staging".into(),

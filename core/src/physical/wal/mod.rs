@@ -27,5 +27,5 @@ pub use name::{
 };
 pub use settings::{
     apply_archive_settings, archive_settings, command_word, pgvault_program, restore_command,
-    stream_settings, summary_settings, AppliedSetting,
+    restore_command_from, stream_settings, summary_settings, AppliedSetting,
 };

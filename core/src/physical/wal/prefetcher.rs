@@ -104,8 +104,15 @@ fn lock(dir: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
     crate::server::process::try_lock_exclusive(&dir.join("prefetcher.lock"))
 }
 
-/// Start a prefetcher for `dir` unless one runs: `pgvault wal-prefetcher`, detached.
-pub fn ensure_prefetcher(dir: &Path, policy: &Path, identity: &Path, window: usize) -> Result<()> {
+/// Start a prefetcher for `dir` unless one runs: `pgvault wal-prefetcher`, detached,
+/// reading the policy's copy `from_copy` when recovery reads one.
+pub fn ensure_prefetcher(
+    dir: &Path,
+    policy: &Path,
+    identity: &Path,
+    window: usize,
+    from_copy: Option<&str>,
+) -> Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     if lock(dir)?.is_none() {
@@ -120,8 +127,11 @@ pub fn ensure_prefetcher(dir: &Path, policy: &Path, identity: &Path, window: usi
         .arg("--identity")
         .arg(absolute(identity))
         .arg("--window")
-        .arg(window.to_string())
-        .arg(dir)
+        .arg(window.to_string());
+    if let Some(name) = from_copy {
+        cmd.arg("--from-copy").arg(name);
+    }
+    cmd.arg(dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     crate::server::process::spawn_detached(cmd, &format!("{} wal-prefetcher", program.display()))

@@ -154,12 +154,28 @@ pub fn pgvault_program() -> Result<PathBuf> {
 /// absolute path, see [`pgvault_program`]) running `wal-fetch` with the policy and
 /// identity files by absolute path, prefetching `prefetch` segments ahead.
 pub fn restore_command(policy: &Path, identity: &Path, prefetch: usize) -> Result<String> {
+    restore_command_from(policy, identity, prefetch, None)
+}
+
+/// [`restore_command`] reading the WAL of the policy's copy `from_copy` instead of the
+/// primary's (`wal-fetch --from-copy NAME`): a point-in-time restore from a copy must
+/// replay the copy's WAL too.
+pub fn restore_command_from(
+    policy: &Path,
+    identity: &Path,
+    prefetch: usize,
+    from_copy: Option<&str>,
+) -> Result<String> {
     let absolute = |p: &Path| {
         std::fs::canonicalize(p)
             .map_err(|e| Error::io(format!("cannot resolve {}", p.display()), e))
     };
+    let copy = match from_copy {
+        Some(name) => format!(" --from-copy {}", command_word(name)?),
+        None => String::new(),
+    };
     Ok(format!(
-        "{} wal-fetch --policy {} --identity {} --prefetch {prefetch} %f %p",
+        "{} wal-fetch --policy {} --identity {}{copy} --prefetch {prefetch} %f %p",
         command_word(&pgvault_program()?.display().to_string())?,
         command_word(&absolute(policy)?.display().to_string())?,
         command_word(&absolute(identity)?.display().to_string())?,
