@@ -20,7 +20,8 @@ pub(crate) async fn run(action: KeysAction) -> Result<u8> {
             remove,
             json,
         } => {
-            let policy = load_policy(&policy)?;
+            let policy_path = policy;
+            let policy = load_policy(&policy_path)?;
             let identities = Identities::load(&identity)?;
             let repo = open_repository(&policy).await?;
             let request = RotateRequest {
@@ -86,6 +87,21 @@ pub(crate) async fn run(action: KeysAction) -> Result<u8> {
                 for key in target.keys_text() {
                     eprintln!("  \"{key}\",");
                 }
+            }
+            if !policy.copies.is_empty()
+                && outcome.record.backups_rewrapped + outcome.record.wal_rewrapped > 0
+            {
+                eprintln!(
+                    "pgvault: the copies ({}) still hold the old headers: run `pgvault copy --policy {} --all-missing --verify` to give them the rewrapped objects",
+                    policy
+                        
+                        .copies
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    policy_path.display()
+                );
             }
             for (id, why) in &outcome.failed {
                 eprintln!("pgvault: backup {id} was not rewrapped: {why}");
