@@ -92,6 +92,7 @@ pub(super) struct RawRetention {
     pub(super) keep_within: Option<Spanned<String>>,
     pub(super) max_age: Option<Spanned<String>>,
     pub(super) orphan_min_age: Option<Spanned<String>>,
+    pub(super) prune_after_backup: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +118,14 @@ pub(super) struct RawRepository {
     pub(super) stall_timeout: Option<Spanned<String>>,
     pub(super) max_attempts: Option<Spanned<u32>>,
     pub(super) retry_time: Option<Spanned<String>>,
+    pub(super) object_lock: Option<Spanned<RawObjectLock>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawObjectLock {
+    pub(super) mode: Spanned<String>,
+    pub(super) days: Spanned<i64>,
 }
 
 #[derive(Debug, Deserialize)]

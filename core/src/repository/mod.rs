@@ -62,6 +62,22 @@ pub const WRITTEN_FORMAT_VERSIONS: [u32; 3] = [
 /// Name of the manifest object inside a backup's directory.
 pub const MANIFEST: &str = "manifest.json";
 
+/// The folder of a policy's run leases (`<policy>/runs/`, see [`lease`]).
+pub const RUNS_DIR: &str = "runs";
+/// The folder of a policy's stream chunks (`<policy>/wal-stream/`, docs/FORMAT.md §19).
+pub const STREAM_DIR: &str = "wal-stream";
+
+/// Prefixes of a policy's scratch objects: what pgvault itself deletes when a run ends
+/// or a segment is complete (run leases, stream chunks). They are never locked
+/// (`[repository] object_lock`), so that deleting them cannot fail on a lock; everything
+/// else a policy stores (backups, WAL, gap records, reports) is.
+pub fn scratch_prefixes(policy: &str) -> Vec<String> {
+    vec![
+        format!("{policy}/{RUNS_DIR}/"),
+        format!("{policy}/{STREAM_DIR}/"),
+    ]
+}
+
 /// A new backup id: UTC start time to the second plus 8 random hex digits, so ids sort by
 /// time and two agents starting in the same second still differ.
 pub fn new_backup_id(started: DateTime<Utc>) -> String {
@@ -312,8 +328,15 @@ impl Repository {
 
     /// Open the repository a policy names: the one place pgvault opens storage, so every
     /// command reaches the same bucket or directory with the same request settings.
+    ///
+    /// With `object_lock`, the storage is told which prefixes hold scratch objects
+    /// ([`scratch_prefixes`]): those are stored without a lock.
     pub async fn open(policy: &Policy) -> Result<Self> {
-        let storage = crate::storage::open(&policy.repository.storage).await?;
+        let mut settings = policy.repository.storage.clone();
+        if let Some(lock) = settings.object_lock.as_mut() {
+            lock.unlocked_prefixes = scratch_prefixes(&policy.name);
+        }
+        let storage = crate::storage::open(&settings).await?;
         Ok(Repository::new(storage, &policy.name))
     }
 
