@@ -48,4 +48,9 @@ fn every_example_policy_parses() {
     assert!(
         matches!(prod.repository.storage.location, Location::S3 { ref bucket, .. } if bucket == "acme-pg-backups")
     );
+    let lock = prod.repository.storage.object_lock.clone().unwrap();
+    assert_eq!(
+        (lock.mode, lock.days),
+        (pgvault_core::storage::LockMode::Compliance, 30)
+    );
 }

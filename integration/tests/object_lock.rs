@@ -608,3 +608,86 @@ fn a_filesystem_repository_with_object_lock_is_refused() {
         "{said}"
     );
 }
+
+/// The IAM policy (the first JSON block) of each role's section in docs/SECURITY.md.
+fn iam_policies() -> Vec<(String, Value)> {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/SECURITY.md"),
+    )
+    .unwrap();
+    let mut found = Vec::new();
+    for section in doc.split("\n### ").skip(1) {
+        let title = section.lines().next().unwrap().to_string();
+        if let Some(start) = section.find("```json\n") {
+            let body = &section[start + "```json\n".len()..];
+            let end = body.find("\n```").unwrap();
+            let policy: Value = serde_json::from_str(&body[..end])
+                .unwrap_or_else(|e| panic!("the policy of {title:?} is not JSON: {e}"));
+            found.push((title, policy));
+        }
+    }
+    found
+}
+
+/// The actions a policy allows.
+fn allowed(policy: &Value) -> Vec<String> {
+    policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Effect"] == "Allow")
+        .flat_map(|s| s["Action"].as_array().unwrap().clone())
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_security_guide_gives_each_role_a_valid_least_privilege_policy() {
+    let policies = iam_policies();
+    let find = |prefix: &str| {
+        policies
+            .iter()
+            .find(|(title, _)| title.starts_with(prefix))
+            .map(|(_, p)| allowed(p))
+            .unwrap_or_else(|| panic!("no IAM policy for {prefix}"))
+    };
+    for (title, policy) in &policies {
+        assert_eq!(policy["Version"], "2012-10-17", "{title}");
+        for action in allowed(policy) {
+            assert!(action.starts_with("s3:"), "{title}: {action}");
+        }
+    }
+    // The agent and wal-push write and may lock, but never delete or lift a lock.
+    for role in ["The agent", "`wal-push`"] {
+        let actions = find(role);
+        assert!(actions.contains(&"s3:PutObject".to_string()), "{role}: {actions:?}");
+        assert!(actions.contains(&"s3:PutObjectRetention".to_string()), "{role}");
+        assert!(
+            !actions
+                .iter()
+                .any(|a| a.contains("Delete") || a.contains("Bypass")),
+            "{role} may delete: {actions:?}"
+        );
+    }
+    // prune deletes every version, after reading the locks.
+    let prune = find("`prune`");
+    for needed in [
+        "s3:ListBucketVersions",
+        "s3:GetObjectVersion",
+        "s3:GetObjectRetention",
+        "s3:GetObjectLegalHold",
+        "s3:DeleteObjectVersion",
+    ] {
+        assert!(prune.contains(&needed.to_string()), "prune lacks {needed}");
+    }
+    assert!(!prune.iter().any(|a| a.contains("Bypass")));
+    // The auditor only reads, locks included.
+    let auditor = find("Auditor");
+    assert!(auditor.contains(&"s3:GetObjectRetention".to_string()));
+    assert!(
+        auditor
+            .iter()
+            .all(|a| a.starts_with("s3:Get") || a.starts_with("s3:List")),
+        "{auditor:?}"
+    );
+}

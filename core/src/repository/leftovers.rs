@@ -158,6 +158,11 @@ pub async fn leftovers(
 pub async fn remove_crashed_runs(repo: &Repository) {
     let found = match leftovers(repo, Utc::now(), None).await {
         Ok(found) => found,
+        // Credentials that may not read locks (an agent whose retention runs elsewhere).
+        Err(e) if e.is_access_denied() => {
+            tracing::info!(policy = %repo.policy(), error = %e, "no permission to look into a crashed run's leftovers; `pgvault prune` removes them");
+            return;
+        }
         Err(e) => {
             tracing::warn!(policy = %repo.policy(), error = %e, "cannot look for a crashed run's leftovers");
             return;
