@@ -12,7 +12,11 @@
 //! - once the locks end, prune deletes a backup whole, manifest first, every version;
 //!   while one object is still locked, it deletes nothing of it;
 //! - `storage init` and `check` name what a bucket without lock or versioning lacks;
-//! - a filesystem repository with `object_lock` is refused.
+//! - a filesystem repository with `object_lock` is refused;
+//! - an agent whose credentials may not delete (`prune_after_backup = false`) backs up,
+//!   marks its leases released, and leaves deleting to `prune` (on Garage, behind a
+//!   proxy that refuses every DELETE);
+//! - docs/SECURITY.md's IAM policies are JSON and give each role what it needs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a harness failure should panic the test
 
@@ -31,8 +35,8 @@ use pgvault_core::storage::{
     ObjectInfo, ObjectLock, PendingUpload, Storage, StoredVersion, Upload,
 };
 use pgvault_integration::{
-    keygen, make_slow_to_dump, pgvault, run, run_ok, server_reachable_tempdir, text,
-    write_policy, PgCluster, RepoSpec, S3Server,
+    keygen, make_slow_to_dump, pgvault, run, run_ok, server_reachable_tempdir, text, write_policy,
+    PgCluster, RepoSpec, S3Server,
 };
 use serde_json::Value;
 
@@ -101,7 +105,11 @@ async fn versions(
         .send()
         .await
         .unwrap();
-    assert_ne!(out.is_truncated(), Some(true), "more versions than one page");
+    assert_ne!(
+        out.is_truncated(),
+        Some(true),
+        "more versions than one page"
+    );
     let pair = |k: Option<&str>, v: Option<&str>| (k.unwrap().to_string(), v.unwrap().to_string());
     (
         out.versions()
@@ -208,7 +216,9 @@ async fn every_object_kind_is_locked_and_survives_prune_and_deletes() {
     ] {
         let count = keys
             .iter()
-            .filter(|k| k.contains(wanted) && (kind.starts_with("report") == k.starts_with("app/reports/")))
+            .filter(|k| {
+                k.contains(wanted) && (kind.starts_with("report") == k.starts_with("app/reports/"))
+            })
             .count();
         assert!(count > 0, "no {kind} object among {keys:?}");
     }
@@ -235,12 +245,18 @@ async fn every_object_kind_is_locked_and_survives_prune_and_deletes() {
         if key.ends_with("/dump.pgdump.zst.age") {
             // A multipart ETag ends with the number of parts: the lock was set on an
             // object stored in parts (PutObjectRetention after completion).
-            assert!(head.e_tag().unwrap().contains('-'), "{key} was not stored in parts");
+            assert!(
+                head.e_tag().unwrap().contains('-'),
+                "{key} was not stored in parts"
+            );
         }
     }
     // Leases are not locked: deleting them left no version and no delete marker.
     let (lease_versions, lease_markers) = versions(&client, &bucket, "app/runs/").await;
-    assert!(lease_versions.is_empty() && lease_markers.is_empty(), "{lease_versions:?} {lease_markers:?}");
+    assert!(
+        lease_versions.is_empty() && lease_markers.is_empty(),
+        "{lease_versions:?} {lease_markers:?}"
+    );
 
     // Retention keeps the locked older backup, and deletes nothing.
     let ids = listed_ids(&server, &policy);
@@ -261,7 +277,11 @@ async fn every_object_kind_is_locked_and_survives_prune_and_deletes() {
     let out = run_ok(prune);
     assert!(out.contains("deleted 0 backup(s)"), "{out}");
     assert_eq!(listed_ids(&server, &policy), ids);
-    assert_eq!(versions(&client, &bucket, "app/").await, before, "prune changed something");
+    assert_eq!(
+        versions(&client, &bucket, "app/").await,
+        before,
+        "prune changed something"
+    );
 
     // The agent's credentials cannot delete a locked version; a plain delete only hides it.
     let globals = format!("app/backups/{older}/globals.sql.zst.age");
@@ -285,7 +305,11 @@ async fn every_object_kind_is_locked_and_survives_prune_and_deletes() {
         .err()
         .and_then(|e| e.as_service_error())
         .and_then(aws_sdk_s3::error::ProvideErrorMetadata::code);
-    assert_eq!(code, Some("AccessDenied"), "a locked version was deleted: {refused:?}");
+    assert_eq!(
+        code,
+        Some("AccessDenied"),
+        "a locked version was deleted: {refused:?}"
+    );
     let marker = client
         .delete_object()
         .bucket(&bucket)
@@ -319,9 +343,14 @@ async fn every_object_kind_is_locked_and_survives_prune_and_deletes() {
     verify.args(["verify", older, "--policy"]).arg(&policy);
     let out = run_ok(verify);
     assert!(out.contains("verification PASSED"), "{out}");
-    assert!(out.contains("immutable: all 4 object(s) are locked"), "{out}");
     assert!(
-        out.contains(&format!("LOCKED  app/backups/{older}/manifest.json — governance until ")),
+        out.contains("immutable: all 4 object(s) are locked"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "LOCKED  app/backups/{older}/manifest.json — governance until "
+        )),
         "{out}"
     );
     let mut verify = pgvault(Some(&server));
@@ -332,7 +361,10 @@ async fn every_object_kind_is_locked_and_survives_prune_and_deletes() {
     assert_eq!(report["verdict"], "passed", "{report:#}");
     let locks = report["locks"].as_array().unwrap();
     assert_eq!(locks.len(), 4, "{report:#}");
-    assert_eq!(locks[0]["key"], format!("app/backups/{older}/manifest.json"));
+    assert_eq!(
+        locks[0]["key"],
+        format!("app/backups/{older}/manifest.json")
+    );
     for lock in locks {
         assert_eq!(lock["state"], "locked", "{lock:#}");
         assert_eq!(lock["mode"], "governance", "{lock:#}");
@@ -416,7 +448,10 @@ async fn an_expired_backup_is_deleted_whole_manifest_first_and_a_partly_locked_o
         return;
     };
     source.psql("postgres", "create database app");
-    source.psql_script("app", "create table t as select g from generate_series(1, 1000) g");
+    source.psql_script(
+        "app",
+        "create table t as select g from generate_series(1, 1000) g",
+    );
     let work = tempfile::tempdir().unwrap();
     let key = keygen(work.path(), "ops");
     let bucket = server.fresh_locked_bucket().await;
@@ -449,8 +484,9 @@ async fn an_expired_backup_is_deleted_whole_manifest_first_and_a_partly_locked_o
     prune.args(["prune", "--policy"]).arg(&policy);
     let out = run_ok(prune);
     assert!(
-        out.lines()
-            .any(|l| l.starts_with(older.as_str()) && l.contains("KEEP") && l.contains("locked until")),
+        out.lines().any(|l| l.starts_with(older.as_str())
+            && l.contains("KEEP")
+            && l.contains("locked until")),
         "{out}"
     );
     assert!(out.contains("deleted 0 backup(s)"), "{out}");
@@ -573,7 +609,8 @@ async fn storage_init_and_check_name_what_a_bucket_lacks() {
     let out = run(check);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
-        text(&out).contains("object lock: PROBLEM") && text(&out).contains("Object Lock is not enabled"),
+        text(&out).contains("object lock: PROBLEM")
+            && text(&out).contains("Object Lock is not enabled"),
         "{}",
         text(&out)
     );
@@ -611,10 +648,9 @@ fn a_filesystem_repository_with_object_lock_is_refused() {
 
 /// The IAM policy (the first JSON block) of each role's section in docs/SECURITY.md.
 fn iam_policies() -> Vec<(String, Value)> {
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/SECURITY.md"),
-    )
-    .unwrap();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/SECURITY.md"))
+            .unwrap();
     let mut found = Vec::new();
     for section in doc.split("\n### ").skip(1) {
         let title = section.lines().next().unwrap().to_string();
@@ -660,8 +696,14 @@ fn the_security_guide_gives_each_role_a_valid_least_privilege_policy() {
     // The agent and wal-push write and may lock, but never delete or lift a lock.
     for role in ["The agent", "`wal-push`"] {
         let actions = find(role);
-        assert!(actions.contains(&"s3:PutObject".to_string()), "{role}: {actions:?}");
-        assert!(actions.contains(&"s3:PutObjectRetention".to_string()), "{role}");
+        assert!(
+            actions.contains(&"s3:PutObject".to_string()),
+            "{role}: {actions:?}"
+        );
+        assert!(
+            actions.contains(&"s3:PutObjectRetention".to_string()),
+            "{role}"
+        );
         assert!(
             !actions
                 .iter()
@@ -690,4 +732,104 @@ fn the_security_guide_gives_each_role_a_valid_least_privilege_policy() {
             .all(|a| a.starts_with("s3:Get") || a.starts_with("s3:List")),
         "{auditor:?}"
     );
+}
+
+/// `pgvault-agent --once` for `policy` with `server`'s credentials.
+fn agent_once(server: &S3Server, policy: &Path) -> std::process::Output {
+    std::process::Command::new(pgvault_integration::agent_bin())
+        .args(["--once", "--policy"])
+        .arg(policy)
+        .env_remove("AWS_PROFILE")
+        .env("AWS_ACCESS_KEY_ID", &server.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &server.secret_access_key)
+        .env("AWS_REGION", &server.region)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("PGVAULT_LOG", "pgvault_core=info")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_agent_that_may_not_delete_backs_up_and_leaves_deleting_to_prune() {
+    use pgvault_integration::fault_proxy::{FaultConfig, FaultMode, FaultProxy};
+    let Some(server) = S3Server::from_env() else {
+        return;
+    };
+    let Some(source) = PgCluster::start() else {
+        return;
+    };
+    source.psql("postgres", "create database app");
+    let work = tempfile::tempdir().unwrap();
+    let key = keygen(work.path(), "ops");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (bucket, prefix) = runtime.block_on(server.fresh_location());
+    // The agent's credentials may not delete: every DELETE is refused (403 AccessDenied).
+    let proxy = FaultProxy::start_in_background(
+        &server.endpoint,
+        FaultConfig::new(1, 1.0, &[FaultMode::Forbidden]).with_methods(&["DELETE"]),
+    )
+    .unwrap();
+    let denied = S3Server {
+        endpoint: proxy.endpoint(),
+        ..server.clone()
+    };
+    let retention = "[retention]\nkeep_last = 1\nprune_after_backup = false\n";
+    let policy_in = |dir: &str, via: &S3Server| {
+        let dir = work.path().join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        write_policy(
+            &dir,
+            "app",
+            &source.url("app"),
+            &RepoSpec::S3 {
+                server: via,
+                bucket: &bucket,
+                prefix: &prefix,
+            },
+            &key.recipient,
+            retention,
+        )
+    };
+    let agent_policy = policy_in("agent", &denied);
+    let prune_policy = policy_in("prune", &server);
+
+    for _ in 0..2 {
+        let out = agent_once(&denied, &agent_policy);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    // Both backups are there: the agent did not prune, and no delete it tried failed a run.
+    assert_eq!(listed_ids(&server, &prune_policy).len(), 2);
+    assert!(
+        proxy.stats().count(FaultMode::Forbidden) >= 2,
+        "the agent never tried to delete its lease: {}",
+        proxy.stats()
+    );
+    // Each run marked its lease released instead of deleting it.
+    let leases = runtime.block_on(server.list_keys(&bucket, &format!("{prefix}app/runs/")));
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    let client = runtime.block_on(server.client());
+    for lease in &leases {
+        let body = runtime.block_on(async {
+            let out = client
+                .get_object()
+                .bucket(&bucket)
+                .key(lease)
+                .send()
+                .await
+                .unwrap();
+            out.body.collect().await.unwrap().into_bytes()
+        });
+        let record: Value = serde_json::from_slice(&body).unwrap();
+        assert!(record["released_at"].is_string(), "{record:#}");
+    }
+
+    // prune, with credentials that may delete, applies retention and removes the leases.
+    let mut prune = pgvault(Some(&server));
+    prune.args(["prune", "--policy"]).arg(&prune_policy);
+    let out = run_ok(prune);
+    assert!(out.contains("deleted 1 backup(s)"), "{out}");
+    assert_eq!(listed_ids(&server, &prune_policy).len(), 1);
+    assert!(runtime
+        .block_on(server.list_keys(&bucket, &format!("{prefix}app/runs/")))
+        .is_empty());
 }

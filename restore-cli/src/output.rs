@@ -336,7 +336,10 @@ pub fn verify_json(report: &VerifyReport, now: chrono::DateTime<chrono::Utc>) ->
 /// The `verify` locks section: each object's lock, and whether all are locked now.
 fn lock_lines(out: &mut String, report: &VerifyReport, now: chrono::DateTime<chrono::Utc>) {
     if report.locks.iter().all(|l| matches!(l.lock, Ok(None))) {
-        let _ = writeln!(out, "object locks: none (no object has a retention or legal hold)");
+        let _ = writeln!(
+            out,
+            "object locks: none (no object has a retention or legal hold)"
+        );
         return;
     }
     let _ = writeln!(out, "object locks:");
@@ -345,7 +348,11 @@ fn lock_lines(out: &mut String, report: &VerifyReport, now: chrono::DateTime<chr
             Err(e) => ("ERROR", e.to_string()),
             Ok(None) => ("NONE", "no retention, no legal hold".to_string()),
             Ok(Some(lock)) => (
-                if lock.in_effect(now) { "LOCKED" } else { "EXPIRED" },
+                if lock.in_effect(now) {
+                    "LOCKED"
+                } else {
+                    "EXPIRED"
+                },
                 lock.describe(),
             ),
         };
@@ -368,7 +375,10 @@ fn lock_lines(out: &mut String, report: &VerifyReport, now: chrono::DateTime<chr
             "immutable: all {} object(s) are locked{}",
             locked.len(),
             earliest
-                .map(|t| format!(", the first lock ends {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                .map(|t| format!(
+                    ", the first lock ends {}",
+                    t.format("%Y-%m-%d %H:%M:%S UTC")
+                ))
                 .unwrap_or_default()
         );
     } else {

@@ -20,8 +20,8 @@ use crate::keys::Identities;
 use crate::logical::backup::VerificationSidecar;
 use crate::pipeline::{self, Decode, Progress};
 use crate::repository::{object, BackupManifest, Repository, MANIFEST};
-use crate::storage::ObjectLock;
 use crate::server::{self, PgTools};
+use crate::storage::ObjectLock;
 
 /// The result of checking one object.
 #[derive(Debug)]

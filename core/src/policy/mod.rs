@@ -721,7 +721,12 @@ mod tests {
         let lock = p.repository.storage.object_lock.unwrap();
         assert_eq!((lock.mode, lock.days), (LockMode::Compliance, 30));
         assert!(lock.unlocked_prefixes.is_empty());
-        assert!(parse(&minimal("")).unwrap().repository.storage.object_lock.is_none());
+        assert!(parse(&minimal(""))
+            .unwrap()
+            .repository
+            .storage
+            .object_lock
+            .is_none());
         for (repo, expected) in [
             (
                 "object_lock = { mode = \"strict\", days = 30 }\n",
@@ -731,7 +736,10 @@ mod tests {
                 "object_lock = { mode = \"governance\", days = 0 }\n",
                 "days must be between 1 and 36500",
             ),
-            ("object_lock = { mode = \"governance\" }\n", "missing field `days`"),
+            (
+                "object_lock = { mode = \"governance\" }\n",
+                "missing field `days`",
+            ),
             (
                 "object_lock = { mode = \"governance\", days = 1, years = 1 }\n",
                 "unknown field `years`",

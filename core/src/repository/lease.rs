@@ -165,8 +165,12 @@ impl RunLease {
                 Err(e) => Err(e),
             };
             match marked {
-                Ok(()) => tracing::debug!(key = %self.key, "no permission to delete the run's lease; marked it released for `pgvault prune` to delete"),
-                Err(e) => tracing::warn!(key = %self.key, error = %e, "could not delete the run's lease nor mark it released; it expires on its own"),
+                Ok(()) => {
+                    tracing::debug!(key = %self.key, "no permission to delete the run's lease; marked it released for `pgvault prune` to delete")
+                }
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, "could not delete the run's lease nor mark it released; it expires on its own")
+                }
             }
             return;
         }

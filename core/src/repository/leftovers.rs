@@ -103,9 +103,7 @@ pub async fn leftovers(
             Some(reason) => {
                 let dir = repo.object_key(&id, "");
                 if let Some(lock) = lock_in_effect(repo.storage(), &dir, now).await? {
-                    found
-                        .locked
-                        .push((format!("orphan {id}"), lock.describe()));
+                    found.locked.push((format!("orphan {id}"), lock.describe()));
                     continue;
                 }
                 found.orphans.push(Orphan {

@@ -421,7 +421,10 @@ mod tests {
                 .map(|e| e.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>())
                 .unwrap()
         };
-        assert_eq!(reasons("b002"), vec!["locked until 2026-02-01 00:00:00 UTC"]);
+        assert_eq!(
+            reasons("b002"),
+            vec!["locked until 2026-02-01 00:00:00 UTC"]
+        );
         assert_eq!(reasons("b001"), vec!["chain"]);
         assert_eq!(reasons("b000"), vec!["locked (legal hold)"]);
         assert!(p.to_delete().is_empty());

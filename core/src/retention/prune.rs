@@ -24,8 +24,8 @@ use crate::policy::RetentionConfig;
 use crate::repository::leftovers::{leftovers, remove_leftovers, Leftovers, Orphan, StaleUpload};
 use crate::repository::{BackupKind, Repository, MANIFEST};
 use crate::retention::{self, BackupRef, LockedUntil, RetentionPlan};
-use crate::storage::{lock_in_effect, ObjectLock};
 use crate::stop_signal::unless_cancelled;
+use crate::storage::{lock_in_effect, ObjectLock};
 
 /// What a prune will do (or did).
 #[derive(Debug, Clone)]
@@ -169,7 +169,10 @@ pub async fn plan(
         )
     };
     let mut locked = found.locked;
-    for (keys, what) in [(&mut wal_to_delete, "WAL"), (&mut gaps_to_delete, "gap record")] {
+    for (keys, what) in [
+        (&mut wal_to_delete, "WAL"),
+        (&mut gaps_to_delete, "gap record"),
+    ] {
         let mut free = Vec::new();
         for (key, lock) in locks_of(repo, std::mem::take(keys), now).await? {
             match lock {

@@ -100,9 +100,10 @@ impl ObjectLock {
     /// The lock in words: `compliance until 2026-12-30 03:00:00 UTC`, `legal hold`, …
     pub fn describe(&self) -> String {
         let retention = match (self.mode, self.retain_until) {
-            (Some(mode), Some(until)) => {
-                Some(format!("{mode} until {}", until.format("%Y-%m-%d %H:%M:%S UTC")))
-            }
+            (Some(mode), Some(until)) => Some(format!(
+                "{mode} until {}",
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            )),
             (None, Some(until)) => Some(format!("until {}", until.format("%Y-%m-%d %H:%M:%S UTC"))),
             _ => None,
         };
@@ -181,6 +182,8 @@ mod tests {
         assert!(lock(Some(-60), true).in_effect(now));
         assert!(!lock(None, false).in_effect(now));
         assert_eq!(lock(None, true).describe(), "legal hold");
-        assert!(lock(Some(60), false).describe().starts_with("governance until "));
+        assert!(lock(Some(60), false)
+            .describe()
+            .starts_with("governance until "));
     }
 }

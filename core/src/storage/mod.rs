@@ -273,8 +273,7 @@ pub async fn init(config: &StorageSettings, policy: &str) -> Result<Vec<String>>
 /// Whether the storage `config` names can hold the locks its policy asks for: `None`
 /// when the policy asks for none; otherwise what the bucket lacks (`pgvault check`).
 pub async fn check_object_lock(config: &StorageSettings) -> Result<Option<LockSupport>> {
-    let (Some(_), Location::S3 { bucket, prefix }) = (&config.object_lock, &config.location)
-    else {
+    let (Some(_), Location::S3 { bucket, prefix }) = (&config.object_lock, &config.location) else {
         return Ok(None);
     };
     let s3 = S3Storage::connect(

@@ -1155,32 +1155,34 @@ impl Upload for S3Upload {
             .build();
         let tries = std::sync::atomic::AtomicU32::new(0);
         let (completed_ref, tries_ref) = (&completed, &tries);
-        let version = s.retrying("complete upload", &s.url(&self.key), move || async move {
-            let first = tries_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
-            match s
-                .client
-                .complete_multipart_upload()
-                .bucket(&s.bucket)
-                .key(&self.key)
-                .upload_id(&self.upload_id)
-                .multipart_upload(completed_ref.clone())
-                .send()
-                .await
-            {
-                Ok(out) => Ok(out.version_id().map(str::to_string)),
-                Err(e) => {
-                    let gone = e.as_service_error().and_then(|x| x.code()) == Some("NoSuchUpload");
-                    if gone && !first {
-                        // An earlier attempt completed it and its answer was lost.
-                        if s.head_size(&self.key).await? == Some(total) {
-                            return Ok(None);
+        let version = s
+            .retrying("complete upload", &s.url(&self.key), move || async move {
+                let first = tries_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+                match s
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&s.bucket)
+                    .key(&self.key)
+                    .upload_id(&self.upload_id)
+                    .multipart_upload(completed_ref.clone())
+                    .send()
+                    .await
+                {
+                    Ok(out) => Ok(out.version_id().map(str::to_string)),
+                    Err(e) => {
+                        let gone =
+                            e.as_service_error().and_then(|x| x.code()) == Some("NoSuchUpload");
+                        if gone && !first {
+                            // An earlier attempt completed it and its answer was lost.
+                            if s.head_size(&self.key).await? == Some(total) {
+                                return Ok(None);
+                            }
                         }
+                        Err(s.sdk_err("complete upload", &self.key, e).into())
                     }
-                    Err(s.sdk_err("complete upload", &self.key, e).into())
                 }
-            }
-        })
-        .await?;
+            })
+            .await?;
         if self.twins_possible {
             s.abort_twins(&self.key, &self.upload_id).await;
         }

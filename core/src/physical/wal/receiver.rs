@@ -535,7 +535,10 @@ impl Receiver<'_> {
                         Ok(_) => {}
                         // Credentials that may not delete (retention runs elsewhere):
                         // `pgvault prune` deletes the chunks with their segment.
-                        Err(e) if e.is_access_denied() || matches!(e.root(), Error::ObjectLocked { .. }) => {
+                        Err(e)
+                            if e.is_access_denied()
+                                || matches!(e.root(), Error::ObjectLocked { .. }) =>
+                        {
                             tracing::debug!(file = %file.name, error = %e, "stream chunks stay for `pgvault prune`")
                         }
                         Err(e) => return Err(e),

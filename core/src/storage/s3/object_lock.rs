@@ -58,17 +58,21 @@ impl S3Storage {
         loop {
             let (prefix_ref, key_ref, id_ref) = (&full_prefix, &key_marker, &id_marker);
             let page = self
-                .retrying("list versions", &self.url(&full_prefix), move || async move {
-                    self.client
-                        .list_object_versions()
-                        .bucket(&self.bucket)
-                        .prefix(prefix_ref)
-                        .set_key_marker(key_ref.clone())
-                        .set_version_id_marker(id_ref.clone())
-                        .send()
-                        .await
-                        .map_err(|e| self.sdk_err("list versions", prefix_ref, e).into())
-                })
+                .retrying(
+                    "list versions",
+                    &self.url(&full_prefix),
+                    move || async move {
+                        self.client
+                            .list_object_versions()
+                            .bucket(&self.bucket)
+                            .prefix(prefix_ref)
+                            .set_key_marker(key_ref.clone())
+                            .set_version_id_marker(id_ref.clone())
+                            .send()
+                            .await
+                            .map_err(|e| self.sdk_err("list versions", prefix_ref, e).into())
+                    },
+                )
                 .await?;
             for v in page.versions() {
                 if let (Some(key), Some(id)) = (v.key(), v.version_id()) {
@@ -253,7 +257,10 @@ impl S3Storage {
                     .and_then(|c| c.rule())
                     .and_then(|r| r.default_retention())
                 {
-                    let mode = d.mode().map(|m| m.as_str().to_lowercase()).unwrap_or_default();
+                    let mode = d
+                        .mode()
+                        .map(|m| m.as_str().to_lowercase())
+                        .unwrap_or_default();
                     let span = match (d.days(), d.years()) {
                         (Some(days), _) => format!("{days} day(s)"),
                         (None, Some(years)) => format!("{years} year(s)"),
