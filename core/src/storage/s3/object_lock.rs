@@ -126,6 +126,7 @@ impl S3Storage {
     /// Delete every version and delete marker of relative `key`, so its bytes are
     /// gone; when a version is still locked, delete nothing and say until when.
     pub(super) async fn delete_every_version(&self, key: &str) -> Result<()> {
+        crate::storage::check_key(key)?;
         let now = Utc::now();
         let versions: Vec<StoredVersion> = self
             .locked_versions(key)
