@@ -3,9 +3,11 @@
 #
 #   scripts/test.sh [ARGS...]
 #
-# Installs what is missing (PostgreSQL server binaries from apt, Garage from crates.io),
-# starts a single-node Garage on loopback unless PGVAULT_TEST_S3_ENDPOINT names an
-# external S3 server, builds the binaries, and runs every test with
+# Installs what is missing (PostgreSQL server binaries from apt, Garage from crates.io,
+# moto from PyPI), starts a single-node Garage on loopback unless PGVAULT_TEST_S3_ENDPOINT
+# names an external S3 server, and moto (the S3 server with Object Lock that the lock
+# tests need) unless PGVAULT_TEST_LOCK_S3_ENDPOINT names one, builds the binaries, and
+# runs every test with
 # PGVAULT_TEST_REQUIRE_SERVERS=1 so that no test can pass by skipping.
 # ARGS go to the test runner: `cargo nextest run` when cargo-nextest is installed, else
 # `cargo test` (force one with PGVAULT_TEST_RUNNER=nextest or PGVAULT_TEST_RUNNER=cargo).
@@ -14,6 +16,9 @@
 set -euo pipefail
 
 GARAGE_VERSION=2.5.0
+# moto before 5.2.5 answers CompleteMultipartUpload with an XML root the AWS SDK rejects.
+MOTO_REQUIREMENT='moto[server]>=5.2.5'
+MOTO_MIN_VERSION=5.2.5
 PG_TOOLS=(initdb pg_ctl postgres pg_dump pg_restore pg_dumpall psql)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -177,8 +182,14 @@ garage_bin() {
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 GARAGE_DIR=
+MOTO_DIR=
 cleanup() {
     local status=$?
+    if [[ -n "$MOTO_DIR" ]]; then
+        bash "$ROOT/scripts/moto.sh" stop "$MOTO_DIR" || true
+        { mkdir -p "$TARGET_DIR" && cp -f "$MOTO_DIR/moto.log" "$TARGET_DIR/test-moto.log"; } 2>/dev/null || true
+        rm -rf "$MOTO_DIR"
+    fi
     if [[ -n "$GARAGE_DIR" ]]; then
         bash "$ROOT/scripts/garage.sh" stop "$GARAGE_DIR" || true
         # Keep the server's log for a look after a failed run.
@@ -204,6 +215,69 @@ else
     bash "$ROOT/scripts/garage.sh" start "$GARAGE_DIR"
     # shellcheck source=/dev/null
     source "$GARAGE_DIR/env"
+fi
+
+# --- S3 with Object Lock (moto; integration/tests/object_lock.rs) -----------------------
+
+# moto_ok VENV: VENV holds a moto_server of at least MOTO_MIN_VERSION.
+moto_ok() {
+    [[ -x "$1/bin/moto_server" && -x "$1/bin/python" ]] || return 1
+    "$1/bin/python" - "$MOTO_MIN_VERSION" <<'PY' >/dev/null 2>&1
+import sys
+from importlib.metadata import version
+def parts(v):
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in v.split(".")[:3])
+sys.exit(0 if parts(version("moto")) >= parts(sys.argv[1]) else 1)
+PY
+}
+
+# moto_cache: the directory for moto's virtualenv: the shared cache beside PostgreSQL's
+# and promtool's when it can be written (as root, it is made), else the user's cache.
+moto_cache() {
+    local shared=/var/cache/pgvault-test
+    if [[ -n "${PGVAULT_MOTO_CACHE:-}" ]]; then
+        echo "$PGVAULT_MOTO_CACHE"
+    elif [[ $(id -u) -eq 0 ]] || { mkdir -p "$shared/moto" 2>/dev/null && [[ -w "$shared/moto" ]]; }; then
+        echo "$shared/moto"
+    else
+        echo "${XDG_CACHE_HOME:-$HOME/.cache}/pgvault-test/moto"
+    fi
+}
+
+# install_moto VENV: create VENV (python3 -m venv, installing python3-venv with apt when
+# the interpreter lacks it) and install moto into it from PyPI.
+install_moto() {
+    local venv=$1
+    command -v python3 >/dev/null 2>&1 || die "python3 not found: it is needed for moto (the S3 server of the Object Lock tests)"
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        rm -rf "$venv"
+        command -v apt-get >/dev/null 2>&1 ||
+            die "'python3 -m venv' does not work and no apt-get here: install the venv module for python3"
+        log "installing python3-venv (apt-get install python3-venv)"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+        python3 -m venv "$venv" || die "python3-venv was installed but 'python3 -m venv $venv' fails"
+    fi
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$MOTO_REQUIREMENT" ||
+        die "pip install '$MOTO_REQUIREMENT' into $venv failed"
+    moto_ok "$venv" || die "moto was installed into $venv but its moto_server is missing or older than $MOTO_MIN_VERSION"
+}
+
+if [[ -n "${PGVAULT_TEST_LOCK_S3_ENDPOINT:-}" ]]; then
+    log "S3 with Object Lock: external server $PGVAULT_TEST_LOCK_S3_ENDPOINT"
+else
+    MOTO_VENV=$(moto_cache)/venv
+    if ! moto_ok "$MOTO_VENV"; then
+        log "installing $MOTO_REQUIREMENT into $MOTO_VENV (pip)"
+        install_moto "$MOTO_VENV"
+    fi
+    export MOTO_SERVER=$MOTO_VENV/bin/moto_server
+    MOTO_DIR=$(mktemp -d "${TMPDIR:-/tmp}/pgvault-moto.XXXXXX")
+    bash "$ROOT/scripts/moto.sh" start "$MOTO_DIR"
+    # shellcheck source=/dev/null
+    source "$MOTO_DIR/env"
 fi
 
 export PGVAULT_TEST_REQUIRE_SERVERS=1

@@ -94,6 +94,28 @@ pub enum Error {
         retryable: bool,
     },
 
+    /// The store refused an operation for lack of permission (S3 `AccessDenied`): the
+    /// credentials do not allow it, or the object version is locked (Object Lock).
+    #[error("{operation} {key}: {message}")]
+    AccessDenied {
+        /// The operation: put, delete, …
+        operation: &'static str,
+        /// Where: the object (`s3://bucket/key`) or the bucket.
+        key: String,
+        /// The cause in one line, with what to do.
+        message: String,
+    },
+
+    /// An object cannot be deleted yet: a stored version of it is under an Object Lock
+    /// retention or legal hold (docs/FORMAT.md §10.1). Nothing of it was deleted.
+    #[error("{key} cannot be deleted yet: it is locked ({lock})")]
+    ObjectLocked {
+        /// The object, relative to the repository root.
+        key: String,
+        /// The lock in words (`compliance until …`, `legal hold`).
+        lock: String,
+    },
+
     /// An object the repository needs does not exist.
     #[error("object {key} does not exist in the repository")]
     ObjectNotFound {
@@ -293,6 +315,8 @@ impl Error {
                 ErrorKind::Database
             }
             Error::Storage { .. }
+            | Error::AccessDenied { .. }
+            | Error::ObjectLocked { .. }
             | Error::ObjectNotFound { .. }
             | Error::WalNotFound { .. }
             | Error::WalConflict { .. } => ErrorKind::Repository,
@@ -331,6 +355,13 @@ impl Error {
             Error::Context { source, .. } => source.root(),
             other => other,
         }
+    }
+
+    /// Whether the store refused for lack of permission ([`Error::AccessDenied`]):
+    /// credentials without delete rights (an agent whose retention runs elsewhere) or a
+    /// locked object version.
+    pub fn is_access_denied(&self) -> bool {
+        matches!(self.root(), Error::AccessDenied { .. })
     }
 
     /// Build an [`Error::Io`] with context.

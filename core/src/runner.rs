@@ -373,7 +373,9 @@ async fn attempt_run(
         event.backup = Some(manifest.id.clone());
         crate::notify::send(notify, &event).await;
     }
-    if let Some(retention) = &policy.retention {
+    // With `prune_after_backup = false`, `pgvault prune` runs elsewhere with credentials
+    // that may delete; the agent's need not (docs/SECURITY.md).
+    if let Some(retention) = policy.retention.as_ref().filter(|r| r.prune_after_backup) {
         let plan = prune::plan(&repo, retention, Utc::now()).await?;
         if let Some(stale) = &plan.retention.stale {
             tracing::warn!(policy = %policy.name, "{stale}");

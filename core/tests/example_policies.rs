@@ -69,4 +69,9 @@ fn every_example_policy_parses() {
         copies.restore_test.unwrap().from_copy.as_deref(),
         Some("dr")
     );
+    let lock = prod.repository.storage.object_lock.clone().unwrap();
+    assert_eq!(
+        (lock.mode, lock.days),
+        (pgvault_core::storage::LockMode::Compliance, 30)
+    );
 }

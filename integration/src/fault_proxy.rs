@@ -60,6 +60,11 @@ pub enum FaultMode {
     Stall,
     /// `stall-body`: forward, send the head and part of the body, then send nothing more.
     StallBody,
+    /// `403`: answer `403 Forbidden` with S3's `AccessDenied`, without forwarding: the
+    /// store refusing credentials that lack a permission (e.g. deletes, with
+    /// [`FaultConfig::with_methods`]). Not a fault a run survives by retrying, so it is not
+    /// in [`FaultMode::ALL`]: tests name it.
+    Forbidden,
 }
 
 impl FaultMode {
@@ -84,6 +89,7 @@ impl FaultMode {
             FaultMode::Truncate => "truncate",
             FaultMode::Stall => "stall",
             FaultMode::StallBody => "stall-body",
+            FaultMode::Forbidden => "403",
         }
     }
 }
@@ -101,6 +107,7 @@ impl FromStr for FaultMode {
         let s = s.trim();
         FaultMode::ALL
             .into_iter()
+            .chain([FaultMode::Forbidden])
             .find(|mode| mode.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
                 let names: Vec<&str> = FaultMode::ALL.iter().map(|m| m.name()).collect();
@@ -551,7 +558,7 @@ async fn serve_request(client: &mut Conn, shared: &Shared) -> io::Result<bool> {
             hold(client).await;
             return Ok(false);
         }
-        Some(mode @ (FaultMode::SlowDown | FaultMode::InternalError)) => {
+        Some(mode @ (FaultMode::SlowDown | FaultMode::InternalError | FaultMode::Forbidden)) => {
             return answer_error(client, &request, request_body, mode).await;
         }
         Some(FaultMode::Latency) => tokio::time::sleep(decision.delay).await,
@@ -677,7 +684,7 @@ fn cut_at(len: usize, cut: f64) -> usize {
     ((len as f64 * cut) as usize).min(len.saturating_sub(1))
 }
 
-/// Answers with an S3 error for the `503`/`500` modes, without contacting the upstream.
+/// Answers with an S3 error for the `503`/`500`/`403` modes, without contacting the upstream.
 async fn answer_error(
     client: &mut Conn,
     request: &Head,
@@ -690,6 +697,8 @@ async fn answer_error(
             "SlowDown",
             "Please reduce your request rate.",
         )
+    } else if mode == FaultMode::Forbidden {
+        ("403 Forbidden", "AccessDenied", "Access Denied")
     } else {
         (
             "500 Internal Server Error",

@@ -14,6 +14,13 @@
 //!
 //! Tests call [`S3Server::from_env`] and return early when it gives `None`; with
 //! `PGVAULT_TEST_REQUIRE_SERVERS=1` it panics instead, so CI cannot pass by skipping.
+//!
+//! Garage has no Object Lock, so the lock tests (`integration/tests/object_lock.rs`) run
+//! against a second server that implements it: `scripts/test.sh` starts moto in server
+//! mode (`scripts/moto.sh`) and exports it as `PGVAULT_TEST_LOCK_S3_ENDPOINT`,
+//! `_REGION`, `_ACCESS_KEY_ID` and `_SECRET_ACCESS_KEY`; [`S3Server::lock_from_env`]
+//! reads them, with the same rule about missing servers. Each lock test creates its own
+//! buckets ([`S3Server::fresh_locked_bucket`]).
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::Client;
@@ -32,6 +39,15 @@ pub const SECRET_ACCESS_KEY_VAR: &str = "PGVAULT_TEST_S3_SECRET_ACCESS_KEY";
 pub const BUCKET_VAR: &str = "PGVAULT_TEST_S3_BUCKET";
 /// Variable that, set to `1`, turns a missing test server into a failure.
 pub const REQUIRE_SERVERS_VAR: &str = "PGVAULT_TEST_REQUIRE_SERVERS";
+
+/// Variable naming the S3 endpoint that implements Object Lock (moto in server mode).
+pub const LOCK_ENDPOINT_VAR: &str = "PGVAULT_TEST_LOCK_S3_ENDPOINT";
+/// Its signing region.
+pub const LOCK_REGION_VAR: &str = "PGVAULT_TEST_LOCK_S3_REGION";
+/// Its access key id.
+pub const LOCK_ACCESS_KEY_ID_VAR: &str = "PGVAULT_TEST_LOCK_S3_ACCESS_KEY_ID";
+/// Its secret access key.
+pub const LOCK_SECRET_ACCESS_KEY_VAR: &str = "PGVAULT_TEST_LOCK_S3_SECRET_ACCESS_KEY";
 
 /// Region used when [`REGION_VAR`] is unset.
 pub const DEFAULT_REGION: &str = "us-east-1";
@@ -97,6 +113,65 @@ impl S3Server {
             fixed_bucket: var(BUCKET_VAR),
             endpoint,
         })
+    }
+
+    /// The S3 server that implements Object Lock, from `PGVAULT_TEST_LOCK_S3_ENDPOINT`,
+    /// `_REGION` (default `us-east-1`), `_ACCESS_KEY_ID` and `_SECRET_ACCESS_KEY`.
+    ///
+    /// `None` when the endpoint is not set, unless `PGVAULT_TEST_REQUIRE_SERVERS=1`: then
+    /// it panics, so CI cannot pass by skipping the lock tests.
+    pub fn lock_from_env() -> Option<S3Server> {
+        let Some(endpoint) = var(LOCK_ENDPOINT_VAR) else {
+            if servers_required() {
+                panic!(
+                    "{REQUIRE_SERVERS_VAR}=1 but {LOCK_ENDPOINT_VAR} is not set: this test needs                      an S3 server with Object Lock. Run the suite with scripts/test.sh (it                      starts moto), or set {LOCK_ENDPOINT_VAR}, {LOCK_ACCESS_KEY_ID_VAR} and                      {LOCK_SECRET_ACCESS_KEY_VAR}."
+                );
+            }
+            eprintln!(
+                "skipping: {LOCK_ENDPOINT_VAR} is not set (run scripts/test.sh to start a moto server)"
+            );
+            return None;
+        };
+        let required = |name: &str| {
+            var(name).unwrap_or_else(|| {
+                panic!("{LOCK_ENDPOINT_VAR} is set to {endpoint} but {name} is not set")
+            })
+        };
+        Some(S3Server {
+            access_key_id: required(LOCK_ACCESS_KEY_ID_VAR),
+            secret_access_key: required(LOCK_SECRET_ACCESS_KEY_VAR),
+            region: var(LOCK_REGION_VAR).unwrap_or_else(|| DEFAULT_REGION.to_string()),
+            fixed_bucket: None,
+            endpoint,
+        })
+    }
+
+    /// A new bucket `pgvault-lock-<random hex>` with Object Lock (and so versioning)
+    /// enabled, for one test.
+    pub async fn fresh_locked_bucket(&self) -> String {
+        let name = format!("pgvault-lock-{:016x}", rand::thread_rng().gen::<u64>());
+        let client = self.client().await;
+        let mut request = client
+            .create_bucket()
+            .bucket(&name)
+            .object_lock_enabled_for_bucket(true);
+        if self.region != DEFAULT_REGION {
+            request = request.create_bucket_configuration(
+                aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                    .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                        self.region.as_str(),
+                    ))
+                    .build(),
+            );
+        }
+        if let Err(e) = request.send().await {
+            panic!(
+                "creating locked test bucket {name} at {}: {}",
+                self.endpoint,
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            );
+        }
+        name
     }
 
     /// An aws-sdk-s3 client for this server (path-style, static credentials, custom

@@ -173,6 +173,9 @@ pub(crate) enum Command {
         /// primary.
         #[arg(long, value_name = "NAME")]
         from_copy: Option<String>,
+        /// Print the checks and every object's lock as JSON on stdout (docs/CLI-JSON.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Apply the policy's [retention]: delete backups no rule keeps, clean up leftovers.
     Prune {
@@ -406,7 +409,9 @@ pub(crate) enum ReportsAction {
 #[derive(Subcommand)]
 pub(crate) enum StorageAction {
     /// Apply lifecycle rules to the bucket (abort stale multipart uploads; optional
-    /// transition to a colder storage class). Idempotent; other rules are kept.
+    /// transition to a colder storage class). Idempotent; other rules are kept. With
+    /// [repository] object_lock, first check that the bucket has Object Lock and
+    /// versioning enabled (fails, naming what is missing).
     Init {
         /// Policy file.
         #[arg(long)]

@@ -94,7 +94,7 @@ pub(crate) async fn run(action: KeysAction) -> Result<u8> {
                 eprintln!(
                     "pgvault: the copies ({}) still hold the old headers: run `pgvault copy --policy {} --all-missing --verify` to give them the rewrapped objects",
                     policy
-                        
+
                         .copies
                         .iter()
                         .map(|c| c.name.as_str())

@@ -231,6 +231,9 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             let done = prune::execute(&repo, &plan, cancel)
                 .await
                 .context("prune failed part-way; re-run it to finish")?;
+            for (what, lock) in &done.still_locked {
+                println!("{what}: locked ({lock}) since the plan: kept");
+            }
             println!(
                 "deleted {} backup(s), removed {} orphan(s), aborted {} stale upload(s), deleted {} WAL file(s)",
                 done.deleted_backups.len(),
@@ -263,7 +266,11 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 .await
                 .with_context(|| format!("cannot set up the storage of policy {}", policy.name))?;
             for line in set {
-                println!("set {line}");
+                if line.starts_with("object lock:") {
+                    println!("{line}");
+                } else {
+                    println!("set {line}");
+                }
             }
             Ok(0)
         }
@@ -374,6 +381,31 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                     }
                 }
             }
+            // Whether the bucket can hold the locks [repository] object_lock asks for.
+            let mut locks_ok = true;
+            match storage::check_object_lock(&policy.repository.storage).await {
+                Ok(None) => {}
+                Ok(Some(support)) if support.ready() => {
+                    println!("object lock: the bucket has Object Lock and versioning enabled")
+                }
+                Ok(Some(support)) => {
+                    locks_ok = false;
+                    println!(
+                        "object lock: PROBLEM: {}",
+                        output::one_line(&anyhow::Error::from(storage::lock_unsupported(
+                            &repo.storage().describe(),
+                            &support
+                        )))
+                    );
+                }
+                Err(e) => {
+                    locks_ok = false;
+                    println!(
+                        "object lock: PROBLEM: cannot tell whether the bucket can hold locks: {}",
+                        output::one_line(&anyhow::Error::from(e))
+                    );
+                }
+            }
             // Scratch databases that interrupted restores or drills left behind, on the
             // servers the policy names.
             for url in policy.servers() {
@@ -382,7 +414,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                     Err(e) => tracing::debug!(error = %e, "cannot look for leftover databases"),
                 }
             }
-            Ok(if found.healthy() && copies_healthy {
+            Ok(if found.healthy() && copies_healthy && locks_ok {
                 0
             } else {
                 EXIT_CHECK_FAILED
@@ -679,6 +711,7 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
             backup,
             identity,
             from_copy,
+            json,
         } => {
             let policy = load_policy(&policy)?;
             let repo = open_repository_from(&policy, from_copy.as_deref()).await?;
@@ -692,7 +725,11 @@ async fn run(command: Command, cancel: &CancellationToken) -> Result<u8> {
                 cancel,
             )
             .await?;
-            print!("{}", output::verify_summary(&report));
+            if json {
+                println!("{}", output::verify_json(&report, chrono::Utc::now()));
+            } else {
+                print!("{}", output::verify_summary(&report, chrono::Utc::now()));
+            }
             Ok(if report.damaged() {
                 EXIT_CHECK_FAILED
             } else if report.incomplete() {

@@ -223,6 +223,20 @@ pub fn prune_plan(plan: &pgvault_core::retention::prune::PrunePlan) -> String {
             plan.recent_leftovers
         );
     }
+    let (locked_wal, locked_other): (Vec<_>, Vec<_>) = plan
+        .locked
+        .iter()
+        .partition(|(what, _)| what.starts_with("WAL "));
+    for (what, lock) in locked_other {
+        let _ = writeln!(out, "{what}: locked ({lock}): KEEP until the lock ends");
+    }
+    if let Some((_, last)) = locked_wal.last() {
+        let _ = writeln!(
+            out,
+            "WAL: {} archived file(s) no longer needed but still locked (the newest: {last}): KEEP until their locks end",
+            locked_wal.len()
+        );
+    }
     if !plan.gaps_to_delete.is_empty() {
         let _ = writeln!(
             out,
@@ -242,8 +256,145 @@ pub fn prune_plan(plan: &pgvault_core::retention::prune::PrunePlan) -> String {
     out
 }
 
+/// What one object's lock amounts to at `now`: `locked`, `expired`, `none` or `error`.
+fn lock_state(
+    lock: &Result<Option<pgvault_core::storage::ObjectLock>, pgvault_core::Error>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> &'static str {
+    match lock {
+        Err(_) => "error",
+        Ok(None) => "none",
+        Ok(Some(l)) if l.in_effect(now) => "locked",
+        Ok(Some(_)) => "expired",
+    }
+}
+
+/// The verdict of a verify report, as `verify --json` words it.
+fn verify_verdict(report: &VerifyReport) -> &'static str {
+    if report.damaged() {
+        "failed"
+    } else if report.incomplete() {
+        "incomplete"
+    } else {
+        "passed"
+    }
+}
+
+/// The `verify --json` document (docs/CLI-JSON.md).
+pub fn verify_json(report: &VerifyReport, now: chrono::DateTime<chrono::Utc>) -> String {
+    use serde_json::{json, Map, Value};
+    let objects: Vec<Value> = report
+        .objects
+        .iter()
+        .map(|o| {
+            let (result, detail) = match (&o.outcome, o.finding()) {
+                (Ok(detail), _) => ("ok", detail.clone()),
+                (Err(e), Finding::Unknown) => ("error", e.to_string()),
+                (Err(e), _) => ("failed", e.to_string()),
+            };
+            json!({ "role": o.role, "key": o.key, "result": result, "detail": detail })
+        })
+        .collect();
+    let locks: Vec<Value> = report
+        .locks
+        .iter()
+        .map(|l| {
+            let mut entry = Map::new();
+            entry.insert("key".into(), json!(l.key));
+            entry.insert("state".into(), json!(lock_state(&l.lock, now)));
+            match &l.lock {
+                Ok(Some(lock)) => {
+                    if let Some(mode) = lock.mode {
+                        entry.insert("mode".into(), json!(mode.to_string()));
+                    }
+                    if let Some(until) = lock.retain_until {
+                        entry.insert(
+                            "retain_until".into(),
+                            json!(until.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+                        );
+                    }
+                    entry.insert("legal_hold".into(), json!(lock.legal_hold));
+                }
+                Ok(None) => {
+                    entry.insert("legal_hold".into(), json!(false));
+                }
+                Err(e) => {
+                    entry.insert("error".into(), json!(e.to_string()));
+                }
+            }
+            Value::Object(entry)
+        })
+        .collect();
+    let document = json!({
+        "backup": report.backup_id,
+        "deep": report.deep,
+        "verdict": verify_verdict(report),
+        "objects": objects,
+        "locks": locks,
+    });
+    serde_json::to_string_pretty(&document).unwrap_or_default()
+}
+
+/// The `verify` locks section: each object's lock, and whether all are locked now.
+fn lock_lines(out: &mut String, report: &VerifyReport, now: chrono::DateTime<chrono::Utc>) {
+    if report.locks.iter().all(|l| matches!(l.lock, Ok(None))) {
+        let _ = writeln!(
+            out,
+            "object locks: none (no object has a retention or legal hold)"
+        );
+        return;
+    }
+    let _ = writeln!(out, "object locks:");
+    for l in &report.locks {
+        let (word, detail) = match &l.lock {
+            Err(e) => ("ERROR", e.to_string()),
+            Ok(None) => ("NONE", "no retention, no legal hold".to_string()),
+            Ok(Some(lock)) => (
+                if lock.in_effect(now) {
+                    "LOCKED"
+                } else {
+                    "EXPIRED"
+                },
+                lock.describe(),
+            ),
+        };
+        let _ = writeln!(out, "  {word:<7} {} — {detail}", l.key);
+    }
+    let locked: Vec<_> = report
+        .locks
+        .iter()
+        .filter_map(|l| l.lock.as_ref().ok().and_then(|o| o.as_ref()))
+        .filter(|l| l.in_effect(now))
+        .collect();
+    if !report.locks.is_empty() && locked.len() == report.locks.len() {
+        let earliest = locked
+            .iter()
+            .filter(|l| !l.legal_hold)
+            .filter_map(|l| l.retain_until)
+            .min();
+        let _ = writeln!(
+            out,
+            "immutable: all {} object(s) are locked{}",
+            locked.len(),
+            earliest
+                .map(|t| format!(
+                    ", the first lock ends {}",
+                    t.format("%Y-%m-%d %H:%M:%S UTC")
+                ))
+                .unwrap_or_default()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "not immutable: {} of {} object(s) are locked now",
+            locked.len(),
+            report.locks.len()
+        );
+    }
+}
+
 /// The `verify` result.
-pub fn verify_summary(report: &VerifyReport) -> String {
+pub fn verify_summary(report: &VerifyReport, now: chrono::DateTime<chrono::Utc>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -269,6 +420,7 @@ pub fn verify_summary(report: &VerifyReport) -> String {
             }
         }
     }
+    lock_lines(&mut out, report, now);
     let unknown = report
         .objects
         .iter()

@@ -188,7 +188,7 @@ pub(crate) fn wanted(
     );
     let kept: HashSet<String> = match retention {
         None => union.iter().map(|m| m.id.clone()).collect(),
-        Some(config) => plan_backups(&union, config, now)?
+        Some(config) => plan_backups(&union, &std::collections::HashMap::new(), config, now)?
             .entries
             .into_iter()
             .filter(|e| e.keep())

@@ -293,6 +293,7 @@ async fn the_copys_retention_decides_what_it_gets_and_lag_counts_only_that() {
         },
         max_age: None,
         orphan_min_age: chrono::Duration::hours(24),
+        prune_after_backup: true,
     };
     let target = CopyTarget {
         name: "dr",

@@ -5,6 +5,11 @@
 //! - With an identity: additionally each object is decrypted (age authenticates every
 //!   64 KiB chunk), decompressed, its plaintext size and SHA-256 compared, the dump's
 //!   table of contents read by `pg_restore --list`, and the sidecar parsed.
+//!
+//! Either way, the report names each stored object's lock (S3 Object Lock: mode and end
+//! of retention, legal hold), the manifest's included, so an auditor can show that the
+//! backup cannot be deleted or altered before then. A lock is a fact to report, not a
+//! check: an expired lock on an old backup is normal.
 
 use std::io::{self, Read, Write};
 use std::process::{ChildStdin, Stdio};
@@ -14,8 +19,9 @@ use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::logical::backup::VerificationSidecar;
 use crate::pipeline::{self, Decode, Progress};
-use crate::repository::{object, BackupManifest, Repository};
+use crate::repository::{object, BackupManifest, Repository, MANIFEST};
 use crate::server::{self, PgTools};
+use crate::storage::ObjectLock;
 
 /// The result of checking one object.
 #[derive(Debug)]
@@ -40,6 +46,17 @@ pub struct VerifyReport {
     pub recipients: Vec<String>,
     /// One entry per object.
     pub objects: Vec<ObjectCheck>,
+    /// The lock of every stored object of the backup, its manifest first.
+    pub locks: Vec<LockCheck>,
+}
+
+/// The lock of one stored object, as the store reports it.
+#[derive(Debug)]
+pub struct LockCheck {
+    /// The object's key.
+    pub key: String,
+    /// Its lock (`None`: not locked), or why it could not be read.
+    pub lock: std::result::Result<Option<ObjectLock>, Error>,
 }
 
 /// What a check of one object found.
@@ -294,11 +311,30 @@ pub async fn verify_backup(
         });
     }
     objects.extend(physical_extras(repo, manifest).await);
+    let mut keys = vec![repo.object_key(&manifest.id, MANIFEST)];
+    keys.extend(manifest.objects.values().map(|o| o.key.clone()));
+    if let Some(copy) = manifest
+        .physical
+        .as_ref()
+        .and_then(|p| p.server_manifest.as_ref())
+    {
+        keys.push(copy.key.clone());
+    }
+    let mut locks = Vec::new();
+    for key in keys {
+        let lock = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            lock = repo.storage().lock_of(&key) => lock,
+        };
+        locks.push(LockCheck { key, lock });
+    }
     Ok(VerifyReport {
         backup_id: manifest.id.clone(),
         deep: identities.is_some(),
         recipients: manifest.encryption.recipients.clone(),
         objects,
+        locks,
     })
 }
 

@@ -231,6 +231,10 @@ pub struct RetentionConfig {
     /// Orphans and pending uploads younger than this are left alone (a backup may be
     /// running); default 24h.
     pub orphan_min_age: chrono::Duration,
+    /// Whether the agent applies retention after each backup (default). `false` when
+    /// `pgvault prune` runs elsewhere, with credentials that may delete, so that the
+    /// agent's need none (docs/SECURITY.md).
+    pub prune_after_backup: bool,
 }
 
 /// The source database of a policy.
@@ -762,6 +766,62 @@ mod tests {
             parse(&minimal("")).unwrap().cadence(now),
             Cadence::default()
         );
+    }
+
+    #[test]
+    fn object_lock_parses_and_is_refused_where_it_cannot_hold() {
+        use crate::storage::LockMode;
+        let p = parse(&minimal(
+            "object_lock = { mode = \"compliance\", days = 30 }\n",
+        ))
+        .unwrap();
+        let lock = p.repository.storage.object_lock.unwrap();
+        assert_eq!((lock.mode, lock.days), (LockMode::Compliance, 30));
+        assert!(lock.unlocked_prefixes.is_empty());
+        assert!(parse(&minimal(""))
+            .unwrap()
+            .repository
+            .storage
+            .object_lock
+            .is_none());
+        for (repo, expected) in [
+            (
+                "object_lock = { mode = \"strict\", days = 30 }\n",
+                "object_lock mode must be \"governance\" or \"compliance\"",
+            ),
+            (
+                "object_lock = { mode = \"governance\", days = 0 }\n",
+                "days must be between 1 and 36500",
+            ),
+            (
+                "object_lock = { mode = \"governance\" }\n",
+                "missing field `days`",
+            ),
+            (
+                "object_lock = { mode = \"governance\", days = 1, years = 1 }\n",
+                "unknown field `years`",
+            ),
+        ] {
+            let err = parse(&minimal(repo)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{repo}: {err}");
+        }
+        let fs = minimal("object_lock = { mode = \"governance\", days = 7 }\n")
+            .replace("s3://bucket/pre/fix", "file:///var/lib/pgvault");
+        let err = parse(&fs).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:6:"), "{err}");
+        assert!(err.contains("object_lock needs an S3 repository"), "{err}");
+    }
+
+    #[test]
+    fn the_agent_prunes_after_each_backup_unless_told_not_to() {
+        let p = parse(&format!("{}[retention]\nkeep_last = 3\n", minimal(""))).unwrap();
+        assert!(p.retention.unwrap().prune_after_backup);
+        let p = parse(&format!(
+            "{}[retention]\nkeep_last = 3\nprune_after_backup = false\n",
+            minimal("")
+        ))
+        .unwrap();
+        assert!(!p.retention.unwrap().prune_after_backup);
     }
 
     #[test]

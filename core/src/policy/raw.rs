@@ -93,6 +93,7 @@ pub(super) struct RawRetention {
     pub(super) keep_within: Option<Spanned<String>>,
     pub(super) max_age: Option<Spanned<String>>,
     pub(super) orphan_min_age: Option<Spanned<String>>,
+    pub(super) prune_after_backup: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +128,14 @@ pub(super) struct RawRepository {
     // `[repository]` only: its `[[repository.copies]]`.
     #[serde(default)]
     pub(super) copies: Vec<Spanned<RawRepository>>,
+    pub(super) object_lock: Option<Spanned<RawObjectLock>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawObjectLock {
+    pub(super) mode: Spanned<String>,
+    pub(super) days: Spanned<i64>,
 }
 
 #[derive(Debug, Deserialize)]

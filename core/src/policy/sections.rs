@@ -10,8 +10,8 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::raw::{
-    RawArchive, RawBackup, RawCompression, RawEncryption, RawNotify, RawRepository, RawRestoreTest,
-    RawRetention, RawSchedule, RawSource,
+    RawArchive, RawBackup, RawCompression, RawEncryption, RawNotify, RawObjectLock, RawRepository,
+    RawRestoreTest, RawRetention, RawSchedule, RawSource,
 };
 use super::{
     expand_env, parse_repository_url, retention, validate_postgres_url, ArchiveConfig, ArchiveMode,
@@ -22,7 +22,9 @@ use super::{
 };
 use crate::keys::Recipients;
 use crate::schedule::{Schedule, ScheduleError};
-use crate::storage::{LifecycleSettings, RequestSettings, StorageSettings};
+use crate::storage::{
+    LifecycleSettings, Location, LockMode, ObjectLockSettings, RequestSettings, StorageSettings,
+};
 
 /// A mistake in a policy, with the span of the value it is about (the whole section's
 /// when no single value is to blame).
@@ -219,6 +221,10 @@ impl TryFrom<InDir<'_, RawRepository>> for RepositoryConfig {
                 retry_time: timeout(&raw.retry_time, defaults.retry_time)?,
             }
         };
+        let object_lock = match &raw.object_lock {
+            None => None,
+            Some(lock) => Some(object_lock(lock, &location)?),
+        };
         Ok(RepositoryConfig {
             storage: StorageSettings {
                 location,
@@ -226,11 +232,49 @@ impl TryFrom<InDir<'_, RawRepository>> for RepositoryConfig {
                 region: raw.region,
                 lifecycle,
                 requests,
+                object_lock,
             },
             part_size,
             parts_in_flight,
         })
     }
+}
+
+/// `[repository] object_lock = { mode = "governance" | "compliance", days = N }`: only
+/// an S3 repository can hold locks.
+fn object_lock(lock: &Spanned<RawObjectLock>, location: &Location) -> Found<ObjectLockSettings> {
+    if let Location::Filesystem { root } = location {
+        return Err(at(
+            Some(lock.span()),
+            format!(
+                "object_lock needs an S3 repository: a filesystem ({}) cannot keep objects from being deleted; remove object_lock or store the repository in an S3 bucket with Object Lock enabled",
+                root.display()
+            ),
+        ));
+    }
+    let raw = lock.get_ref();
+    let mode = choice(
+        "[repository] object_lock mode",
+        &raw.mode,
+        &[
+            ("governance", LockMode::Governance),
+            ("compliance", LockMode::Compliance),
+        ],
+    )?;
+    let days = u32::try_from(*raw.days.get_ref())
+        .ok()
+        .filter(|d| (1..=36500).contains(d))
+        .ok_or_else(|| {
+            at(
+                Some(raw.days.span()),
+                "[repository] object_lock days must be between 1 and 36500".into(),
+            )
+        })?;
+    Ok(ObjectLockSettings {
+        mode,
+        days,
+        unlocked_prefixes: Vec::new(),
+    })
 }
 
 impl TryFrom<InDir<'_, Spanned<RawEncryption>>> for Recipients {
@@ -470,6 +514,7 @@ impl TryFrom<Spanned<RawRetention>> for RetentionConfig {
             max_age: parse(&r.max_age)?,
             orphan_min_age: parse(&r.orphan_min_age)?
                 .unwrap_or_else(|| chrono::Duration::hours(24)),
+            prune_after_backup: r.prune_after_backup.unwrap_or(true),
         })
     }
 }

@@ -15,6 +15,11 @@
 //! - an older pgvault, or a run whose lease write never happened, when there is no
 //!   lease: only the age rule (`orphan_min_age`) may remove those.
 //!
+//! Credentials that may not delete (an agent whose retention runs elsewhere) cannot
+//! delete the lease: the run then stores it once more with `released_at` set, which
+//! ends it just as well, and `pgvault prune` deletes it later. Leases are scratch
+//! objects: never locked by `[repository] object_lock`.
+//!
 //! A crashed run's objects and multipart uploads are removed by the next backup of the
 //! policy, by the agent at start-up and by `pgvault prune` ([`crate::retention::prune`]). Before
 //! deleting, the absence of the manifest is checked again after the lease was read: a
@@ -59,6 +64,10 @@ pub struct LeaseRecord {
     pub heartbeat_at: DateTime<Utc>,
     /// The pgvault that runs it.
     pub tool_version: String,
+    /// When the run ended, for a lease its run could not delete (no delete permission):
+    /// such a lease is dead whatever its heartbeat says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<DateTime<Utc>>,
 }
 
 /// Whether the run behind a backup directory is still running.
@@ -77,6 +86,7 @@ pub enum Liveness {
 pub struct RunLease {
     repo: Repository,
     key: String,
+    record: LeaseRecord,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
@@ -87,7 +97,7 @@ pub fn lease_key(repo: &Repository, id: &str) -> String {
 
 /// The prefix of a policy's leases.
 pub fn leases_prefix(repo: &Repository) -> String {
-    format!("{}/runs/", repo.policy())
+    format!("{}/{}/", repo.policy(), super::RUNS_DIR)
 }
 
 impl RunLease {
@@ -96,7 +106,7 @@ impl RunLease {
     pub async fn acquire(repo: &Repository, id: &str, kind: BackupKind) -> Result<RunLease> {
         let now = Utc::now();
         let (boot_id, pid, process_start) = this_process();
-        let mut record = LeaseRecord {
+        let record = LeaseRecord {
             id: id.to_string(),
             kind,
             host: crate::notify::host_name(),
@@ -106,12 +116,14 @@ impl RunLease {
             started_at: now,
             heartbeat_at: now,
             tool_version: crate::TOOL_VERSION.to_string(),
+            released_at: None,
         };
         let key = lease_key(repo, id);
         repo.storage().put(&key, encode(&record)?).await?;
         let heartbeat = {
             let repo = repo.clone();
             let key = key.clone();
+            let mut record = record.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(HEARTBEAT_EVERY).await;
@@ -129,17 +141,40 @@ impl RunLease {
         Ok(RunLease {
             repo: repo.clone(),
             key,
+            record,
             heartbeat,
         })
     }
 
-    /// Stop the heartbeat and delete the lease (the run is over). A lease that cannot be
-    /// deleted is dead anyway once its heartbeat stops; it is only logged.
-    pub async fn release(self) {
+    /// Stop the heartbeat and delete the lease (the run is over). Credentials without
+    /// delete permission store the lease once more, marked released, instead. A lease
+    /// that can be neither deleted nor marked is dead anyway once its heartbeat stops
+    /// (on another host) or its process ends; it is only logged.
+    pub async fn release(mut self) {
         self.heartbeat.abort();
-        if let Err(e) = self.repo.storage().delete(&self.key).await {
-            tracing::warn!(key = %self.key, error = %e, "could not delete the run's lease; it expires on its own");
+        let e = match self.repo.storage().delete(&self.key).await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if e.is_access_denied() {
+            let now = Utc::now();
+            self.record.heartbeat_at = now;
+            self.record.released_at = Some(now);
+            let marked = match encode(&self.record) {
+                Ok(bytes) => self.repo.storage().put(&self.key, bytes).await,
+                Err(e) => Err(e),
+            };
+            match marked {
+                Ok(()) => {
+                    tracing::debug!(key = %self.key, "no permission to delete the run's lease; marked it released for `pgvault prune` to delete")
+                }
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, "could not delete the run's lease nor mark it released; it expires on its own")
+                }
+            }
+            return;
         }
+        tracing::warn!(key = %self.key, error = %e, "could not delete the run's lease; it expires on its own");
     }
 }
 
@@ -182,6 +217,13 @@ pub fn liveness(lease: Option<&LeaseRecord>, now: DateTime<Utc>) -> Liveness {
     let Some(lease) = lease else {
         return Liveness::Unknown;
     };
+    if let Some(released) = lease.released_at {
+        return Liveness::Crashed(format!(
+            "its run on {} ended at {} (its lease could not be deleted)",
+            lease.host,
+            released.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
     let (boot_id, _, _) = this_process();
     if lease.host == crate::notify::host_name() && !boot_id.is_empty() && lease.boot_id == boot_id {
         return match process_start(lease.pid) {
@@ -235,6 +277,7 @@ mod tests {
             started_at: now,
             heartbeat_at: now - chrono::Duration::seconds(age_s),
             tool_version: crate::TOOL_VERSION.into(),
+            released_at: None,
         }
     }
 
@@ -262,6 +305,13 @@ mod tests {
             Liveness::Crashed(_)
         ));
         assert_eq!(liveness(None, now), Liveness::Unknown);
+        // A lease its run marked released is dead, even with a fresh heartbeat.
+        let mut released = record(&host, &boot, pid, start, 0);
+        released.released_at = Some(now);
+        assert!(matches!(
+            liveness(Some(&released), now),
+            Liveness::Crashed(_)
+        ));
     }
 
     #[test]

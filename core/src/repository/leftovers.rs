@@ -7,6 +7,11 @@
 //! `pgvault prune` applies that rule). A backup that is still running is never touched.
 //! Every backup of a policy and the agent at start-up remove crashed runs' leftovers
 //! ([`remove_crashed_runs`]).
+//!
+//! With `[repository] object_lock`, a crashed run's stored objects are locked like every
+//! backup object: they stay, listed with their lock, until it ends. Credentials that may
+//! not delete (an agent whose retention runs elsewhere) leave the leftovers to
+//! `pgvault prune`; aborting stale uploads needs no delete permission and is done first.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +20,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use super::lease::{self, Liveness};
 use super::{Repository, MANIFEST};
 use crate::error::Result;
-use crate::storage::PendingUpload;
+use crate::storage::{lock_in_effect, PendingUpload};
 
 /// A backup directory without a manifest.
 #[derive(Debug, Clone)]
@@ -51,6 +56,8 @@ pub struct Leftovers {
     /// Orphans and uploads left alone: their run may still be going (a live lease, or
     /// no lease and younger than `orphan_min_age`).
     pub recent: usize,
+    /// Leftovers that may go but are still locked (`object_lock`): what, and the lock.
+    pub locked: Vec<(String, String)>,
 }
 
 /// Find what ended runs left behind. A dead lease makes its run's leftovers removable at
@@ -93,12 +100,19 @@ pub async fn leftovers(
             continue;
         }
         match removable(&id) {
-            Some(reason) => found.orphans.push(Orphan {
-                started: id_time(&id),
-                id,
-                keys,
-                reason,
-            }),
+            Some(reason) => {
+                let dir = repo.object_key(&id, "");
+                if let Some(lock) = lock_in_effect(repo.storage(), &dir, now).await? {
+                    found.locked.push((format!("orphan {id}"), lock.describe()));
+                    continue;
+                }
+                found.orphans.push(Orphan {
+                    started: id_time(&id),
+                    id,
+                    keys,
+                    reason,
+                })
+            }
             None => found.recent += 1,
         }
     }
@@ -125,7 +139,12 @@ pub async fn leftovers(
     }
     for (id, lease) in &leases {
         if let Liveness::Crashed(_) = lease::liveness(Some(lease), now) {
-            found.dead_leases.push(lease::lease_key(repo, id));
+            let key = lease::lease_key(repo, id);
+            // Leases are stored unlocked; a bucket's default retention may lock them.
+            match lock_in_effect(repo.storage(), &key, now).await? {
+                Some(lock) => found.locked.push((format!("lease {key}"), lock.describe())),
+                None => found.dead_leases.push(key),
+            }
         }
     }
     Ok(found)
@@ -137,6 +156,11 @@ pub async fn leftovers(
 pub async fn remove_crashed_runs(repo: &Repository) {
     let found = match leftovers(repo, Utc::now(), None).await {
         Ok(found) => found,
+        // Credentials that may not read locks (an agent whose retention runs elsewhere).
+        Err(e) if e.is_access_denied() => {
+            tracing::info!(policy = %repo.policy(), error = %e, "no permission to look into a crashed run's leftovers; `pgvault prune` removes them");
+            return;
+        }
         Err(e) => {
             tracing::warn!(policy = %repo.policy(), error = %e, "cannot look for a crashed run's leftovers");
             return;
@@ -152,18 +176,27 @@ pub async fn remove_crashed_runs(repo: &Repository) {
             }
             tracing::info!(policy = %repo.policy(), orphans, uploads, "crashed runs cleaned up");
         }
+        Err(e) if e.is_access_denied() => {
+            tracing::info!(policy = %repo.policy(), error = %e, "no permission to delete a crashed run's leftovers; `pgvault prune` removes them")
+        }
         Err(e) => {
             tracing::warn!(policy = %repo.policy(), error = %e, "cannot remove a crashed run's leftovers")
         }
     }
 }
 
-/// Remove `found`: each orphan after checking again that its manifest is still absent,
-/// then uploads, then dead leases. Returns (orphans removed, uploads aborted).
+/// Remove `found`: stale uploads first (aborting needs no delete permission), then each
+/// orphan after checking again that its manifest is still absent, then dead leases.
+/// Returns (orphans removed, uploads aborted).
 pub(crate) async fn remove_leftovers(
     repo: &Repository,
     found: &Leftovers,
 ) -> Result<(usize, usize)> {
+    let mut uploads = 0;
+    for stale in &found.stale_uploads {
+        repo.storage().abort_pending(&stale.upload).await?;
+        uploads += 1;
+    }
     let mut orphans = 0;
     for orphan in &found.orphans {
         let manifest = repo.object_key(&orphan.id, MANIFEST);
@@ -174,11 +207,6 @@ pub(crate) async fn remove_leftovers(
             repo.storage().delete(key).await?;
         }
         orphans += 1;
-    }
-    let mut uploads = 0;
-    for stale in &found.stale_uploads {
-        repo.storage().abort_pending(&stale.upload).await?;
-        uploads += 1;
     }
     for key in &found.dead_leases {
         repo.storage().delete(key).await?;

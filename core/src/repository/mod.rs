@@ -68,6 +68,22 @@ pub const WRITTEN_FORMAT_VERSIONS: [u32; 4] = [
 /// Name of the manifest object inside a backup's directory.
 pub const MANIFEST: &str = "manifest.json";
 
+/// The folder of a policy's run leases (`<policy>/runs/`, see [`lease`]).
+pub const RUNS_DIR: &str = "runs";
+/// The folder of a policy's stream chunks (`<policy>/wal-stream/`, docs/FORMAT.md §19).
+pub const STREAM_DIR: &str = "wal-stream";
+
+/// Prefixes of a policy's scratch objects: what pgvault itself deletes when a run ends
+/// or a segment is complete (run leases, stream chunks). They are never locked
+/// (`[repository] object_lock`), so that deleting them cannot fail on a lock; everything
+/// else a policy stores (backups, WAL, gap records, reports) is.
+pub fn scratch_prefixes(policy: &str) -> Vec<String> {
+    vec![
+        format!("{policy}/{RUNS_DIR}/"),
+        format!("{policy}/{STREAM_DIR}/"),
+    ]
+}
+
 /// A new backup id: UTC start time to the second plus 8 random hex digits, so ids sort by
 /// time and two agents starting in the same second still differ.
 pub fn new_backup_id(started: DateTime<Utc>) -> String {
@@ -318,17 +334,29 @@ impl Repository {
 
     /// Open the repository a policy names: the one place pgvault opens storage, so every
     /// command reaches the same bucket or directory with the same request settings.
+    ///
+    /// With `object_lock`, the storage is told which prefixes hold scratch objects
+    /// ([`scratch_prefixes`]): those are stored without a lock.
     pub async fn open(policy: &Policy) -> Result<Self> {
-        let storage = crate::storage::open(&policy.repository.storage).await?;
-        Ok(Repository::new(storage, &policy.name))
+        Repository::open_at(&policy.repository.storage, &policy.name).await
+    }
+
+    /// Open `settings` for `policy`: scratch objects (leases, stream chunks) stay
+    /// unlocked when the location asks for Object Lock.
+    async fn open_at(settings: &crate::storage::StorageSettings, policy: &str) -> Result<Self> {
+        let mut settings = settings.clone();
+        if let Some(lock) = settings.object_lock.as_mut() {
+            lock.unlocked_prefixes = scratch_prefixes(policy);
+        }
+        let storage = crate::storage::open(&settings).await?;
+        Ok(Repository::new(storage, policy))
     }
 
     /// Open the policy's copy named `name` (`[[repository.copies]]`): a repository of the
     /// same format in another place, read and written like the primary.
     pub async fn open_copy(policy: &Policy, name: &str) -> Result<Self> {
         let copy = policy.copy(name)?;
-        let storage = crate::storage::open(&copy.repository.storage).await?;
-        Ok(Repository::new(storage, &policy.name))
+        Repository::open_at(&copy.repository.storage, &policy.name).await
     }
 
     /// The primary repository, or the copy `from_copy` names (what `--from-copy` picks).

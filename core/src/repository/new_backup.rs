@@ -149,13 +149,23 @@ pub(crate) fn build_manifest(
 }
 
 /// Best-effort removal of a failed backup's objects (its manifest was never written).
+/// Locked objects, or credentials that may not delete, leave them to `pgvault prune`.
 pub(crate) async fn discard_objects(repo: &Repository, id: &str) {
     let prefix = repo.object_key(id, "");
     match repo.storage().list(&prefix).await {
         Ok(objects) => {
             for o in objects {
-                if let Err(e) = repo.storage().delete(&o.key).await {
-                    tracing::warn!(key = %o.key, error = %e, "could not remove an object of the failed backup");
+                match repo.storage().delete(&o.key).await {
+                    Ok(()) => {}
+                    // Locked (`object_lock`) or no delete permission: a leftover for
+                    // `pgvault prune`, once its lock ends.
+                    Err(e @ (Error::ObjectLocked { .. } | Error::AccessDenied { .. })) => {
+                        tracing::info!(backup = id, error = %e, "the failed backup's objects stay until `pgvault prune` may remove them");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %o.key, error = %e, "could not remove an object of the failed backup")
+                    }
                 }
             }
         }

@@ -14,6 +14,9 @@
 //! A backup kept by any rule is kept, and so is every backup it depends on: an
 //! incremental base backup keeps its parent, the parent its own, up to the full at the
 //! root of the chain (`chain`). The rules count restore points, whole or incremental.
+//! A backup whose stored objects are still locked (`[repository] object_lock`) is kept
+//! until the lock ends (`locked until …`), and keeps its chain like any kept backup:
+//! deleting it would fail, or leave it half deleted.
 //! Two guards come first:
 //! - the newest backup is always kept;
 //! - when the newest backup is older than `max_age` (the schedule is broken), nothing is
@@ -52,6 +55,18 @@ pub enum KeepReason {
     Within,
     /// A kept incremental backup depends on it.
     Chain,
+    /// A stored object of it is locked (Object Lock) until then: it cannot be deleted.
+    Locked(LockedUntil),
+}
+
+/// Until when a backup cannot be deleted: the end of the latest retention on its
+/// objects, or a legal hold (no date).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LockedUntil {
+    /// The retention of its last-locked object ends then.
+    Date(DateTime<Utc>),
+    /// An object is under a legal hold, which has no end date.
+    LegalHold,
 }
 
 impl fmt::Display for KeepReason {
@@ -67,6 +82,10 @@ impl fmt::Display for KeepReason {
             KeepReason::Yearly => "yearly",
             KeepReason::Within => "within",
             KeepReason::Chain => "chain",
+            KeepReason::Locked(LockedUntil::Date(until)) => {
+                return write!(f, "locked until {}", until.format("%Y-%m-%d %H:%M:%S UTC"))
+            }
+            KeepReason::Locked(LockedUntil::LegalHold) => "locked (legal hold)",
         })
     }
 }
@@ -80,6 +99,8 @@ pub struct BackupRef {
     pub time: DateTime<Utc>,
     /// The backup it depends on (an incremental's parent).
     pub parent: Option<String>,
+    /// Set when its objects are locked now (`object_lock`): it is kept until then.
+    pub locked: Option<LockedUntil>,
 }
 
 /// The planner's decision for one backup.
@@ -199,6 +220,12 @@ pub fn plan(
         }
     }
 
+    for e in entries.iter_mut() {
+        if let Some(until) = e.backup.locked {
+            e.reasons.insert(KeepReason::Locked(until));
+        }
+    }
+
     // Every kept backup keeps its ancestors, whatever order their times put them in.
     let index: std::collections::HashMap<String, usize> = entries
         .iter()
@@ -246,6 +273,7 @@ mod tests {
                 id: format!("b{d:03}"),
                 time: at("2026-01-01T02:00:00Z") + Duration::days(d),
                 parent: None,
+                locked: None,
             })
             .collect()
     }
@@ -373,6 +401,36 @@ mod tests {
     }
 
     #[test]
+    fn a_locked_backup_is_kept_with_its_chain_until_the_lock_ends() {
+        let mut backups = daily_backups(4);
+        // b002 is an incremental on b001; b002 is still locked, b000 is locked by a hold.
+        backups[2].parent = Some("b001".into());
+        let until = at("2026-02-01T00:00:00Z");
+        backups[2].locked = Some(LockedUntil::Date(until));
+        backups[0].locked = Some(LockedUntil::LegalHold);
+        let rules = RetentionRules {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        let p = plan(&backups, &rules, at("2026-01-05T00:00:00Z"), None).unwrap();
+        assert_eq!(kept(&p), vec!["b003", "b002", "b001", "b000"]);
+        let reasons = |id: &str| {
+            p.entries
+                .iter()
+                .find(|e| e.backup.id == id)
+                .map(|e| e.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>())
+                .unwrap()
+        };
+        assert_eq!(
+            reasons("b002"),
+            vec!["locked until 2026-02-01 00:00:00 UTC"]
+        );
+        assert_eq!(reasons("b001"), vec!["chain"]);
+        assert_eq!(reasons("b000"), vec!["locked (legal hold)"]);
+        assert!(p.to_delete().is_empty());
+    }
+
+    #[test]
     fn a_stale_newest_backup_stops_all_deletion() {
         let rules = RetentionRules {
             keep_last: Some(1),
@@ -409,6 +467,7 @@ mod properties {
                 id: format!("id{i:04}"),
                 time: base + Duration::hours(*h),
                 parent: None,
+                locked: None,
             })
             .collect()
     }

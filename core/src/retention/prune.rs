@@ -6,17 +6,26 @@
 //! without a manifest), never a listed backup without its data.
 //!
 //! What crashed runs left is found and removed by [`crate::repository::leftovers`].
+//!
+//! **Object Lock.** With `[repository] object_lock`, the plan reads the locks of every
+//! stored version (`Storage::versions`): a backup with a locked object is kept (`locked
+//! until …`), and so are locked leftovers, WAL and gap records, so prune never issues a
+//! delete that would fail. A backup whose locks have ended is deleted as a whole:
+//! its locks are read again just before, then the manifest's versions go first and the
+//! rest after, every version, so the bytes are freed at once (docs/DESIGN-NOTES.md).
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::policy::RetentionConfig;
 use crate::repository::leftovers::{leftovers, remove_leftovers, Leftovers, Orphan, StaleUpload};
 use crate::repository::{BackupKind, BackupManifest, Repository, MANIFEST};
-use crate::retention::{self, BackupRef, RetentionPlan};
+use crate::retention::{self, BackupRef, LockedUntil, RetentionPlan};
 use crate::stop_signal::unless_cancelled;
+use crate::storage::{lock_in_effect, ObjectLock};
 
 /// What a prune will do (or did).
 #[derive(Debug, Clone)]
@@ -35,6 +44,40 @@ pub struct PrunePlan {
     pub wal_to_delete: Vec<String>,
     /// Gap records no retained base backup replays through.
     pub gaps_to_delete: Vec<String>,
+    /// Leftovers, WAL files and gap records that may go but are still locked
+    /// (`object_lock`): what, and the lock. They go in a later prune.
+    pub locked: Vec<(String, String)>,
+}
+
+/// Locks read at once while planning.
+const LOCK_READS_IN_FLIGHT: usize = 8;
+
+/// The lock in effect at `now` on each of `prefixes` (`None`: it may go), in order.
+async fn locks_of(
+    repo: &Repository,
+    prefixes: Vec<String>,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, Option<ObjectLock>)>> {
+    if !repo.storage().locks_objects() {
+        return Ok(prefixes.into_iter().map(|p| (p, None)).collect());
+    }
+    let read: Vec<Result<(String, Option<ObjectLock>)>> = futures::stream::iter(prefixes)
+        .map(|prefix| async move {
+            let lock = lock_in_effect(repo.storage(), &prefix, now).await?;
+            Ok((prefix, lock))
+        })
+        .buffered(LOCK_READS_IN_FLIGHT)
+        .collect()
+        .await;
+    read.into_iter().collect()
+}
+
+/// A lock in effect, as the planner sees it.
+fn locked_until(lock: &ObjectLock) -> LockedUntil {
+    match (lock.legal_hold, lock.retain_until) {
+        (false, Some(until)) => LockedUntil::Date(until),
+        _ => LockedUntil::LegalHold,
+    }
 }
 
 /// Plan a prune of `repo` at `now`. Reads the repository; changes nothing.
@@ -44,7 +87,27 @@ pub async fn plan(
     now: DateTime<Utc>,
 ) -> Result<PrunePlan> {
     let manifests = repo.list_backups().await?;
-    let retention = plan_backups(&manifests, config, now)?;
+    let locks: std::collections::HashMap<String, LockedUntil> = locks_of(
+        repo,
+        manifests
+            .iter()
+            .map(|m| repo.object_key(&m.id, ""))
+            .collect(),
+        now,
+    )
+    .await?
+    .into_iter()
+    .filter_map(|(dir, lock)| lock.map(|l| (dir, locked_until(&l))))
+    .collect();
+    let by_id: std::collections::HashMap<String, LockedUntil> = manifests
+        .iter()
+        .filter_map(|m| {
+            locks
+                .get(&repo.object_key(&m.id, ""))
+                .map(|l| (m.id.clone(), *l))
+        })
+        .collect();
+    let retention = plan_backups(&manifests, &by_id, config, now)?;
 
     let found = leftovers(repo, now, Some(config.orphan_min_age)).await?;
     let deleted: Vec<&str> = retention
@@ -61,7 +124,7 @@ pub async fn plan(
             ));
         }
     }
-    let (wal_to_delete, gaps_to_delete) = if retained_starts.is_empty() {
+    let (mut wal_to_delete, mut gaps_to_delete) = if retained_starts.is_empty() {
         (Vec::new(), Vec::new())
     } else {
         let mut archive = crate::physical::wal::list_archive(repo).await?;
@@ -78,6 +141,20 @@ pub async fn plan(
                 .collect(),
         )
     };
+    let mut locked = found.locked;
+    for (keys, what) in [
+        (&mut wal_to_delete, "WAL"),
+        (&mut gaps_to_delete, "gap record"),
+    ] {
+        let mut free = Vec::new();
+        for (key, lock) in locks_of(repo, std::mem::take(keys), now).await? {
+            match lock {
+                Some(lock) => locked.push((format!("{what} {key}"), lock.describe())),
+                None => free.push(key),
+            }
+        }
+        *keys = free;
+    }
     Ok(PrunePlan {
         retention,
         orphans: found.orphans,
@@ -86,6 +163,7 @@ pub async fn plan(
         recent_leftovers: found.recent,
         wal_to_delete,
         gaps_to_delete,
+        locked,
     })
 }
 
@@ -94,6 +172,7 @@ pub async fn plan(
 /// for a repository, and `pgvault copy` for the backups a copy would keep.
 pub fn plan_backups(
     manifests: &[BackupManifest],
+    locks: &std::collections::HashMap<String, LockedUntil>,
     config: &RetentionConfig,
     now: DateTime<Utc>,
 ) -> Result<RetentionPlan> {
@@ -111,6 +190,7 @@ pub fn plan_backups(
                 id: m.id.clone(),
                 time: m.started_at,
                 parent: m.chain_link().map(|l| l.parent.clone()),
+                locked: locks.get(&m.id).copied(),
             })
             .collect();
         if refs.is_empty() {
@@ -146,6 +226,9 @@ pub struct PruneOutcome {
     pub aborted_uploads: usize,
     /// Archived WAL files deleted.
     pub deleted_wal: usize,
+    /// Backups, WAL files and gap records left because they were locked again (or
+    /// still) when their turn came: what, and the lock.
+    pub still_locked: Vec<(String, String)>,
 }
 
 /// Carry out a plan: delete each given-up backup (manifest first), then orphans,
@@ -165,15 +248,21 @@ pub async fn execute(
         // incremental, so deleting children before parents leaves every remaining chain
         // whole however far an interrupted prune got.
         for backup in plan.retention.to_delete().into_iter().rev() {
+            let dir = repo.object_key(&backup.id, "");
+            // A lock may have been extended since the plan: a backup goes as a whole or
+            // not at all.
+            if let Some(lock) = lock_in_effect(repo.storage(), &dir, Utc::now()).await? {
+                tracing::warn!(backup = %backup.id, lock = %lock.describe(), "backup locked since the plan; kept");
+                outcome
+                    .still_locked
+                    .push((format!("backup {}", backup.id), lock.describe()));
+                continue;
+            }
             repo.storage()
                 .delete(&repo.object_key(&backup.id, MANIFEST))
                 .await?;
-            for object in repo
-                .storage()
-                .list(&repo.object_key(&backup.id, ""))
-                .await?
-            {
-                repo.storage().delete(&object.key).await?;
+            for version in repo.storage().versions(&dir).await? {
+                repo.storage().delete_version(&version).await?;
             }
             tracing::info!(backup = %backup.id, "backup deleted by retention");
             outcome.deleted_backups.push(backup.id.clone());
@@ -185,6 +274,7 @@ pub async fn execute(
                 stale_uploads: plan.stale_uploads.clone(),
                 dead_leases: plan.dead_leases.clone(),
                 recent: plan.recent_leftovers,
+                locked: Vec::new(),
             },
         )
         .await?;
@@ -192,11 +282,22 @@ pub async fn execute(
         outcome.aborted_uploads += uploads;
         // WAL last: it was planned against the backups kept above.
         for key in &plan.wal_to_delete {
-            repo.storage().delete(key).await?;
-            outcome.deleted_wal += 1;
+            match repo.storage().delete(key).await {
+                Ok(()) => outcome.deleted_wal += 1,
+                Err(Error::ObjectLocked { key, lock }) => {
+                    outcome.still_locked.push((format!("WAL {key}"), lock))
+                }
+                Err(e) => return Err(e),
+            }
         }
         for key in &plan.gaps_to_delete {
-            repo.storage().delete(key).await?;
+            match repo.storage().delete(key).await {
+                Ok(()) => {}
+                Err(Error::ObjectLocked { key, lock }) => {
+                    outcome.still_locked.push((format!("gap record {key}"), lock))
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(outcome)
     })

@@ -610,6 +610,7 @@ fn retention_line(
             id: m.id.clone(),
             time: m.started_at,
             parent: None,
+            locked: None,
         })
         .collect();
     // The stale guard as retention sees it now, from the real backups.
@@ -628,6 +629,7 @@ fn retention_line(
             id: "(next backup)".into(),
             time: at,
             parent: None,
+            locked: None,
         });
         if let Ok(plan) = retention::plan(&with_next, &config.rules, at, config.max_age) {
             next_to_expire = plan.to_delete().iter().map(|b| b.id.clone()).collect();

@@ -8,9 +8,15 @@
 //! - an [`Upload`] that is aborted, or never completed, leaves no visible object; until
 //!   aborted it is listed by [`Storage::pending_uploads`];
 //! - parts of an upload may arrive out of order and concurrently; part numbers start at 1;
-//! - a missing object is [`Error::ObjectNotFound`], never an empty one.
+//! - a missing object is [`Error::ObjectNotFound`], never an empty one;
+//! - a storage that locks objects ([`Storage::locks_objects`]: S3 with a policy's
+//!   `object_lock`) stores each object with its retention, except under the unlocked
+//!   prefixes of [`ObjectLockSettings`], and its [`Storage::delete`] removes every
+//!   version of the key (so the bytes are really gone) or, when one is still locked,
+//!   nothing ([`Error::ObjectLocked`]).
 
 mod fs;
+pub mod lock;
 mod s3;
 
 use std::path::PathBuf;
@@ -21,6 +27,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 pub use fs::FilesystemStorage;
+pub use lock::{LockMode, LockSupport, ObjectLock, ObjectLockSettings, StoredVersion};
 pub use s3::{LifecycleSettings, S3Storage};
 
 use crate::error::{Error, Result};
@@ -57,6 +64,8 @@ pub struct StorageSettings {
     pub lifecycle: LifecycleSettings,
     /// Timeouts and retries of every storage request (S3 only).
     pub requests: RequestSettings,
+    /// The retention to put on every object pgvault must keep (S3 only; see [`lock`]).
+    pub object_lock: Option<ObjectLockSettings>,
 }
 
 /// One stored object, as listing reports it.
@@ -152,6 +161,43 @@ pub trait Storage: Send + Sync {
 
     /// Abort a pending upload found by [`Storage::pending_uploads`] (clean-up of crashed runs).
     async fn abort_pending(&self, upload: &PendingUpload) -> Result<()>;
+
+    /// Whether this storage puts a retention lock on what it stores (a policy's
+    /// `object_lock` on S3). Then [`Storage::versions`] reports each version's lock and
+    /// [`Storage::delete`] removes every version of a key.
+    fn locks_objects(&self) -> bool {
+        false
+    }
+
+    /// The retention lock on the current version of `key` as the store reports it, for
+    /// reports (`verify`); `None` when it has none, or on a backend without locks.
+    async fn lock_of(&self, key: &str) -> Result<Option<ObjectLock>> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Every stored version of the objects under `prefix`, with its lock: what deleting
+    /// them must remove, and whether it may yet. A storage that does not lock objects
+    /// reports each listed object once, unversioned and unlocked (one listing).
+    async fn versions(&self, prefix: &str) -> Result<Vec<StoredVersion>> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|o| StoredVersion {
+                key: o.key,
+                version_id: None,
+                delete_marker: false,
+                lock: None,
+            })
+            .collect())
+    }
+
+    /// Delete one version found by [`Storage::versions`] (an unversioned one: the
+    /// object); a version already gone is deleted.
+    async fn delete_version(&self, version: &StoredVersion) -> Result<()> {
+        self.delete(&version.key).await
+    }
 }
 
 /// An in-progress multipart upload. Dropping it without [`Upload::complete`] or
@@ -188,13 +234,17 @@ pub async fn open(config: &StorageSettings) -> Result<Arc<dyn Storage>> {
                 config.region.as_deref(),
                 &config.requests,
             )
-            .await?,
+            .await?
+            .with_object_lock(config.object_lock.clone()),
         )),
     }
 }
 
-/// Prepare a policy's repository: on S3, apply the lifecycle rules (abort incomplete
-/// uploads, optional transition to a colder class). Returns what was set, one line each.
+/// Prepare a policy's repository: on S3, check that the bucket can hold the locks the
+/// policy asks for (Object Lock and versioning enabled; an error names what is missing
+/// and nothing is changed), then apply the lifecycle rules (abort incomplete uploads,
+/// optional transition to a colder class, and with locks the expiry of versions that
+/// stopped being current). Returns what was found and set, one line each.
 pub async fn init(config: &StorageSettings, policy: &str) -> Result<Vec<String>> {
     match &config.location {
         Location::Filesystem { root } => Ok(vec![format!(
@@ -209,10 +259,73 @@ pub async fn init(config: &StorageSettings, policy: &str) -> Result<Vec<String>>
                 config.region.as_deref(),
                 &config.requests,
             )
-            .await?;
-            s3.apply_lifecycle(policy, &config.lifecycle).await
+            .await?
+            .with_object_lock(config.object_lock.clone());
+            let mut lines = Vec::new();
+            if let Some(lock) = &config.object_lock {
+                let support = s3.lock_support().await?;
+                if !support.ready() {
+                    return Err(lock_unsupported(&s3.describe(), &support));
+                }
+                lines.push(format!(
+                    "object lock: bucket {bucket} has Object Lock and versioning enabled; pgvault locks what it stores in {} mode for {} day(s){}",
+                    lock.mode,
+                    lock.days,
+                    support
+                        .default_retention
+                        .map(|d| format!(" (the bucket's default retention, {d}, applies to objects stored without one)"))
+                        .unwrap_or_default()
+                ));
+            }
+            lines.extend(s3.apply_lifecycle(policy, &config.lifecycle).await?);
+            Ok(lines)
         }
     }
+}
+
+/// Whether the storage `config` names can hold the locks its policy asks for: `None`
+/// when the policy asks for none; otherwise what the bucket lacks (`pgvault check`).
+pub async fn check_object_lock(config: &StorageSettings) -> Result<Option<LockSupport>> {
+    let (Some(_), Location::S3 { bucket, prefix }) = (&config.object_lock, &config.location) else {
+        return Ok(None);
+    };
+    let s3 = S3Storage::connect(
+        bucket,
+        prefix,
+        config.endpoint.as_deref(),
+        config.region.as_deref(),
+        &config.requests,
+    )
+    .await?;
+    s3.lock_support().await.map(Some)
+}
+
+/// The error of a bucket that cannot hold the locks a policy asks for.
+pub fn lock_unsupported(location: &str, support: &LockSupport) -> Error {
+    Error::Invalid(format!(
+        "{location} cannot hold the object locks [repository] object_lock asks for: {}",
+        support.missing.join("; ")
+    ))
+}
+
+/// What keeps the objects under `prefix` from being deleted at `now`: of the locks in
+/// effect on their stored versions, a legal hold, else the one that ends last. `None`
+/// when everything may go, and always on a storage that does not lock objects (it is
+/// not asked: no request).
+pub async fn lock_in_effect(
+    storage: &dyn Storage,
+    prefix: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<ObjectLock>> {
+    if !storage.locks_objects() {
+        return Ok(None);
+    }
+    let versions = storage.versions(prefix).await?;
+    Ok(versions
+        .into_iter()
+        .filter_map(|v| v.lock)
+        .filter(|l| l.in_effect(now))
+        .max_by_key(|l| (l.legal_hold, l.retain_until)))
 }
 
 /// Reject keys that could escape the repository root.

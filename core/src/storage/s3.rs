@@ -28,8 +28,18 @@
 //! (`when_required`); its own SHA-256 digests in the manifest cover every stored byte
 //! end to end (docs/FORMAT.md §10.1).
 //!
+//! **Object Lock.** With a policy's `object_lock`, every object outside the unlocked
+//! (scratch) prefixes is stored with its retention: `PutObject` carries the
+//! `x-amz-object-lock-*` headers, and so does `CreateMultipartUpload`, and a completed
+//! multipart upload gets the same retention again with `PutObjectRetention` on its new
+//! version (some stores ignore the headers of an upload in parts). Uploads then carry
+//! `Content-MD5`, which S3 demands of locked writes. A delete removes every version of
+//! the key, after checking that none is locked (`object_lock.rs`).
+//!
 //! Errors are one line naming the operation, the `s3://bucket/key` and the cause: the S3
 //! error code or the network cause, never the SDK's `Debug` output.
+
+mod object_lock;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -48,6 +58,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use super::lock::{ObjectLock, ObjectLockSettings, StoredVersion};
 use super::{check_key, ObjectInfo, PendingUpload, RequestSettings, Storage, Upload};
 use crate::error::{describe_io, Error, Result};
 
@@ -59,6 +70,8 @@ pub struct S3Storage {
     /// Where requests go, for messages: the custom endpoint or "AWS S3".
     endpoint: String,
     settings: RequestSettings,
+    /// The retention put on what is stored, when the policy asks for one.
+    object_lock: Option<ObjectLockSettings>,
 }
 
 /// What one failed attempt tells the retry loop.
@@ -139,7 +152,23 @@ impl S3Storage {
             prefix: prefix.trim_matches('/').to_string(),
             endpoint: endpoint.unwrap_or("AWS S3").to_string(),
             settings: settings.clone(),
+            object_lock: None,
         })
+    }
+
+    /// Put `lock`'s retention on every object stored from now on (outside its unlocked
+    /// prefixes), and delete every version of a key on delete.
+    pub fn with_object_lock(mut self, lock: Option<ObjectLockSettings>) -> Self {
+        self.object_lock = lock;
+        self
+    }
+
+    /// The retention (mode, end) an object stored now at relative `key` gets.
+    fn retention_for(&self, key: &str) -> Option<(super::LockMode, DateTime<Utc>)> {
+        self.object_lock
+            .as_ref()
+            .filter(|lock| lock.locks(key))
+            .map(|lock| (lock.mode, lock.retain_until(Utc::now())))
     }
 
     fn full_key(&self, key: &str) -> Result<String> {
@@ -311,11 +340,16 @@ impl S3Storage {
                             false,
                         )
                     }
-                    (403, _) => storage(
-                        with_code(&format!(
-                            "access denied by S3 at {}; the credentials may lack the permission for this operation",
+                    (403, _) => Error::AccessDenied {
+                        operation,
+                        key: key.clone(),
+                        message: with_code(&format!(
+                            "access denied by S3 at {}; the credentials may lack the permission for this operation, or the object is locked",
                             self.endpoint
                         )),
+                    },
+                    (501, _) | (_, "NotImplemented") => storage(
+                        with_code(&format!("S3 at {} does not implement this operation", self.endpoint)),
                         false,
                     ),
                     (301, _) | (_, "PermanentRedirect" | "AuthorizationHeaderMalformed") => storage(
@@ -491,6 +525,24 @@ impl S3Storage {
     }
 }
 
+/// `Content-MD5` of a request body: S3 demands it (or a checksum) of every write that
+/// carries a retention.
+fn content_md5(data: &[u8]) -> String {
+    use base64::Engine;
+    use md5::Digest;
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
+}
+
+/// A time as the SDK takes it (whole seconds).
+fn s3_time(t: DateTime<Utc>) -> aws_sdk_s3::primitives::DateTime {
+    aws_sdk_s3::primitives::DateTime::from_secs(t.timestamp())
+}
+
+/// A time the SDK returned.
+fn from_s3_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
 fn no_credentials(key: &str) -> Error {
     Error::Storage {
         operation: "connect to",
@@ -528,6 +580,10 @@ fn io_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     found
 }
 
+/// Days after which `storage init`'s rule deletes a version that stopped being current
+/// (with `object_lock`: versions deleted or replaced by anyone but pgvault).
+pub const NONCURRENT_VERSION_DAYS: i32 = 7;
+
 /// Lifecycle settings `pgvault storage init` applies to a policy's part of a bucket.
 #[derive(Debug, Clone)]
 pub struct LifecycleSettings {
@@ -547,7 +603,8 @@ impl S3Storage {
     ) -> Result<Vec<String>> {
         use aws_sdk_s3::types::{
             AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus,
-            LifecycleRule, LifecycleRuleFilter, Transition, TransitionStorageClass,
+            LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, NoncurrentVersionExpiration,
+            Transition, TransitionStorageClass,
         };
         let rule_prefix = format!("pgvault-{policy}-");
         let existing = match self
@@ -618,6 +675,36 @@ impl S3Storage {
                 "{rule_prefix}transition: move objects under {backups_prefix} to {class} after {days} day(s)"
             ));
         }
+        if self.object_lock.is_some() {
+            // pgvault deletes every version itself; versions made noncurrent by anyone
+            // else (a plain delete, an overwrite) would otherwise be kept, and paid
+            // for, forever. The store keeps a locked version until its lock ends.
+            rules.push(
+                LifecycleRule::builder()
+                    .id(format!("{rule_prefix}noncurrent-versions"))
+                    .status(ExpirationStatus::Enabled)
+                    .filter(
+                        LifecycleRuleFilter::builder()
+                            .prefix(&policy_prefix)
+                            .build(),
+                    )
+                    .noncurrent_version_expiration(
+                        NoncurrentVersionExpiration::builder()
+                            .noncurrent_days(NONCURRENT_VERSION_DAYS)
+                            .build(),
+                    )
+                    .expiration(
+                        LifecycleExpiration::builder()
+                            .expired_object_delete_marker(true)
+                            .build(),
+                    )
+                    .build()
+                    .map_err(build_err)?,
+            );
+            described.push(format!(
+                "{rule_prefix}noncurrent-versions: delete versions under {policy_prefix} {NONCURRENT_VERSION_DAYS} day(s) after they stop being current (once unlocked), and delete markers left alone"
+            ));
+        }
         self.client
             .put_bucket_lifecycle_configuration()
             .bucket(&self.bucket)
@@ -667,13 +754,23 @@ impl Storage for S3Storage {
 
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let full = self.full_key(key)?;
-        let (full_ref, data_ref) = (&full, &data);
+        let retention = self.retention_for(key);
+        let md5 = retention.map(|_| content_md5(&data));
+        let (full_ref, data_ref, md5_ref) = (&full, &data, &md5);
         self.retrying("put", &self.url(&full), move || async move {
-            self.client
+            let mut request = self
+                .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(full_ref)
                 .body(ByteStream::from(data_ref.clone()))
+                .set_content_md5(md5_ref.clone());
+            if let Some((mode, until)) = retention {
+                request = request
+                    .object_lock_mode(aws_sdk_s3::types::ObjectLockMode::from(mode.as_s3()))
+                    .object_lock_retain_until_date(s3_time(until));
+            }
+            request
                 .send()
                 .await
                 .map_err(|e| self.sdk_err("put", full_ref, e))?;
@@ -684,16 +781,23 @@ impl Storage for S3Storage {
 
     async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
         let full = self.full_key(key)?;
+        let retention = self.retention_for(key);
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let (full_ref, attempts_ref) = (&full, &attempts);
         let upload_id = self
             .retrying("begin upload", &self.url(&full), move || async move {
                 attempts_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let out = self
+                let mut request = self
                     .client
                     .create_multipart_upload()
                     .bucket(&self.bucket)
-                    .key(full_ref)
+                    .key(full_ref);
+                if let Some((mode, until)) = retention {
+                    request = request
+                        .object_lock_mode(aws_sdk_s3::types::ObjectLockMode::from(mode.as_s3()))
+                        .object_lock_retain_until_date(s3_time(until));
+                }
+                let out = request
                     .send()
                     .await
                     .map_err(|e| self.sdk_err("begin upload", full_ref, e))?;
@@ -714,10 +818,12 @@ impl Storage for S3Storage {
                 prefix: self.prefix.clone(),
                 endpoint: self.endpoint.clone(),
                 settings: self.settings.clone(),
+                object_lock: self.object_lock.clone(),
             },
             key: full,
             upload_id,
             twins_possible: attempts.into_inner() > 1,
+            retention,
             parts: Mutex::new(Vec::new()),
         }))
     }
@@ -784,6 +890,9 @@ impl Storage for S3Storage {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
+        if self.object_lock.is_some() {
+            return self.delete_every_version(key).await;
+        }
         let full = self.full_key(key)?;
         let full_ref = &full;
         self.retrying("delete", &self.url(&full), move || async move {
@@ -848,6 +957,40 @@ impl Storage for S3Storage {
             }
         }
         Ok(out)
+    }
+
+    fn locks_objects(&self) -> bool {
+        self.object_lock.is_some()
+    }
+
+    async fn lock_of(&self, key: &str) -> Result<Option<ObjectLock>> {
+        let full = self.full_key(key)?;
+        self.head_lock(&full, None).await
+    }
+
+    async fn versions(&self, prefix: &str) -> Result<Vec<StoredVersion>> {
+        if self.object_lock.is_none() {
+            // No versions to look at: one listing, as the trait's default does.
+            return Ok(self
+                .list(prefix)
+                .await?
+                .into_iter()
+                .map(|o| StoredVersion {
+                    key: o.key,
+                    version_id: None,
+                    delete_marker: false,
+                    lock: None,
+                })
+                .collect());
+        }
+        self.locked_versions(prefix).await
+    }
+
+    async fn delete_version(&self, version: &StoredVersion) -> Result<()> {
+        match &version.version_id {
+            Some(id) => self.delete_one_version(&version.key, id).await,
+            None => self.delete(&version.key).await,
+        }
     }
 }
 
@@ -953,6 +1096,8 @@ struct S3Upload {
     upload_id: String,
     /// The create request was retried, so the server may hold a twin upload.
     twins_possible: bool,
+    /// The retention the object gets (asked for at create, set again on completion).
+    retention: Option<(super::LockMode, DateTime<Utc>)>,
     /// (part number, etag, size) of every stored part.
     parts: Mutex<Vec<(u32, String, u64)>>,
 }
@@ -961,7 +1106,8 @@ struct S3Upload {
 impl Upload for S3Upload {
     async fn put_part(&self, number: u32, data: Bytes) -> Result<()> {
         let s = &self.storage;
-        let data_ref = &data;
+        let md5 = self.retention.map(|_| content_md5(&data));
+        let (data_ref, md5_ref) = (&data, &md5);
         let etag = s
             .retrying("upload part", &s.url(&self.key), move || async move {
                 let out = s
@@ -972,6 +1118,7 @@ impl Upload for S3Upload {
                     .upload_id(&self.upload_id)
                     .part_number(number as i32)
                     .body(ByteStream::from(data_ref.clone()))
+                    .set_content_md5(md5_ref.clone())
                     .send()
                     .await
                     .map_err(|e| s.sdk_err("upload part", &self.key, e))?;
@@ -1061,34 +1208,42 @@ impl Upload for S3Upload {
             .build();
         let tries = std::sync::atomic::AtomicU32::new(0);
         let (completed_ref, tries_ref) = (&completed, &tries);
-        s.retrying("complete upload", &s.url(&self.key), move || async move {
-            let first = tries_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
-            match s
-                .client
-                .complete_multipart_upload()
-                .bucket(&s.bucket)
-                .key(&self.key)
-                .upload_id(&self.upload_id)
-                .multipart_upload(completed_ref.clone())
-                .send()
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    let gone = e.as_service_error().and_then(|x| x.code()) == Some("NoSuchUpload");
-                    if gone && !first {
-                        // An earlier attempt completed it and its answer was lost.
-                        if s.head_size(&self.key).await? == Some(total) {
-                            return Ok(());
+        let version = s
+            .retrying("complete upload", &s.url(&self.key), move || async move {
+                let first = tries_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+                match s
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&s.bucket)
+                    .key(&self.key)
+                    .upload_id(&self.upload_id)
+                    .multipart_upload(completed_ref.clone())
+                    .send()
+                    .await
+                {
+                    Ok(out) => Ok(out.version_id().map(str::to_string)),
+                    Err(e) => {
+                        let gone =
+                            e.as_service_error().and_then(|x| x.code()) == Some("NoSuchUpload");
+                        if gone && !first {
+                            // An earlier attempt completed it and its answer was lost.
+                            if s.head_size(&self.key).await? == Some(total) {
+                                return Ok(None);
+                            }
                         }
+                        Err(s.sdk_err("complete upload", &self.key, e).into())
                     }
-                    Err(s.sdk_err("complete upload", &self.key, e).into())
                 }
-            }
-        })
-        .await?;
+            })
+            .await?;
         if self.twins_possible {
             s.abort_twins(&self.key, &self.upload_id).await;
+        }
+        if let Some(retention) = self.retention {
+            // Not every store applies the headers of CreateMultipartUpload; setting the
+            // same retention on the new version works on all of them.
+            s.set_retention(&self.key, version.as_deref(), retention)
+                .await?;
         }
         Ok(())
     }

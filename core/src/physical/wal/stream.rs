@@ -39,7 +39,7 @@ const OBJECT_SUFFIX: &str = ".zst.age";
 
 /// Prefix of the policy's stream chunks.
 pub fn stream_prefix(repo: &Repository) -> String {
-    format!("{}/wal-stream/", repo.policy())
+    format!("{}/{}/", repo.policy(), crate::repository::STREAM_DIR)
 }
 
 /// One stored byte range of a growing segment.
