@@ -215,6 +215,19 @@ fn rotation_moves_backups_and_wal_to_the_new_key_keeps_payloads_and_resumes() {
         );
     }
 
+    // A --remove that names no recipient is refused before anything changes.
+    let stranger = keygen(w.work.path(), "stranger");
+    let out = run(w.cli(&[
+        "keys",
+        "rotate",
+        "--identity",
+        path(&w.a.identity),
+        "--remove",
+        &stranger.recipient,
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is not a recipient"), "{}", text(&out));
+
     // Interrupted: every store of a globals object fails.
     w.proxy.set_rate(1.0);
     let out = run(rotate(&w.a));

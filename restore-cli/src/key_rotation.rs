@@ -39,6 +39,7 @@ pub(crate) async fn run(action: KeysAction) -> Result<u8> {
                 let value = serde_json::json!({
                     "record": record,
                     "backups_already_rotated": outcome.backups_already,
+                    "backups_not_opened": outcome.backups_not_opened.iter().map(|(id, why)| serde_json::json!({"backup": id, "error": why})).collect::<Vec<_>>(),
                     "wal_already_rotated": outcome.wal_already,
                     "wal_not_opened": outcome.wal_not_opened,
                     "failed": outcome.failed.iter().map(|(id, why)| serde_json::json!({"backup": id, "error": why})).collect::<Vec<_>>(),
@@ -88,9 +89,7 @@ pub(crate) async fn run(action: KeysAction) -> Result<u8> {
                     eprintln!("  \"{key}\",");
                 }
             }
-            if !policy.copies.is_empty()
-                && outcome.record.backups_rewrapped + outcome.record.wal_rewrapped > 0
-            {
+            if !policy.copies.is_empty() && outcome.failed.is_empty() {
                 eprintln!(
                     "pgvault: the copies ({}) still hold the old headers: run `pgvault copy --policy {} --all-missing --verify` to give them the rewrapped objects",
                     policy
@@ -103,11 +102,21 @@ pub(crate) async fn run(action: KeysAction) -> Result<u8> {
                     policy_path.display()
                 );
             }
-            for (id, why) in &outcome.failed {
-                eprintln!("pgvault: backup {id} was not rewrapped: {why}");
+            for (id, why) in &outcome.backups_not_opened {
+                eprintln!("pgvault: backup {id} was not rewrapped: {why}; it keeps its recipients");
+            }
+            for (what, why) in &outcome.failed {
+                eprintln!("pgvault: {what} was not rewrapped: {why}");
             }
             if outcome.failed.is_empty() {
-                Ok(0)
+                // Finished; what the identity could not open keeps needing its old keys.
+                Ok(
+                    if outcome.backups_not_opened.is_empty() && outcome.wal_not_opened.is_empty() {
+                        0
+                    } else {
+                        EXIT_CHECK_FAILED
+                    },
+                )
             } else {
                 eprintln!(
                     "pgvault: rotation {} is unfinished; fix the above and run the same command again to finish it",

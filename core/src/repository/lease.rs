@@ -36,6 +36,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::repository::{BackupKind, Repository};
 
+/// What the lease id of a key rotation starts with (`crate::rotation`): its lease sits
+/// beside the backups' leases, and while it is alive the rotation's uploads are not stale.
+pub const ROTATION_LEASE_PREFIX: &str = "rotation-";
+
 /// How often a running backup refreshes its lease.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// A lease not refreshed for this long belongs to a run that is gone.

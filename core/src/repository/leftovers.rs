@@ -116,9 +116,19 @@ pub async fn leftovers(
             None => found.recent += 1,
         }
     }
+    // A key rotation replaces the objects of finished backups through multipart
+    // uploads (`crate::rotation`): while one runs, no upload under backups/ is stale.
+    let rotating = leases.iter().any(|(id, lease)| {
+        id.starts_with(lease::ROTATION_LEASE_PREFIX)
+            && lease::liveness(Some(lease), now) == Liveness::Running
+    });
     for upload in repo.storage().pending_uploads(&prefix).await? {
         let rest = upload.key.strip_prefix(&prefix).unwrap_or(&upload.key);
         let id = rest.split('/').next().unwrap_or_default().to_string();
+        if rotating {
+            found.recent += 1;
+            continue;
+        }
         match removable(&id) {
             Some(reason) => found.stale_uploads.push(StaleUpload { upload, reason }),
             None => found.recent += 1,

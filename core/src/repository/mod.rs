@@ -48,7 +48,7 @@ pub const PHYSICAL_FORMAT_VERSION: u32 = 2;
 pub const INCREMENTAL_FORMAT_VERSION: u32 = 3;
 /// The manifest format of a backup whose objects `keys rotate` rewrapped: version 4 lets
 /// an object carry header and payload digests instead of the whole object's
-/// (docs/FORMAT.md §20). A reader of version 3 would find `stored_sha256` missing.
+/// (docs/FORMAT.md §21). A reader of version 3 would find `stored_sha256` missing.
 pub const ROTATED_FORMAT_VERSION: u32 = 4;
 /// The manifest versions this pgvault reads: every version it has ever written.
 /// [`parse_manifest`] refuses the others.

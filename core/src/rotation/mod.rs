@@ -33,7 +33,8 @@ use crate::error::{Error, Result};
 use crate::keys::header::{self, AgeHeader};
 use crate::keys::{fingerprint, Identities, Recipients};
 use crate::pipeline;
-use crate::repository::{BackupManifest, Repository, ROTATED_FORMAT_VERSION};
+use crate::repository::lease::RunLease;
+use crate::repository::{BackupKind, BackupManifest, Repository, ROTATED_FORMAT_VERSION};
 use object::Moved;
 
 /// Prefix of the rotation records of a policy.
@@ -97,6 +98,13 @@ pub struct RotationRecord {
     /// sha256 of every WAL header written: how a rerun recognises finished WAL objects.
     #[serde(default)]
     pub wal_headers: BTreeSet<String>,
+    /// Backups the identities given could not open: they keep their recipients (for
+    /// example encrypted only to a lost key).
+    #[serde(default)]
+    pub backups_left: Vec<String>,
+    /// WAL files and stream chunks the identities given could not open.
+    #[serde(default)]
+    pub wal_left: u64,
 }
 
 /// What the operator asked for.
@@ -123,7 +131,10 @@ pub struct RotationOutcome {
     /// WAL objects the identity cannot open: written to other keys (e.g. after the policy
     /// changed); left as they are.
     pub wal_not_opened: Vec<String>,
-    /// Backups that could not be rewrapped, with the reason.
+    /// Backups the identity cannot open, with the reason: left as they are.
+    pub backups_not_opened: Vec<(String, String)>,
+    /// Backups and WAL objects whose rewrapping failed, with the reason: the rotation
+    /// stays unfinished, and running it again resumes it.
     pub failed: Vec<(String, String)>,
     /// The new recipients, when they differ from the policy's: the policy must be changed
     /// too, or new backups keep the old keys.
@@ -207,12 +218,42 @@ pub async fn rotate(repo: &Repository, request: &RotateRequest<'_>) -> Result<Ro
             }
         }
     }
+    let known: Vec<String> = before
+        .iter()
+        .cloned()
+        .chain(request.policy_recipients.fingerprints())
+        .chain(request.add.iter().map(|k| fingerprint(k)))
+        .collect();
+    for value in request.remove {
+        let fp = if value.starts_with("sha256:") {
+            value.clone()
+        } else {
+            fingerprint(value)
+        };
+        if !known.contains(&fp) {
+            return Err(Error::Invalid(format!(
+                "--remove {value} ({fp}) is not a recipient of the policy or of any backup: check the key; nothing was changed"
+            )));
+        }
+    }
     let records = list_records(repo).await?;
+    let leases = crate::repository::lease::read_leases(repo).await?;
     let mut record = match records
         .iter()
         .rev()
         .find(|r| r.state == RotationState::Running)
     {
+        Some(running)
+            if crate::repository::lease::liveness(leases.get(&lease_id(&running.id)), Utc::now())
+                == crate::repository::lease::Liveness::Running =>
+        {
+            return Err(Error::Invalid(format!(
+                "key rotation {} is running now (started {} on {}); wait for it to finish",
+                running.id,
+                running.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                running.host
+            )))
+        }
         Some(running) if running.recipients_after == target_fps => {
             tracing::info!(id = %running.id, "resuming the unfinished key rotation");
             let mut resumed = running.clone();
@@ -266,15 +307,44 @@ pub async fn rotate(repo: &Repository, request: &RotateRequest<'_>) -> Result<Ro
                 bytes_moved: 0,
                 stored_bytes: 0,
                 wal_headers,
+                backups_left: Vec::new(),
+                wal_left: 0,
             }
         }
     };
+    record.backups_left.clear();
+    record.wal_left = 0;
+    // While this lease lives, another rotation refuses to start and prune leaves the
+    // rotation's uploads alone.
+    let lease = RunLease::acquire(repo, &lease_id(&record.id), BackupKind::Logical).await?;
+    let result = rotate_under_lease(repo, request, &target, &catalog, &records, &mut record).await;
+    lease.release().await;
+    let mut outcome = result?;
+    outcome.record = record;
+    Ok(outcome)
+}
+
+/// The lease id of rotation `id`, under `<policy>/runs/` with the backups' leases.
+pub fn lease_id(id: &str) -> String {
+    format!("{}{id}", crate::repository::lease::ROTATION_LEASE_PREFIX)
+}
+
+async fn rotate_under_lease(
+    repo: &Repository,
+    request: &RotateRequest<'_>,
+    target: &Recipients,
+    catalog: &crate::repository::Catalog,
+    records: &[RotationRecord],
+    record: &mut RotationRecord,
+) -> Result<RotationOutcome> {
+    let target_fps = target.fingerprints();
 
     let mut outcome = RotationOutcome {
         record: record.clone(),
         backups_already: 0,
         wal_already: 0,
         wal_not_opened: Vec::new(),
+        backups_not_opened: Vec::new(),
         failed: Vec::new(),
         policy_differs: request.policy_recipients.fingerprints() != target_fps,
     };
@@ -292,25 +362,34 @@ pub async fn rotate(repo: &Repository, request: &RotateRequest<'_>) -> Result<Ro
             continue;
         }
         let id = manifest.id.clone();
+        let plan = match plan_backup(repo, manifest, request.identities, target).await {
+            Ok(plan) => plan,
+            Err(e @ Error::WrongKey { .. }) => {
+                record.backups_left.push(id.clone());
+                outcome.backups_not_opened.push((id, e.to_string()));
+                continue;
+            }
+            Err(e) if gone(repo, &id, &e).await => continue,
+            Err(e) => {
+                outcome.failed.push((id, e.to_string()));
+                continue;
+            }
+        };
         // The record exists before the first object changes.
-        save(repo, &record).await?;
-        match rotate_backup(repo, manifest, request.identities, &target).await {
+        save(repo, record).await?;
+        match execute_backup(repo, plan, target).await {
             Ok((moved, stored)) => {
                 record.backups_rewrapped += 1;
                 record.bytes_moved += moved.total();
                 record.stored_bytes += stored;
-                save(repo, &record).await?;
+                save(repo, record).await?;
             }
-            Err(Error::ObjectNotFound { .. }) | Err(Error::BackupNotFound { .. })
-                if repo.load_manifest(&id).await.is_err() =>
-            {
-                tracing::info!(backup = %id, "backup deleted during the rotation; skipped");
-            }
+            Err(e) if gone(repo, &id, &e).await => {}
             Err(e) => outcome.failed.push((id, e.to_string())),
         }
     }
 
-    rotate_wal(repo, request.identities, &target, &mut record, &mut outcome).await?;
+    rotate_wal(repo, request.identities, target, record, &mut outcome).await?;
 
     let nothing_done = record.backups_rewrapped == 0 && record.wal_rewrapped == 0;
     let fresh = !records.iter().any(|r| r.id == record.id);
@@ -318,22 +397,42 @@ pub async fn rotate(repo: &Repository, request: &RotateRequest<'_>) -> Result<Ro
         record.state = RotationState::Finished;
         record.finished_at = Some(Utc::now());
     }
-    // A rerun with nothing left to do leaves no record: the audit trail lists changes.
+    // A run that changed nothing (nothing left to do, or nothing it could open) leaves no
+    // record: the audit trail lists changes.
     if !(nothing_done && fresh && outcome.failed.is_empty()) {
-        save(repo, &record).await?;
+        save(repo, record).await?;
     }
-    outcome.record = record;
     Ok(outcome)
 }
 
-/// The three steps of one backup (see the module documentation). Returns the bytes moved
-/// and the bytes stored in its objects.
-async fn rotate_backup(
+/// Whether `error` on backup `id` only means that the backup was deleted meanwhile (by
+/// retention): then it is skipped, not failed.
+async fn gone(repo: &Repository, id: &str, error: &Error) -> bool {
+    matches!(
+        error,
+        Error::ObjectNotFound { .. } | Error::BackupNotFound { .. }
+    ) && matches!(
+        repo.load_manifest(id).await,
+        Err(Error::BackupNotFound { .. })
+    )
+}
+
+/// What step 1 of one backup decided: the manifest with `rotating_to` set, and the
+/// objects still to replace (key, old header length, new header).
+struct BackupPlan {
+    manifest: BackupManifest,
+    pending: Vec<(String, u64, Vec<u8>)>,
+    moved: Moved,
+}
+
+/// Read and open every object's header and compute the new ones; nothing is written.
+/// [`Error::WrongKey`] when the identities open none of them.
+async fn plan_backup(
     repo: &Repository,
     mut manifest: BackupManifest,
     identities: &Identities,
     target: &Recipients,
-) -> Result<(Moved, u64)> {
+) -> Result<BackupPlan> {
     let mut moved = Moved::default();
     let mut pending: Vec<(String, u64, Vec<u8>)> = Vec::new();
     let backup_recipients = manifest.encryption.recipients.clone();
@@ -374,8 +473,39 @@ async fn rotate_backup(
         pending.push((stored.key.clone(), current.len(), new_header));
     }
     manifest.format_version = manifest.format_version.max(ROTATED_FORMAT_VERSION);
-    repo.write_manifest(&manifest).await?;
+    Ok(BackupPlan {
+        manifest,
+        pending,
+        moved,
+    })
+}
 
+/// Write a manifest only while the backup still exists: a backup that retention deleted
+/// meanwhile must not come back as a manifest without its objects.
+async fn write_if_present(repo: &Repository, manifest: &BackupManifest) -> Result<()> {
+    let key = repo.object_key(&manifest.id, crate::repository::MANIFEST);
+    if repo.storage().size(&key).await?.is_none() {
+        return Err(Error::BackupNotFound {
+            policy: repo.policy().to_string(),
+            id: manifest.id.clone(),
+        });
+    }
+    repo.write_manifest(manifest).await
+}
+
+/// Steps 1 to 3 of one backup (see the module documentation) from its plan. Returns the
+/// bytes moved and the bytes stored in its objects.
+async fn execute_backup(
+    repo: &Repository,
+    plan: BackupPlan,
+    target: &Recipients,
+) -> Result<(Moved, u64)> {
+    let BackupPlan {
+        mut manifest,
+        pending,
+        mut moved,
+    } = plan;
+    write_if_present(repo, &manifest).await?;
     for (key, old_len, new_header) in &pending {
         let size = manifest
             .objects
@@ -396,7 +526,7 @@ async fn rotate_backup(
         stored_bytes += digest.stored_size;
     }
     manifest.encryption.recipients = target.fingerprints();
-    repo.write_manifest(&manifest).await?;
+    write_if_present(repo, &manifest).await?;
     Ok((moved, stored_bytes))
 }
 
@@ -437,16 +567,29 @@ async fn rotate_wal(
                 match object::read_header(repo.storage(), &info.key).await {
                     Ok(h) => h,
                     Err(Error::ObjectNotFound { .. }) => continue, // pruned meanwhile
-                    Err(e) => return Err(e),
+                    Err(e) if e.is_retryable() => return Err(e),
+                    Err(e) => {
+                        // One damaged file must not stop the others.
+                        outcome.failed.push((info.key.clone(), e.to_string()));
+                        continue;
+                    }
                 };
             record.bytes_moved += read;
             if record.wal_headers.contains(&current.sha256()) {
                 outcome.wal_already += 1;
                 continue;
             }
-            let Some(file_key) = current.open(&info.key, identities)? else {
-                outcome.wal_not_opened.push(info.key.clone());
-                continue;
+            let file_key = match current.open(&info.key, identities) {
+                Ok(Some(file_key)) => file_key,
+                Ok(None) => {
+                    record.wal_left += 1;
+                    outcome.wal_not_opened.push(info.key.clone());
+                    continue;
+                }
+                Err(e) => {
+                    outcome.failed.push((info.key.clone(), e.to_string()));
+                    continue;
+                }
             };
             let new_header = header::wrap(&file_key, target)?;
             record
@@ -463,7 +606,7 @@ async fn rotate_wal(
             continue;
         }
         save(repo, record).await?;
-        let results: Vec<Result<(u64, Moved)>> = futures::stream::iter(plans.iter())
+        let results: Vec<(&str, Result<(u64, Moved)>)> = futures::stream::iter(plans.iter())
             .map(|p| async move {
                 let moved = object::replace_header(
                     repo.storage(),
@@ -472,13 +615,14 @@ async fn rotate_wal(
                     p.old_len,
                     &p.new_header,
                 )
-                .await?;
-                Ok((p.size - p.old_len + p.new_header.len() as u64, moved))
+                .await;
+                let stored = p.size - p.old_len + p.new_header.len() as u64;
+                (p.key.as_str(), moved.map(|m| (stored, m)))
             })
             .buffer_unordered(WAL_PARALLEL)
             .collect()
             .await;
-        for result in results {
+        for (key, result) in results {
             match result {
                 Ok((stored, moved)) => {
                     record.wal_rewrapped += 1;
@@ -486,7 +630,7 @@ async fn rotate_wal(
                     record.stored_bytes += stored;
                 }
                 Err(Error::ObjectNotFound { .. }) => {}
-                Err(e) => return Err(e),
+                Err(e) => outcome.failed.push((key.to_string(), e.to_string())),
             }
         }
         save(repo, record).await?;
