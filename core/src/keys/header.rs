@@ -192,22 +192,6 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    fn key_pair(dir: &std::path::Path, name: &str) -> (Identities, Recipients) {
-        let id = age::x25519::Identity::generate();
-        let path = dir.join(name);
-        std::fs::write(
-            &path,
-            format!(
-                "{}\n",
-                age::secrecy::ExposeSecret::expose_secret(&id.to_string())
-            ),
-        )
-        .unwrap();
-        let mut r = Recipients::default();
-        r.add(&id.to_public().to_string()).unwrap();
-        (Identities::load(&path).unwrap(), r)
-    }
-
     fn encrypt(recipients: &Recipients, plain: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut w = recipients
@@ -231,8 +215,8 @@ mod tests {
     #[test]
     fn a_rewrapped_header_opens_with_the_new_key_only_and_keeps_the_payload() {
         let dir = tempfile::tempdir().unwrap();
-        let (id_a, r_a) = key_pair(dir.path(), "a");
-        let (id_b, r_b) = key_pair(dir.path(), "b");
+        let (id_a, r_a) = crate::keys::test_key_pair(dir.path(), "a");
+        let (id_b, r_b) = crate::keys::test_key_pair(dir.path(), "b");
         let plain: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let stored = encrypt(&r_a, &plain);
         let header = AgeHeader::parse("obj", &stored[..4096.min(stored.len())]).unwrap();
@@ -253,8 +237,8 @@ mod tests {
     #[test]
     fn an_altered_header_is_refused_by_its_mac() {
         let dir = tempfile::tempdir().unwrap();
-        let (id_a, r_a) = key_pair(dir.path(), "a");
-        let (_, r_b) = key_pair(dir.path(), "b");
+        let (id_a, r_a) = crate::keys::test_key_pair(dir.path(), "a");
+        let (_, r_b) = crate::keys::test_key_pair(dir.path(), "b");
         let stored = encrypt(&r_a, b"hello");
         let header = AgeHeader::parse("obj", &stored).unwrap();
         let file_key = header.open("obj", &id_a).unwrap().unwrap();
@@ -280,7 +264,7 @@ mod tests {
     #[test]
     fn header_len_needs_the_whole_mac_line() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, r_a) = key_pair(dir.path(), "a");
+        let (_, r_a) = crate::keys::test_key_pair(dir.path(), "a");
         let stored = encrypt(&r_a, b"x");
         let len = header_len(&stored).unwrap();
         assert_eq!(header_len(&stored[..len - 1]), None);

@@ -194,6 +194,25 @@ pub fn generate_identity_file(path: &Path) -> Result<String> {
     Ok(recipient)
 }
 
+/// A fresh key pair for tests: the identity written to `dir/name`, and its recipient.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_key_pair(dir: &Path, name: &str) -> (Identities, Recipients) {
+    let id = age::x25519::Identity::generate();
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n",
+            age::secrecy::ExposeSecret::expose_secret(&id.to_string())
+        ),
+    )
+    .unwrap();
+    let mut r = Recipients::default();
+    r.add(&id.to_public().to_string()).unwrap();
+    (Identities::load(&path).unwrap(), r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

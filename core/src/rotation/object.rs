@@ -156,26 +156,10 @@ pub async fn replace_header(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{Identities, Recipients};
+    use crate::keys::Identities;
     use crate::pipeline::{self, Decode, EncodeSettings, Progress};
     use crate::storage::FilesystemStorage;
     use std::sync::Arc;
-
-    fn key_pair(dir: &std::path::Path, name: &str) -> (Identities, Recipients) {
-        let id = age::x25519::Identity::generate();
-        let path = dir.join(name);
-        std::fs::write(
-            &path,
-            format!(
-                "{}\n",
-                age::secrecy::ExposeSecret::expose_secret(&id.to_string())
-            ),
-        )
-        .unwrap();
-        let mut r = Recipients::default();
-        r.add(&id.to_public().to_string()).unwrap();
-        (Identities::load(&path).unwrap(), r)
-    }
 
     /// On the filesystem backend (parts copied in order from the file itself), a large
     /// object gets a new header, keeps its payload, and reads back through the pipeline
@@ -183,8 +167,8 @@ mod tests {
     #[tokio::test]
     async fn a_large_object_gets_a_new_header_and_reads_back_with_the_new_key() {
         let dir = tempfile::tempdir().unwrap();
-        let (id_a, r_a) = key_pair(dir.path(), "a");
-        let (id_b, r_b) = key_pair(dir.path(), "b");
+        let (id_a, r_a) = crate::keys::test_key_pair(dir.path(), "a");
+        let (id_b, r_b) = crate::keys::test_key_pair(dir.path(), "b");
         let storage = FilesystemStorage::new(dir.path().join("repo")).unwrap();
         let raw: Vec<u8> = (0..12 << 20).map(|_| rand::random::<u8>()).collect();
         let settings = EncodeSettings {
