@@ -67,6 +67,16 @@ pub struct S3Server {
     pub fixed_bucket: Option<String>,
 }
 
+/// The environment variables that name one test server.
+struct ServerVars {
+    endpoint: &'static str,
+    region: &'static str,
+    access_key_id: &'static str,
+    secret_access_key: &'static str,
+    /// The variable naming a fixed bucket, for servers that may be shared.
+    bucket: Option<&'static str>,
+}
+
 /// The value of `name`, or `None` when it is unset or empty.
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -88,31 +98,17 @@ impl S3Server {
     /// in which case it panics with a clear message (CI must never skip). Panics when the
     /// endpoint is set but the credentials are not: that is a broken setup, not a skip.
     pub fn from_env() -> Option<S3Server> {
-        let Some(endpoint) = var(ENDPOINT_VAR) else {
-            if servers_required() {
-                panic!(
-                    "{REQUIRE_SERVERS_VAR}=1 but {ENDPOINT_VAR} is not set: this test needs an \
-                     S3 server. Run the suite with scripts/test.sh (it starts Garage), or set \
-                     {ENDPOINT_VAR}, {ACCESS_KEY_ID_VAR} and {SECRET_ACCESS_KEY_VAR}."
-                );
-            }
-            eprintln!(
-                "skipping: {ENDPOINT_VAR} is not set (run scripts/test.sh to start a Garage server)"
-            );
-            return None;
-        };
-        let required = |name: &str| {
-            var(name).unwrap_or_else(|| {
-                panic!("{ENDPOINT_VAR} is set to {endpoint} but {name} is not set")
-            })
-        };
-        Some(S3Server {
-            access_key_id: required(ACCESS_KEY_ID_VAR),
-            secret_access_key: required(SECRET_ACCESS_KEY_VAR),
-            region: var(REGION_VAR).unwrap_or_else(|| DEFAULT_REGION.to_string()),
-            fixed_bucket: var(BUCKET_VAR),
-            endpoint,
-        })
+        S3Server::from_vars(
+            &ServerVars {
+                endpoint: ENDPOINT_VAR,
+                region: REGION_VAR,
+                access_key_id: ACCESS_KEY_ID_VAR,
+                secret_access_key: SECRET_ACCESS_KEY_VAR,
+                bucket: Some(BUCKET_VAR),
+            },
+            "an S3 server",
+            "Garage",
+        )
     }
 
     /// The S3 server that implements Object Lock, from `PGVAULT_TEST_LOCK_S3_ENDPOINT`,
@@ -121,27 +117,52 @@ impl S3Server {
     /// `None` when the endpoint is not set, unless `PGVAULT_TEST_REQUIRE_SERVERS=1`: then
     /// it panics, so CI cannot pass by skipping the lock tests.
     pub fn lock_from_env() -> Option<S3Server> {
-        let Some(endpoint) = var(LOCK_ENDPOINT_VAR) else {
+        S3Server::from_vars(
+            &ServerVars {
+                endpoint: LOCK_ENDPOINT_VAR,
+                region: LOCK_REGION_VAR,
+                access_key_id: LOCK_ACCESS_KEY_ID_VAR,
+                secret_access_key: LOCK_SECRET_ACCESS_KEY_VAR,
+                bucket: None,
+            },
+            "an S3 server with Object Lock",
+            "moto",
+        )
+    }
+
+    /// The server `vars` name; `what` it is and which server `scripts/test.sh` `starts`
+    /// for it, for the messages. `None` when the endpoint is not set, unless
+    /// `PGVAULT_TEST_REQUIRE_SERVERS=1`: then it panics, so CI cannot pass by skipping.
+    /// Panics when the endpoint is set but the credentials are not: that is a broken
+    /// setup, not a skip.
+    fn from_vars(vars: &ServerVars, what: &str, starts: &str) -> Option<S3Server> {
+        let Some(endpoint) = var(vars.endpoint) else {
             if servers_required() {
                 panic!(
-                    "{REQUIRE_SERVERS_VAR}=1 but {LOCK_ENDPOINT_VAR} is not set: this test needs                      an S3 server with Object Lock. Run the suite with scripts/test.sh (it                      starts moto), or set {LOCK_ENDPOINT_VAR}, {LOCK_ACCESS_KEY_ID_VAR} and                      {LOCK_SECRET_ACCESS_KEY_VAR}."
+                    "{REQUIRE_SERVERS_VAR}=1 but {} is not set: this test needs {what}. Run the \
+                     suite with scripts/test.sh (it starts {starts}), or set {}, {} and {}.",
+                    vars.endpoint, vars.endpoint, vars.access_key_id, vars.secret_access_key
                 );
             }
             eprintln!(
-                "skipping: {LOCK_ENDPOINT_VAR} is not set (run scripts/test.sh to start a moto server)"
+                "skipping: {} is not set (run scripts/test.sh to start a {starts} server)",
+                vars.endpoint
             );
             return None;
         };
         let required = |name: &str| {
             var(name).unwrap_or_else(|| {
-                panic!("{LOCK_ENDPOINT_VAR} is set to {endpoint} but {name} is not set")
+                panic!(
+                    "{} is set to {endpoint} but {name} is not set",
+                    vars.endpoint
+                )
             })
         };
         Some(S3Server {
-            access_key_id: required(LOCK_ACCESS_KEY_ID_VAR),
-            secret_access_key: required(LOCK_SECRET_ACCESS_KEY_VAR),
-            region: var(LOCK_REGION_VAR).unwrap_or_else(|| DEFAULT_REGION.to_string()),
-            fixed_bucket: None,
+            access_key_id: required(vars.access_key_id),
+            secret_access_key: required(vars.secret_access_key),
+            region: var(vars.region).unwrap_or_else(|| DEFAULT_REGION.to_string()),
+            fixed_bucket: vars.bucket.and_then(var),
             endpoint,
         })
     }
